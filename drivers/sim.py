@@ -1,0 +1,260 @@
+"""Simulated devices that play a scenario file (SPEC §3 ``[sim]``).
+
+A scenario is JSON Lines, one input per line with ``t`` in seconds from the start:
+``{"t": 0.3, "temp": 36.6}``. Each simulated driver plays the keys of its own device
+on its own thread against one shared start time, and emits ``done`` after its last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.base import (
+    Driver,
+    DriverContext,
+    Emit,
+    Prompter,
+    Reading,
+    Turnstile,
+)
+
+#: scenario key -> (reading kind, the value's type check)
+INPUT_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "motion": ("motion", (bool,)),
+    "temp": ("temp", (int, float)),
+    "card": ("card", (str,)),
+    "qr": ("qr", (str,)),
+    "passage": ("passage", (bool,)),
+    "fire": ("fire", (bool,)),
+}
+
+
+class ScenarioError(ValueError):
+    """A scenario line is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One scripted input."""
+
+    t: float
+    key: str
+    value: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_scenario(text: str, name: str = "<scenario>") -> list[Step]:
+    """Parse JSON Lines into steps ordered by ``t``; blank lines and ``#`` lines skipped."""
+    steps: list[Step] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ScenarioError(f"{name}:{lineno}: not JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise ScenarioError(f"{name}:{lineno}: expected a JSON object")
+        t = obj.pop("t", None)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ScenarioError(f"{name}:{lineno}: t: expected seconds >= 0")
+        keys = [k for k in obj if k in INPUT_KEYS]
+        if len(keys) != 1:
+            raise ScenarioError(f"{name}:{lineno}: expected exactly one of {', '.join(INPUT_KEYS)}")
+        key = keys[0]
+        value = obj.pop(key)
+        types = INPUT_KEYS[key][1]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise ScenarioError(f"{name}:{lineno}: {key}: wrong type {type(value).__name__}")
+        steps.append(Step(float(t), key, value, obj))
+    steps.sort(key=lambda s: s.t)
+    return steps
+
+
+class Scenario:
+    """Steps shared by the simulated drivers, with one start time for all of them."""
+
+    def __init__(self, steps: list[Step], speed: float = 1.0):
+        self.steps = steps
+        self.speed = speed
+        self._t0: float | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: Path, speed: float = 1.0) -> Scenario:
+        """Load a scenario file."""
+        return cls(parse_scenario(Path(path).read_text(encoding="utf-8"), str(path)), speed)
+
+    def start_time(self) -> float:
+        """The monotonic time of ``t = 0``, fixed by the first driver that asks."""
+        with self._lock:
+            if self._t0 is None:
+                self._t0 = time.monotonic()
+            return self._t0
+
+    def steps_for(self, keys: tuple[str, ...]) -> list[Step]:
+        """The steps a driver of these keys plays."""
+        return [s for s in self.steps if s.key in keys]
+
+
+class _Player:
+    """Plays a list of steps on a thread; stops early when asked."""
+
+    def __init__(self, driver: _SimDevice, keys: tuple[str, ...]):
+        self.driver = driver
+        self.keys = keys
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        scenario = self.driver.ctx.scenario
+        steps = scenario.steps_for(self.keys) if scenario is not None else []
+        speed = scenario.speed if scenario is not None else 1.0
+        t0 = scenario.start_time() if scenario is not None else time.monotonic()
+        self._thread = threading.Thread(
+            target=self._play,
+            args=(steps, t0, speed),
+            name=f"sim-{self.driver.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _play(self, steps: list[Step], t0: float, speed: float) -> None:
+        for step in steps:
+            delay = t0 + step.t / speed - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            if self._stop.is_set():
+                return
+            kind = INPUT_KEYS[step.key][0]
+            self.driver.on_step(step)
+            self.driver.emit(Reading(kind, step.value, self.driver.name))
+        if not self._stop.is_set():
+            self.driver.emit(Reading("done", None, self.driver.name))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+
+class _SimDevice(Driver):
+    KEYS: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        name: str,
+        emit: Emit,
+        options: dict[str, Any] | None = None,
+        ctx: DriverContext | None = None,
+    ):
+        super().__init__(name, emit, options, ctx)
+        self._player = _Player(self, self.KEYS)
+
+    def start(self) -> None:
+        """Begin playing this device's part of the scenario."""
+        self._player.start()
+
+    def stop(self) -> None:
+        """Stop playing."""
+        self._player.stop()
+
+    def on_step(self, step: Step) -> None:
+        """Hook before a step is emitted (the thermometer applies its offset)."""
+
+
+class SimCardReader(_SimDevice):
+    """A card reader that presents the scenario's ``card`` uids."""
+
+    KEYS = ("card",)
+
+
+class SimQrScanner(_SimDevice):
+    """A QR scanner that reads the scenario's ``qr`` texts."""
+
+    KEYS = ("qr",)
+
+
+class SimThermometer(_SimDevice):
+    """A thermometer that measures the scenario's ``temp`` values (plus ``offset_c``)."""
+
+    KEYS = ("temp",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        offset = float(self.options.get("offset_c", 0.0))
+        inner = self.emit
+
+        def emit(r: Reading) -> None:
+            if r.kind == "temp":
+                r = Reading("temp", round(float(r.value) + offset, 2), r.source, r.t)
+            inner(r)
+
+        self.emit = emit
+
+
+class SimTurnstile(_SimDevice, Turnstile):
+    """A turnstile that records its state and reports the scenario's passages and fire."""
+
+    KEYS = ("passage", "fire")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.state = "locked"
+        self.history: list[str] = []
+        self.signals: list[str] = []
+        self._free = False
+        self._lock = threading.Lock()
+
+    def _set(self, state: str) -> None:
+        with self._lock:
+            self.state = state
+            self.history.append(state)
+
+    def open(self, seconds: float) -> None:
+        """Release the barrier (the controller locks it again)."""
+        if not self._free:
+            self._set("open")
+
+    def lock(self) -> None:
+        """Lock the barrier."""
+        if not self._free:
+            self._set("locked")
+
+    def free(self, active: bool) -> None:
+        """Hold the barrier open, or return it to locked."""
+        self._free = active
+        self._set("free" if active else "locked")
+
+    def stop(self) -> None:
+        """Stop playing and lock (de-energised)."""
+        super().stop()
+        self._free = False
+        self._set("locked")
+
+    def signal(self, verdict: str) -> None:
+        """Remember what the LEDs would show."""
+        self.signals.append(verdict)
+
+
+class SimPrompter(_SimDevice, Prompter):
+    """A prompter that records what it would say and reports the scenario's motion."""
+
+    KEYS = ("motion",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.played: list[str] = []
+
+    def play(self, prompt: str) -> None:
+        """Remember the prompt."""
+        if prompt not in self.PROMPTS:
+            raise ValueError(f"unknown prompt {prompt!r}")
+        self.played.append(prompt)

@@ -1,0 +1,156 @@
+"""The daemon: config in, drivers started, one controller loop, everything closed on stop.
+
+The data flow is one line: drivers emit readings into the controller's queue; the
+controller decides, commits ledger and outbox in one transaction, then acts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from drivers import driver_class
+from drivers.base import DeviceHealth, Driver, DriverContext, Reading
+from drivers.sim import Scenario, ScenarioError
+from gated.clock import Clock, SystemClock, clock_synced
+from gated.controller import Controller
+from gated.errors import ConfigError, DriverError
+from gated.ledger import Ledger
+from gated.passes import PassVerifier
+from gated.registry import Registry
+from gated.storage import connect
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("turnstile", "prompter", "card", "qr", "thermometer")
+
+
+class App:
+    """One gate: storage, pass keys, devices and the controller, in start-up order."""
+
+    def __init__(self, config: Any, clock: Clock | None = None):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.stop_event = threading.Event()
+        self.devices: dict[str, Driver] = {}
+        self.init_storage()
+        self.init_passes()
+        self.init_devices()
+        self.init_controller()
+
+    def init_storage(self) -> None:
+        """Open the database and count this start."""
+        self.conn = connect(self.config.storage.path)
+        self.ledger = Ledger(
+            self.conn,
+            site=self.config.gate.site,
+            gate=self.config.gate.id,
+            clock=self.clock,
+            clock_synced=clock_synced,
+        )
+        self.ledger.start_boot()
+        self.registry = Registry(self.conn)
+
+    def init_passes(self) -> None:
+        """Load the public keys passes are verified with."""
+        self.verifier = PassVerifier(
+            self.config.passes.public_keys, self.config.passes.max_clock_skew_s
+        )
+
+    def _scenario(self) -> Scenario | None:
+        sim = self.config.sim
+        if not any(getattr(self.config, s).driver == "sim" for s in SECTIONS):
+            return None
+        if sim.scenario is None:
+            return Scenario([], sim.speed)
+        try:
+            return Scenario.from_file(Path(sim.scenario), sim.speed)
+        except ScenarioError as exc:
+            raise ConfigError([f"{self.config.source}: sim.scenario: {exc}"]) from None
+
+    def init_devices(self) -> None:
+        """Build the configured drivers (not started yet)."""
+        ctx = DriverContext(pin_factory=self.config.hardware.pin_factory, scenario=self._scenario())
+        for section in SECTIONS:
+            cfg = getattr(self.config, section)
+            if cfg.driver == "none":
+                continue
+            cls = driver_class(section, cfg.driver)
+            options = cfg.model_dump(exclude={"driver"})
+            self.devices[section] = cls(section, self._emit, options, ctx)
+
+    def _emit(self, reading: Reading) -> None:
+        self.controller.put(reading)
+
+    def init_controller(self) -> None:
+        """The controller, with the turnstile and prompter it acts on."""
+        self.controller = Controller(
+            self.config,
+            self.ledger,
+            self.registry,
+            self.verifier,
+            self.devices["turnstile"],  # type: ignore[arg-type]
+            self.devices.get("prompter"),  # type: ignore[arg-type]
+            self.clock,
+        )
+        if self.config.sim.exit_when_done:
+            self.controller.waiting_done = {
+                name
+                for name, d in self.devices.items()
+                if getattr(self.config, name).driver == "sim"
+            }
+
+    def start_devices(self) -> None:
+        """Start every device; one that fails is reported and the gate goes on without it."""
+        turnstile = self.devices["turnstile"]
+        for name, device in self.devices.items():
+            try:
+                device.start()
+            except (DriverError, OSError, ImportError, RuntimeError, ValueError) as exc:
+                log.error("%s did not start: %s", name, exc)
+                self.controller.put(Reading("device", DeviceHealth(False, str(exc)), name))
+                self.controller.waiting_done.discard(name)
+        turnstile.lock()  # type: ignore[attr-defined]
+        if self.controller.mode == "free":
+            turnstile.free(True)  # type: ignore[attr-defined]
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or, in a scripted run, until all is settled)."""
+        self.start_devices()
+        log.info(
+            "gate %s/%s running (boot %d, mode %s, next seq %d)",
+            self.config.gate.site,
+            self.config.gate.id,
+            self.ledger.boot,
+            self.controller.mode,
+            self.ledger.last_seq() + 1,
+        )
+        try:
+            self.controller.run(self.stop_event, exit_when_done=self.config.sim.exit_when_done)
+        finally:
+            self.close()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the loop; the turnstile locks and the database closes."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("stopping on %s", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def close(self) -> None:
+        """Stop devices, de-energise the relay, close the database."""
+        for name, device in reversed(list(self.devices.items())):
+            try:
+                device.stop()
+            except Exception as exc:  # stopping must go on for the others
+                log.warning("%s did not stop cleanly: %s", name, exc)
+        self.conn.close()
+        log.info("stopped; relay de-energised, database closed")

@@ -1,0 +1,160 @@
+"""``gated registry import|export`` and ``gated ledger export``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gated.errors import GatedError, RegistryImportError
+from gated.ledger import iso_utc, iter_events
+from gated.registry import Registry
+from gated.storage import connect
+
+LEDGER_COLUMNS = (
+    "seq",
+    "id",
+    "ts",
+    "kind",
+    "direction",
+    "decision",
+    "reasons",
+    "person_id",
+    "household",
+    "credential_kind",
+    "credential_ref",
+    "color",
+    "temperature_c",
+    "ref",
+    "guard",
+    "alarm",
+    "detail",
+    "passed",
+    "clock_synced",
+    "boot",
+)
+
+
+def _open(config_path: str) -> tuple[Any, sqlite3.Connection]:
+    from gated.config import load_config
+
+    config = load_config(config_path)
+    return config, connect(config.storage.path)
+
+
+def cmd_registry_import(args: argparse.Namespace) -> int:
+    """Import a registry CSV: all rows or none."""
+    _, conn = _open(args.config)
+    try:
+        path = Path(args.file)
+        try:
+            stream = path.open(encoding="utf-8", newline="")
+        except OSError as exc:
+            raise RegistryImportError(f"{path}: cannot read: {exc.strerror}") from None
+        with stream:
+            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            counts = Registry(conn).import_csv(stream, str(path), when)
+        print(f"imported {counts['persons']} persons, {counts['cards']} cards from {path}")
+    finally:
+        conn.close()
+    return 0
+
+
+def cmd_registry_export(args: argparse.Namespace) -> int:
+    """Export the registry as CSV."""
+    _, conn = _open(args.config)
+    try:
+        if args.out:
+            with open(args.out, "w", encoding="utf-8", newline="") as out:
+                Registry(conn).export_csv(out)
+        else:
+            Registry(conn).export_csv(sys.stdout)
+    finally:
+        conn.close()
+    return 0
+
+
+def parse_since(text: str) -> str:
+    """An ISO date or date-time (naive means UTC) as the ledger's ``ts`` format."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise GatedError(f"--since: not an ISO 8601 date or time: {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return iso_utc(dt.timestamp())
+
+
+def _row(e: dict[str, Any]) -> list[Any]:
+    person = e.get("person") or {}
+    cred = e.get("credential") or {}
+    return [
+        e.get("seq"),
+        e.get("id"),
+        e.get("ts"),
+        e.get("kind"),
+        e.get("direction"),
+        e.get("decision"),
+        " ".join(e.get("reasons") or []),
+        person.get("id"),
+        person.get("household"),
+        cred.get("kind"),
+        cred.get("ref"),
+        cred.get("color"),
+        e.get("temperature_c"),
+        e.get("ref"),
+        e.get("guard"),
+        e.get("alarm"),
+        e.get("detail"),
+        e.get("passed"),
+        e.get("clock_synced"),
+        e.get("boot"),
+    ]
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    """Export the ledger in ``seq`` order as CSV or JSON Lines."""
+    since = parse_since(args.since) if args.since else None
+    _, conn = _open(args.config)
+    try:
+        out = sys.stdout
+        if args.format == "jsonl":
+            for e in iter_events(conn, since):
+                out.write(json.dumps(e, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(LEDGER_COLUMNS)
+            for e in iter_events(conn, since):
+                writer.writerow(_row(e))
+    finally:
+        conn.close()
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``registry`` and ``ledger`` to the command line."""
+    reg = sub.add_parser("registry", help="residents, households and cards")
+    rsub = reg.add_subparsers(dest="registry_command", metavar="ACTION")
+    rsub.required = True
+    p = rsub.add_parser("import", help="import a registry CSV (all rows or none)")
+    p.add_argument("file")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_registry_import)
+    p = rsub.add_parser("export", help="export the registry as CSV")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--out", help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_registry_export)
+
+    led = sub.add_parser("ledger", help="the in/out ledger")
+    lsub = led.add_subparsers(dest="ledger_command", metavar="ACTION")
+    lsub.required = True
+    p = lsub.add_parser("export", help="export events in seq order")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--since", help="only events stamped at or after this ISO date/time")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
+    p.set_defaults(func=cmd_ledger_export)

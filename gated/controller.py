@@ -1,0 +1,487 @@
+"""The controller: one thread takes every input in order, decides, commits, then acts.
+
+Drivers put :class:`~drivers.base.Reading` objects on ``queue``; other threads (the
+status screen, MQTT commands) submit callables that run on this thread, so the
+ledger has exactly one writer and a verdict is always committed before the
+turnstile moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from drivers.base import DeviceHealth, Prompter, Reading, Turnstile
+from gated.actions import prompt_for
+from gated.clock import Clock
+from gated.events import MODES
+from gated.ledger import Effects, Ledger
+from gated.passes import PassVerifier
+from gated.policy import Facts, History, PassFacts, Verdict, decide
+from gated.registry import Registry
+from gated.session import Session, SessionMachine
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class OpenGrant:
+    """A granted person the turnstile is open for, until ``deadline`` (monotonic)."""
+
+    event: dict[str, Any]
+    deadline: float
+
+
+@dataclass
+class PendingGuard:
+    """A ``needs_guard`` verdict waiting for the guard until ``deadline`` (monotonic)."""
+
+    event: dict[str, Any]
+    deadline: float
+    effects: Effects
+
+
+@dataclass
+class Counters:
+    """Counts the screen and metrics show; reset only by a restart."""
+
+    decisions: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    motion_only: int = 0
+    events: int = 0
+
+
+class Controller:
+    """Decides for one gate; every method but :meth:`submit` runs on its own thread."""
+
+    def __init__(
+        self,
+        config: Any,
+        ledger: Ledger,
+        registry: Registry,
+        verifier: PassVerifier,
+        turnstile: Turnstile,
+        prompter: Prompter | None,
+        clock: Clock,
+    ):
+        self.config = config
+        self.policy = config.policy
+        self.ledger = ledger
+        self.registry = registry
+        self.verifier = verifier
+        self.turnstile = turnstile
+        self.prompter = prompter
+        self.clock = clock
+        self.queue: queue.Queue[Reading | Callable[[], None]] = queue.Queue()
+        self.sessions = SessionMachine(self.policy, config.gate.direction)
+        self.tz = ZoneInfo(config.gate.timezone)
+        self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
+        self.mode = ledger.get_meta("mode", "normal")
+        self.fire = False
+        self.guards_on_duty: set[str] = set()
+        self.grants: list[OpenGrant] = []
+        self.pending: dict[str, PendingGuard] = {}
+        self.health: dict[str, DeviceHealth] = {}
+        self.counters = Counters()
+        self.observers: list[Observer] = []
+        self.waiting_done: set[str] = set()
+        self.last_verdict: dict[str, Any] | None = None
+
+    # -- from other threads ------------------------------------------------------------
+
+    def put(self, reading: Reading) -> None:
+        """Hand a driver's reading to the controller (thread-safe; drivers' ``emit``)."""
+        self.queue.put(reading)
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the controller thread; the future holds its result."""
+        fut: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except Exception as exc:  # handed to the caller, who reports it
+                fut.set_exception(exc)
+
+        self.queue.put(run)
+        return fut
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, exit_when_done: bool = False) -> None:
+        """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
+        while not stop.is_set():
+            try:
+                item = self.queue.get(timeout=self._wait())
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self.handle(item)
+            self.tick()
+            if exit_when_done and self.settled():
+                return
+
+    def _wait(self) -> float:
+        deadlines = [g.deadline for g in self.grants]
+        deadlines += [p.deadline for p in self.pending.values()]
+        d = self.sessions.deadline()
+        if d is not None:
+            deadlines.append(d)
+        if not deadlines:
+            return 0.2
+        return min(0.2, max(0.0, min(deadlines) - self.clock.monotonic()))
+
+    def settled(self) -> bool:
+        """No scripted input left to play and nothing open: a session, a grant, a guard."""
+        return (
+            not self.waiting_done
+            and self.queue.empty()
+            and self.sessions.current is None
+            and not self.grants
+            and not self.pending
+        )
+
+    def handle(self, item: Reading | Callable[[], None]) -> None:
+        """Process one reading or submitted callable."""
+        if not isinstance(item, Reading):
+            item()
+            return
+        kind = item.kind
+        if kind in ("motion", "temp", "card", "qr"):
+            self._session_input(item)
+        elif kind == "passage":
+            if item.value:
+                self._passage()
+        elif kind == "fire":
+            self._fire(bool(item.value), item.source)
+        elif kind == "device":
+            self._device(item.source, item.value)
+        elif kind == "done":
+            self.waiting_done.discard(item.source)
+        else:
+            log.warning("ignored a reading of unknown kind %r from %s", kind, item.source)
+
+    def tick(self) -> None:
+        """Close what has run out of time: sessions, guard waits, open turnstiles."""
+        now = self.clock.monotonic()
+        expired = self.sessions.expire(now)
+        if expired is not None:
+            self._conclude(expired)
+        if self.sessions.motion_only_timeouts != self.counters.motion_only:
+            self.counters.motion_only = self.sessions.motion_only_timeouts
+        for event_id, p in list(self.pending.items()):
+            if now >= p.deadline:
+                del self.pending[event_id]
+                self._record(self._follow_up(p.event, "denied", ("guard_timeout",), None))
+                self._play("denied")
+        for g in list(self.grants):
+            if now >= g.deadline:
+                self.grants.remove(g)
+                self._record(
+                    {
+                        "kind": "passage",
+                        "ref": g.event["id"],
+                        "passed": False,
+                        "direction": g.event.get("direction"),
+                    }
+                )
+                if not self.grants and not self._free():
+                    self.turnstile.lock()
+
+    # -- sessions and verdicts ---------------------------------------------------------
+
+    def _session_input(self, r: Reading) -> None:
+        value = r.value
+        if r.kind in ("card", "qr") and (not isinstance(value, str) or not value.strip()):
+            log.warning("ignored an empty %s reading from %s", r.kind, r.source)
+            return
+        checks_off = self.fire or self.mode in ("locked", "free")
+        step = self.sessions.feed(r.kind, value, self.clock.monotonic(), checks_off=checks_off)
+        for prompt in step.prompts:
+            self._play(prompt)
+        if step.ready is not None:
+            self._conclude(step.ready)
+
+    def _pass_facts(self, text: str) -> PassFacts:
+        check = self.verifier.verify(text, self.clock.time(), self.config.gate.id)
+        if not check.ok:
+            return PassFacts(problem=check.reason, jti=check.jti)
+        c = check.claims
+        jti = str(c["jti"])
+        otp = bool(c.get("otp", False))
+        problem = None
+        if self.registry.pass_revoked(jti):
+            problem = "pass_revoked"
+        elif otp and self.ledger.pass_used(jti):
+            problem = "pass_replayed"
+        return PassFacts(problem, jti, str(c["sub"]), str(c["hh"]), str(c["col"]), otp)
+
+    def facts(self, s: Session) -> Facts:
+        """Look up everything the policy needs for session ``s``."""
+        card = self.registry.card(s.card) if s.card else None
+        qr = self._pass_facts(s.qr) if s.qr else None
+        household = None
+        person_id = None
+        if card is not None and card.person is not None:
+            household, person_id = card.person.household, card.person.id
+        elif qr is not None and qr.problem is None:
+            household, person_id = qr.household, qr.sub
+        history = History()
+        quota = self.policy.household_quota
+        if quota is not None and household:
+            since = self.clock.time() - quota.window_h * 3600
+            direction = None if quota.direction == "both" else quota.direction
+            history = History(household_grants=self.ledger.quota_used(household, since, direction))
+        if person_id and self.policy.antipassback != "off":
+            history = History(history.household_grants, self.ledger.last_direction(person_id))
+        return Facts(
+            mode=self.mode,
+            fire=self.fire,
+            direction=s.direction,
+            local_time=datetime.fromtimestamp(self.clock.time(), self.tz),
+            temperature=s.temperature,
+            readings=tuple(s.readings),
+            temp_invalid_seen=bool(s.invalid_readings),
+            card=card,
+            qr=qr,
+            history=history,
+        )
+
+    def _conclude(self, s: Session) -> None:
+        started = time.perf_counter()
+        facts = self.facts(s)
+        verdict = decide(facts, self.policy)
+        decide_ms = (time.perf_counter() - started) * 1000
+        event = self._decision_event(s, facts, verdict, decide_ms)
+        effects = self._effects(facts, verdict, event)
+        if verdict.decision == "granted":
+            self._record(event, effects)
+        else:
+            self._record(event)
+        if verdict.alarm:
+            self._alarm(
+                verdict.alarm,
+                f"session ended {verdict.decision}",
+                ref=event["id"],
+                person=event["person"],
+                temperature_c=event["temperature_c"],
+            )
+        self._act(event, verdict, effects)
+
+    def _decision_event(
+        self, s: Session, facts: Facts, v: Verdict, decide_ms: float
+    ) -> dict[str, Any]:
+        credential = None
+        if facts.card is not None:
+            credential = {"kind": "card", "ref": facts.card.uid, "color": v.color}
+            if facts.qr is not None:
+                credential["pass"] = facts.qr.jti
+        elif facts.qr is not None:
+            credential = {"kind": "qr", "ref": facts.qr.jti, "color": v.color}
+        return {
+            "kind": "decision",
+            "direction": s.direction,
+            "decision": v.decision,
+            "reasons": list(v.reasons),
+            "person": v.person.as_event() if v.person else None,
+            "credential": credential,
+            "temperature_c": s.temperature,
+            "readings_c": list(s.readings) + list(s.invalid_readings),
+            "ref": None,
+            "guard": None,
+            "latency_ms": {"decide": round(decide_ms, 3)},
+        }
+
+    def _effects(self, facts: Facts, v: Verdict, event: dict[str, Any]) -> Effects:
+        person = v.person
+        jti = facts.qr.jti if facts.qr is not None and facts.qr.otp else None
+        if person is None:
+            return Effects(pass_use_jti=jti)
+        return Effects(
+            quota_household=person.household or None,
+            quota_direction=event["direction"],
+            presence_person=person.id,
+            presence_direction=event["direction"],
+            pass_use_jti=jti,
+        )
+
+    def _act(self, event: dict[str, Any], v: Verdict, effects: Effects) -> None:
+        if v.decision == "granted":
+            self._open(event)
+        elif v.decision == "needs_guard":
+            deadline = self.clock.monotonic() + self.policy.guard_timeout_s
+            self.pending[event["id"]] = PendingGuard(event, deadline, effects)
+            self.turnstile.signal("guard")
+            if not self.guards_on_duty:
+                self._alarm(
+                    "unattended",
+                    "a guard decision is needed and no guard is on duty",
+                    ref=event["id"],
+                )
+        else:
+            self.turnstile.signal("denied")
+        self._play(prompt_for(v.decision, v.reasons))
+
+    def _open(self, event: dict[str, Any]) -> None:
+        self.grants.append(OpenGrant(event, self.clock.monotonic() + self.open_s))
+        self.turnstile.signal("granted")
+        if not self._free():
+            self.turnstile.open(self.open_s)
+
+    # -- turnstile inputs --------------------------------------------------------------
+
+    def _free(self) -> bool:
+        return self.fire or self.mode == "free"
+
+    def _passage(self) -> None:
+        if self.grants:
+            g = self.grants.pop(0)
+            self._record(
+                {
+                    "kind": "passage",
+                    "ref": g.event["id"],
+                    "passed": True,
+                    "direction": g.event.get("direction"),
+                }
+            )
+            if not self.grants and not self._free():
+                self.turnstile.lock()
+            return
+        event = self._record(
+            {
+                "kind": "passage",
+                "ref": None,
+                "passed": True,
+                "direction": self.config.gate.direction,
+            }
+        )
+        if not self._free():
+            self._alarm("tailgate", "passage with no grant open", ref=event["id"])
+
+    def _fire(self, active: bool, source: str) -> None:
+        if active == self.fire:
+            return
+        self.fire = active
+        self.turnstile.free(active or self.mode == "free")
+        if active:
+            self._alarm("fire", f"fire input active ({source}): passage is free")
+        else:
+            self._record(
+                {
+                    "kind": "mode",
+                    "mode": self.mode,
+                    "previous": self.mode,
+                    "by": source,
+                    "detail": "fire input cleared",
+                }
+            )
+
+    def _device(self, name: str, health: Any) -> None:
+        if not isinstance(health, DeviceHealth):
+            return
+        before = self.health.get(name)
+        self.health[name] = health
+        if before == health or (before is None and health.ok):
+            return
+        event = self._record(
+            {"kind": "device", "device": name, "ok": health.ok, "detail": health.detail}
+        )
+        if not health.ok:
+            self._alarm("device", f"{name}: {health.detail}", ref=event["id"])
+
+    # -- guard and operator actions (run through submit) -------------------------------
+
+    def set_mode(self, mode: str, by: str) -> dict[str, Any]:
+        """Change the gate mode; recorded as a ``mode`` event by ``by``."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+        previous, self.mode = self.mode, mode
+        event = self._record(
+            {"kind": "mode", "mode": mode, "previous": previous, "by": by}, Effects(mode=mode)
+        )
+        self.turnstile.free(self._free())
+        return event
+
+    def guard_on(self, guard: str) -> dict[str, Any]:
+        """A guard starts a shift at this gate."""
+        self.guards_on_duty.add(guard)
+        return self._record({"kind": "guard_on", "guard": guard})
+
+    def guard_off(self, guard: str) -> dict[str, Any]:
+        """A guard ends a shift at this gate."""
+        self.guards_on_duty.discard(guard)
+        return self._record({"kind": "guard_off", "guard": guard})
+
+    def guard_decide(
+        self, event_id: str, grant: bool, guard: str, confirm_temp_c: float | None = None
+    ) -> dict[str, Any]:
+        """The guard's answer to a pending ``needs_guard`` verdict."""
+        p = self.pending.pop(event_id, None)
+        if p is None:
+            raise KeyError(f"no pending decision {event_id}")
+        decision = "guard_granted" if grant else "guard_denied"
+        event = self._follow_up(p.event, decision, tuple(p.event["reasons"]), guard)
+        if confirm_temp_c is not None:
+            event["confirm_temp_c"] = confirm_temp_c
+        self._record(event, p.effects if grant else None)
+        if grant:
+            self._open(event)
+        else:
+            self.turnstile.signal("denied")
+        self._play("granted" if grant else "denied")
+        return event
+
+    # -- recording ---------------------------------------------------------------------
+
+    @staticmethod
+    def _follow_up(
+        base: dict[str, Any], decision: str, reasons: tuple[str, ...], guard: str | None
+    ) -> dict[str, Any]:
+        return {
+            "kind": "decision",
+            "direction": base.get("direction"),
+            "decision": decision,
+            "reasons": list(reasons),
+            "person": base.get("person"),
+            "credential": base.get("credential"),
+            "temperature_c": base.get("temperature_c"),
+            "readings_c": base.get("readings_c"),
+            "ref": base["id"],
+            "guard": guard,
+        }
+
+    def _alarm(self, alarm: str, detail: str, **fields: Any) -> dict[str, Any]:
+        return self._record({"kind": "alarm", "alarm": alarm, "detail": detail, **fields})
+
+    def _record(self, event: dict[str, Any], effects: Effects | None = None) -> dict[str, Any]:
+        event = self.ledger.append(event, effects)
+        self.counters.events += 1
+        if event["kind"] == "decision":
+            d = event["decision"]
+            self.counters.decisions[d] = self.counters.decisions.get(d, 0) + 1
+            for r in event["reasons"]:
+                self.counters.reasons[r] = self.counters.reasons.get(r, 0) + 1
+            self.last_verdict = event
+        for observe in self.observers:
+            try:
+                observe(event)
+            except Exception:  # an observer must never stop the gate
+                log.exception("event observer failed")
+        return event
+
+    def _play(self, prompt: str | None) -> None:
+        if prompt and self.prompter is not None:
+            try:
+                self.prompter.play(prompt)
+            except Exception as exc:  # a mute prompter must not stop the gate
+                log.warning("prompt %s not played: %s", prompt, exc)

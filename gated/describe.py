@@ -1,0 +1,49 @@
+"""One readable line per event, with personal data masked (logs, the demo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gated.privacy import mask_name, mask_uid
+
+
+def _who(event: dict[str, Any]) -> str:
+    person = event.get("person") or {}
+    cred = event.get("credential") or {}
+    parts = []
+    if cred.get("kind") == "card":
+        parts.append(f"card {mask_uid(cred.get('ref'))}")
+    elif cred.get("kind") == "qr":
+        parts.append(f"pass {str(cred.get('ref') or '?')[:8]}")
+    if person.get("name"):
+        parts.append(str(mask_name(person["name"])))
+    elif person.get("id"):
+        parts.append(str(person["id"]))
+    if cred.get("color"):
+        parts.append(str(cred["color"]))
+    return " ".join(parts)
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """``#12 decision DENIED card ******3D4E 张** green: fever``; no temperature shown."""
+    kind = event["kind"]
+    head = f"#{event.get('seq', '?')} {event.get('ts', '')[11:19]} {kind}"
+    if kind == "decision":
+        reasons = ", ".join(event.get("reasons") or []) or "ok"
+        guard = f" by guard {event['guard']}" if event.get("guard") else ""
+        who = _who(event) or "unidentified"
+        return f"{head} {event['decision'].upper()}{guard} {who}: {reasons}"
+    if kind == "passage":
+        what = "passed" if event.get("passed") else "did not pass"
+        ref = "no grant open" if event.get("ref") is None else "after a grant"
+        return f"{head} {what} ({ref})"
+    if kind == "alarm":
+        return f"{head} {event['alarm'].upper()}: {event.get('detail', '')}"
+    if kind == "mode":
+        return f"{head} {event.get('previous')} -> {event['mode']} by {event.get('by')}"
+    if kind in ("guard_on", "guard_off"):
+        return f"{head} guard {event.get('guard')}"
+    if kind == "device":
+        state = "ok" if event.get("ok") else "FAILED"
+        return f"{head} {event.get('device')} {state} {event.get('detail', '')}".rstrip()
+    return head

@@ -1,0 +1,179 @@
+"""The in/out ledger: every event, its gap-free ``seq``, and its outbox row.
+
+An event is written to ``events`` and ``outbox`` in one transaction before
+anything acts on it (SPEC §4, §7). ``seq`` comes from a counter in ``meta``
+incremented in that same transaction, so it is gap-free and survives restarts
+and purges.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gated.clock import Clock
+from gated.events import topic_for
+from gated.storage import Transaction
+
+
+def iso_utc(ts: float) -> str:
+    """Unix seconds as ``2026-02-28T18:05:11.204Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class Effects:
+    """State that changes with an event, committed in the event's transaction."""
+
+    quota_household: str | None = None
+    quota_direction: str | None = None
+    presence_person: str | None = None
+    presence_direction: str | None = None
+    pass_use_jti: str | None = None
+    mode: str | None = None
+
+
+class Ledger:
+    """Appends events for one gate; the controller thread is its only writer."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        site: str,
+        gate: str,
+        clock: Clock,
+        clock_synced: Any = None,
+    ):
+        self.conn = conn
+        self.site = site
+        self.gate = gate
+        self.clock = clock
+        self._clock_synced = clock_synced or (lambda: True)
+        self.boot = int(self._meta("boot"))
+
+    def _meta(self, key: str) -> str:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    def get_meta(self, key: str, default: str) -> str:
+        """A persisted setting (the gate mode survives restarts)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else default
+
+    def start_boot(self) -> int:
+        """Count one more daemon start; events carry this number as ``boot``."""
+        with Transaction(self.conn) as c:
+            c.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'boot'")
+        self.boot = int(self._meta("boot"))
+        return self.boot
+
+    def append(self, event: dict[str, Any], effects: Effects | None = None) -> dict[str, Any]:
+        """Stamp ``event`` (id, seq, ts, site, gate, boot, clock_synced) and commit it."""
+        now = self.clock.time()
+        event.setdefault("id", str(uuid.uuid4()))
+        event["ts"] = iso_utc(now)
+        event["site"] = self.site
+        event["gate"] = self.gate
+        event["clock_synced"] = bool(self._clock_synced())
+        event["boot"] = self.boot
+        kind = event["kind"]
+        person = event.get("person") or {}
+        with Transaction(self.conn) as c:
+            seq = int(
+                c.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'next_seq'"
+                    " RETURNING CAST(value AS INTEGER) - 1"
+                ).fetchone()[0]
+            )
+            event["seq"] = seq
+            c.execute(
+                "INSERT INTO events(seq, id, ts, kind, decision, person_id, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    seq,
+                    event["id"],
+                    event["ts"],
+                    kind,
+                    event.get("decision"),
+                    person.get("id"),
+                    json.dumps(event, ensure_ascii=False, separators=(",", ":")),
+                ),
+            )
+            c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
+            if effects is not None:
+                self._apply(c, effects, seq, now)
+        return event
+
+    @staticmethod
+    def _apply(c: sqlite3.Connection, fx: Effects, seq: int, now: float) -> None:
+        if fx.quota_household:
+            c.execute(
+                "INSERT INTO quota_use(household, direction, ts, seq) VALUES (?, ?, ?, ?)",
+                (fx.quota_household, fx.quota_direction or "", now, seq),
+            )
+        if fx.presence_person:
+            c.execute(
+                "INSERT OR REPLACE INTO presence(person_id, direction, ts, seq) VALUES (?,?,?,?)",
+                (fx.presence_person, fx.presence_direction or "", now, seq),
+            )
+        if fx.mode:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('mode', ?)", (fx.mode,))
+        if fx.pass_use_jti:
+            c.execute(
+                "INSERT OR IGNORE INTO pass_uses(jti, seq, ts) VALUES (?, ?, ?)",
+                (fx.pass_use_jti, seq, now),
+            )
+
+    # -- what the policy needs to know about the past ---------------------------------
+
+    def quota_used(self, household: str, since: float, direction: str | None) -> int:
+        """Granted verdicts for ``household`` since unix time ``since`` (on ``direction``)."""
+        if direction in (None, "both"):
+            sql = "SELECT COUNT(*) FROM quota_use WHERE household = ? AND ts >= ?"
+            args: tuple[Any, ...] = (household, since)
+        else:
+            sql = "SELECT COUNT(*) FROM quota_use WHERE household = ? AND ts >= ? AND direction = ?"
+            args = (household, since, direction)
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def last_direction(self, person_id: str) -> str | None:
+        """The direction of the person's last granted passage at this site, if any."""
+        row = self.conn.execute(
+            "SELECT direction FROM presence WHERE person_id = ?", (person_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def pass_used(self, jti: str) -> bool:
+        """Whether a one-time pass has already let somebody through."""
+        row = self.conn.execute("SELECT 1 FROM pass_uses WHERE jti = ?", (jti,)).fetchone()
+        return row is not None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """The highest ``seq`` handed out so far (0 before the first event)."""
+        return int(self._meta("next_seq")) - 1
+
+    def backlog(self) -> int:
+        """How many events wait in the outbox."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def iter_events(
+    conn: sqlite3.Connection, since: str | None = None, after_seq: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Events in ``seq`` order, optionally those stamped at or after ISO time ``since``."""
+    sql = "SELECT body FROM events WHERE seq > ?"
+    args: list[Any] = [after_seq]
+    if since:
+        sql += " AND ts >= ?"
+        args.append(since)
+    sql += " ORDER BY seq"
+    for (body,) in conn.execute(sql, args):
+        yield json.loads(body)

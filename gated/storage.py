@@ -1,0 +1,113 @@
+"""The SQLite file: opened in WAL mode with ``synchronous=FULL``, schema created once.
+
+One file holds the registry and the ledger, so a verdict and the quota or
+anti-passback state it changes are committed in the same transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_utils
+
+from gated.errors import StorageError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS persons (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    id_number TEXT NOT NULL DEFAULT '',
+    unit TEXT NOT NULL DEFAULT '',
+    household TEXT NOT NULL DEFAULT '',
+    category TEXT NOT NULL DEFAULT '',
+    color TEXT NOT NULL DEFAULT 'green',
+    verified INTEGER NOT NULL DEFAULT 0,
+    active INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS cards (
+    uid TEXT PRIMARY KEY,
+    person TEXT NOT NULL REFERENCES persons(id),
+    activated_at TEXT,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS cards_person ON cards(person);
+CREATE TABLE IF NOT EXISTS revoked_passes (jti TEXT PRIMARY KEY, revoked_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pass_uses (jti TEXT PRIMARY KEY, seq INTEGER NOT NULL, ts REAL NOT NULL);
+
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    decision TEXT,
+    person_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY REFERENCES events(seq),
+    topic TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quota_use (
+    household TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    ts REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quota_use_hh ON quota_use(household, ts);
+CREATE TABLE IF NOT EXISTS presence (
+    person_id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    ts REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+"""
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open (and create) the database; WAL, ``synchronous=FULL``, explicit transactions."""
+    path = Path(path)
+    try:
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(_SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?), ('next_seq', '1'),"
+            " ('boot', '0')",
+            (str(SCHEMA_VERSION),),
+        )
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """The sqlite-utils view of a connection opened by :func:`connect`."""
+    return sqlite_utils.Database(conn)
+
+
+class Transaction:
+    """``with Transaction(conn):`` runs a ``BEGIN IMMEDIATE`` ... ``COMMIT`` block."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
