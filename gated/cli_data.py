@@ -136,7 +136,7 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``registry`` and ``ledger`` to the command line."""
     reg = sub.add_parser("registry", help="residents, households and cards")
     rsub = reg.add_subparsers(dest="registry_command", metavar="ACTION")

@@ -162,15 +162,16 @@ class StorageConfig(_Model):
 
 
 def _check_broker_url(value: str) -> str:
+    url = urlsplit(value)
+    if "@" in url.netloc:
+        # Not echoed: the URL holds a secret.
+        raise ValueError("no credentials in the URL: use username and password_file")
     try:
-        url = urlsplit(value)
         port = url.port
     except ValueError as exc:
         raise ValueError(f"{value!r}: {exc}") from None
     if url.scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"{value!r}: the scheme is mqtt:// or mqtts://")
-    if url.username is not None or url.password is not None:
-        raise ValueError(f"{value!r}: no credentials in the URL: use username and password_file")
     if not url.hostname:
         raise ValueError(f"{value!r}: no host")
     if port == 0 or url.path not in ("", "/") or url.query or url.fragment:

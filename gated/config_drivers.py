@@ -367,7 +367,10 @@ TurnstileConfig = Annotated[GpioTurnstileConfig | SimTurnstileConfig, Field(disc
 # ---- prompters ---------------------------------------------------------------------
 
 _PROMPTER_DRIVER = "Prompter: gpio, sim or none."
-_NIGHT = 'Night hours ["HH:MM", "HH:MM"] when prompts are kept quiet; may cross midnight.'
+_NIGHT = (
+    'Night hours ["HH:MM", "HH:MM"] (may cross midnight) when every motion is prompted,'
+    " so people are reminded even when no guard is watching."
+)
 
 
 class GpioPrompterConfig(_Model):

@@ -154,12 +154,16 @@ def run_demo(
         if scenario is None:
             lines = demo_scenario(key_dir / f"{kid}.key", kid, "demo-gate")
             scenario_path.write_text("".join(json.dumps(s) + "\n" for s in lines))
+        base = load_config(DEMO_CONFIG).policy
         config = load_config(
             DEMO_CONFIG,
             {
                 "storage": {"path": str(work / "demo.db")},
                 "passes": {"public_keys": {kid: str(key_dir / f"{kid}.pub")}},
-                "policy": {"session_timeout_s": 6.0 / speed, "guard_timeout_s": 5.0 / speed},
+                "policy": {
+                    "session_timeout_s": base.session_timeout_s / speed,
+                    "guard_timeout_s": base.guard_timeout_s / speed,
+                },
                 "sim": {
                     "scenario": str(scenario_path.resolve()),
                     "exit_when_done": exit_when_done,

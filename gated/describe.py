@@ -40,6 +40,8 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "alarm":
         return f"{head} {event['alarm'].upper()}: {event.get('detail', '')}"
     if kind == "mode":
+        if event.get("detail"):
+            return f"{head} {event['detail']} ({event.get('by')}); mode {event['mode']}"
         return f"{head} {event.get('previous')} -> {event['mode']} by {event.get('by')}"
     if kind in ("guard_on", "guard_off"):
         return f"{head} guard {event.get('guard')}"
