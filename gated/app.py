@@ -11,7 +11,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from drivers import driver_class
 from drivers.base import DeviceHealth, Driver, DriverContext, Reading
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 SECTIONS = ("turnstile", "prompter", "card", "qr", "thermometer")
 
 
+class Service(Protocol):
+    """Something that runs beside the controller (publisher, status screen)."""
+
+    def start(self) -> None:
+        """Begin work on a thread of its own."""
+
+    def stop(self) -> None:
+        """Stop and release everything; safe to call twice."""
+
+
 class App:
     """One gate: storage, pass keys, devices and the controller, in start-up order."""
 
@@ -37,6 +47,7 @@ class App:
         self.clock = clock or SystemClock()
         self.stop_event = threading.Event()
         self.devices: dict[str, Driver] = {}
+        self.services: list[Service] = []
         self.init_storage()
         self.init_passes()
         self.init_devices()
@@ -118,9 +129,15 @@ class App:
         if self.controller.mode == "free":
             turnstile.free(True)  # type: ignore[attr-defined]
 
+    def start_services(self) -> None:
+        """Start the services added to ``services`` (after the devices)."""
+        for service in self.services:
+            service.start()
+
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or, in a scripted run, until all is settled)."""
         self.start_devices()
+        self.start_services()
         log.info(
             "gate %s/%s running (boot %d, mode %s, next seq %d)",
             self.config.gate.site,
@@ -146,7 +163,12 @@ class App:
         signal.signal(signal.SIGINT, handler)
 
     def close(self) -> None:
-        """Stop devices, de-energise the relay, close the database."""
+        """Stop services and devices, de-energise the relay, close the database."""
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception as exc:  # stopping must go on for the others
+                log.warning("%s did not stop cleanly: %s", type(service).__name__, exc)
         for name, device in reversed(list(self.devices.items())):
             try:
                 device.stop()

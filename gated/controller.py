@@ -96,6 +96,8 @@ class Controller:
         self.observers: list[Observer] = []
         self.waiting_done: set[str] = set()
         self.last_verdict: dict[str, Any] | None = None
+        #: Called once per loop turn (at least every 0.2 s): the systemd watchdog ping.
+        self.heartbeat: Callable[[], None] | None = None
 
     # -- from other threads ------------------------------------------------------------
 
@@ -128,6 +130,8 @@ class Controller:
             if item is not None:
                 self.handle(item)
             self.tick()
+            if self.heartbeat is not None:
+                self.heartbeat()
             if exit_when_done and self.settled():
                 return
 
@@ -197,6 +201,23 @@ class Controller:
                 )
                 if not self.grants and not self._free():
                     self.turnstile.lock()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The gate's state for the screen and the status topic (controller thread only)."""
+        return {
+            "mode": self.mode,
+            "fire": self.fire,
+            "guards_on_duty": sorted(self.guards_on_duty),
+            "pending": [p.event for p in self.pending.values()],
+            "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
+            "last_verdict": self.last_verdict,
+            "counters": {
+                "decisions": dict(self.counters.decisions),
+                "reasons": dict(self.counters.reasons),
+                "motion_only": self.counters.motion_only,
+                "events": self.counters.events,
+            },
+        }
 
     # -- sessions and verdicts ---------------------------------------------------------
 
