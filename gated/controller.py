@@ -9,6 +9,7 @@ turnstile moves.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -59,6 +60,8 @@ class Counters:
     reasons: dict[str, int] = field(default_factory=dict)
     motion_only: int = 0
     events: int = 0
+    rejected: int = 0
+    errors: int = 0
 
 
 class Controller:
@@ -127,9 +130,14 @@ class Controller:
                 item = self.queue.get(timeout=self._wait())
             except queue.Empty:
                 item = None
-            if item is not None:
-                self.handle(item)
-            self.tick()
+            try:
+                if item is not None:
+                    self.handle(item)
+                self.tick()
+            except Exception:
+                # Nothing was acted on without its commit; log, count and keep the gate alive.
+                self.counters.errors += 1
+                log.exception("controller step failed")
             if self.heartbeat is not None:
                 self.heartbeat()
             if exit_when_done and self.settled():
@@ -216,6 +224,8 @@ class Controller:
                 "reasons": dict(self.counters.reasons),
                 "motion_only": self.counters.motion_only,
                 "events": self.counters.events,
+                "rejected": self.counters.rejected,
+                "errors": self.counters.errors,
             },
         }
 
@@ -224,7 +234,16 @@ class Controller:
     def _session_input(self, r: Reading) -> None:
         value = r.value
         if r.kind in ("card", "qr") and (not isinstance(value, str) or not value.strip()):
+            self.counters.rejected += 1
             log.warning("ignored an empty %s reading from %s", r.kind, r.source)
+            return
+        if r.kind == "temp" and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            self.counters.rejected += 1
+            log.warning("ignored a temperature that is not a number from %s", r.source)
             return
         checks_off = self.fire or self.mode in ("locked", "free")
         step = self.sessions.feed(r.kind, value, self.clock.monotonic(), checks_off=checks_off)

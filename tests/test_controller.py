@@ -189,3 +189,28 @@ def test_events_carry_boot_clock_and_a_gap_free_seq(rig: Rig) -> None:
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
     assert all(e["boot"] == 1 and isinstance(e["clock_synced"], bool) for e in stored)
     assert all(e["site"] == "s1" and e["gate"] == "g1" for e in stored)
+
+
+def test_malformed_readings_are_counted_and_never_decide(rig: Rig) -> None:
+    for kind, value in [
+        ("temp", "hot"),
+        ("temp", float("nan")),
+        ("temp", True),
+        ("card", ""),
+        ("card", 1234),
+        ("qr", None),
+        ("qr", "   "),
+    ]:
+        rig.feed(kind, value)
+    rig.wait(60)
+    assert rig.events == []
+    assert rig.controller.counters.rejected == 7
+    assert rig.turnstile.history == []
+
+
+def test_garbage_qr_text_is_a_denial_not_a_crash(rig: Rig) -> None:
+    for text in ["https://example.com/x", "a.b.c", "\x00\xff" * 50, "e" * 10_000]:
+        rig.feed("temp", 36.6)
+        rig.feed("qr", text)
+    assert [d["reasons"] for d in rig.decisions()] == [["pass_invalid"]] * 4
+    assert rig.turnstile.history == []
