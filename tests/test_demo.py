@@ -9,23 +9,17 @@ import sys
 from pathlib import Path
 
 
-def test_demo_plays_every_kind_of_verdict_and_exits_when_done(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gated.cli",
-            "demo",
-            "--exit-when-done",
-            "--speed",
-            "20",
-            "--workdir",
-            str(tmp_path),
-        ],
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gated.cli", "demo", "--exit-when-done", *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_demo_plays_every_kind_of_verdict_and_exits_when_done(tmp_path: Path) -> None:
+    result = demo("--speed", "20", "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for shown in (
@@ -49,54 +43,21 @@ def test_demo_plays_every_kind_of_verdict_and_exits_when_done(tmp_path: Path) ->
     # Readable, but private: no ID number, no full name, no full card uid on screen.
     assert "320623199001011234" not in out and "张伟" not in out and "0A1B2C3D4E" not in out
     conn = sqlite3.connect(tmp_path / "demo.db")
-    seqs = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
     bodies = [json.loads(r[0]) for r in conn.execute("SELECT body FROM events ORDER BY seq")]
     conn.close()
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert len(out.strip().splitlines()) == len(seqs)  # one line per event
+    assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1))
+    assert len(out.strip().splitlines()) == len(bodies)  # one line per event
     assert {b["kind"] for b in bodies} >= {"decision", "passage", "alarm", "guard_on"}
 
 
 def test_demo_plays_a_scenario_file_and_names_a_bad_line(tmp_path: Path) -> None:
     scenario = tmp_path / "s.jsonl"
     scenario.write_text('{"t": 0, "temp": 36.5}\n{"t": 0.1, "card": "0A1B2C3D4E"}\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gated.cli",
-            "demo",
-            "--exit-when-done",
-            "--speed",
-            "5",
-            "--scenario",
-            str(scenario),
-            "--workdir",
-            str(tmp_path / "w"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = demo("--speed", "5", "--scenario", str(scenario), "--workdir", str(tmp_path / "w"))
     assert result.returncode == 0, result.stderr
     assert "GRANTED" in result.stdout
 
     scenario.write_text('{"t": 0, "temp": 36.5}\n{"t": 0.1, "crad": "0A1B2C3D4E"}\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gated.cli",
-            "demo",
-            "--exit-when-done",
-            "--scenario",
-            str(scenario),
-            "--workdir",
-            str(tmp_path / "w2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = demo("--scenario", str(scenario), "--workdir", str(tmp_path / "w2"))
     assert result.returncode == 2
     assert f"{scenario}:2:" in result.stderr and "Traceback" not in result.stderr
