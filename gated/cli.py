@@ -64,6 +64,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """``gated selftest -c FILE``: check every configured device once."""
+    from gated.selftest import format_table, run_selftest
+
+    results = run_selftest(load(args.config), wait_s=args.wait)
+    print(format_table(results))
+    return 0 if all(c.ok for c in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -100,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", help="keep the demo's database and keys here (default: a temporary directory)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("selftest", help="for installers: check every configured device once")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a reading from each input device (default 10)",
+    )
+    p.set_defaults(func=cmd_selftest)
 
     cli_pass.register(sub)
     cli_data.register(sub)
