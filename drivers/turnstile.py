@@ -1,0 +1,304 @@
+"""A turnstile on GPIO: release relay, passage sensor, fire input, lamps and buzzer.
+
+The relay is energised while any of three things asks for it: a grant (``open``, a
+pulse of ``pulse_ms`` or held for ``open_s`` until ``lock``), the controller's
+``free`` (mode ``free`` or fire), or the fire input as this driver sees it. The
+driver energises the relay on fire itself, in the GPIO callback, so egress does not
+wait for the controller's queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from drivers.base import DeviceHealth, Reading, Turnstile
+from drivers.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+
+log = logging.getLogger(__name__)
+
+#: Seconds the fire input must stay clear before the fire counts as over: a
+#: bouncing contact must not raise and clear the alarm several times.
+FIRE_CLEAR_S = 0.5
+#: Seconds within which a beam broken again is the same person (legs, a bag).
+PASSAGE_MERGE_S = 0.3
+#: What each verdict shows: (lamp, seconds lit, beeps, seconds per beep).
+SIGNALS: dict[str, tuple[str, float, int, float]] = {
+    "granted": ("green", 2.0, 1, 0.1),
+    "denied": ("red", 2.0, 2, 0.15),
+    "guard": ("red", 3.0, 3, 0.3),
+}
+
+
+class GpioTurnstile(Turnstile):
+    """A turnstile released by a relay on a GPIO output; de-energised means locked.
+
+    Options (``[turnstile] driver = "gpio"``): ``relay_pin``, ``active_high``,
+    ``pulse_ms`` (ms, or None to hold), ``open_s`` (s), ``passage_pin``, ``fire_pin``,
+    ``fire_nc``, ``buzzer_pin``, ``green_led_pin``, ``red_led_pin``. Inputs are wired
+    to ground with the Pi's pull-up: active low.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        o = self.options
+        pulse_ms = o.get("pulse_ms")
+        self.pulse_s: float | None = pulse_ms / 1000.0 if pulse_ms else None
+        self.fire_nc = bool(o.get("fire_nc", True))
+        self.health_tracker = HealthTracker(self.name, self.emit)
+        self._lock = threading.RLock()
+        self._relay: Any = None
+        self._logged_energised = False
+        self._passage: Any = None
+        self._fire_in: Any = None
+        self._lamps: dict[str, Any] = {}
+        self._buzzer: Any = None
+        self._fire = False  # the fire input as this driver last reported it
+        self._free = False  # the controller's free(): mode free or fire
+        self._open_until: float | None = None  # monotonic end of a grant's release
+        self._timer: threading.Timer | None = None
+        self._fire_clear_timer: threading.Timer | None = None
+        self._passage_clear_at = -math.inf
+        self.passages_merged = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the relay de-energised, then the inputs and outputs; report fire at once.
+
+        The relay starts de-energised (locked) and ``stop`` de-energises it: the gate
+        is fail-secure, so a daemon that is not running never leaves it open. Fire is
+        fail-safe the other way round: the input is normally closed, so fire and a
+        cut wire both read as fire and free the gate while the daemon runs. (Wire the
+        fire panel to the turnstile's own release too: no software holds the gate
+        open when the daemon is down.)
+        """
+        factory = pin_factory(self.ctx.pin_factory)
+        from gpiozero import LED, Buzzer, DigitalInputDevice, OutputDevice
+
+        o = self.options
+        try:
+            self._relay = OutputDevice(
+                o["relay_pin"],
+                active_high=bool(o.get("active_high", True)),
+                initial_value=False,
+                pin_factory=factory,
+            )
+        except Exception as exc:  # gpiozero raises many kinds; the relay is the gate
+            raise GpioError(f"relay on GPIO {o['relay_pin']}: {describe(exc)}") from exc
+
+        def optional(part: str, key: str, build: Any) -> Any:
+            pin = o.get(key)
+            if pin is None:
+                return None
+            try:
+                device = build(pin)
+            except Exception as exc:  # one broken part must not stop the others
+                self.health_tracker.set(part, f"GPIO {pin}: {describe(exc)}")
+                return None
+            return device
+
+        self._fire_in = optional(
+            "fire input",
+            "fire_pin",
+            lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory),
+        )
+        self._passage = optional(
+            "passage sensor",
+            "passage_pin",
+            lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory),
+        )
+        for lamp in ("green", "red"):
+            device = optional(
+                f"{lamp} lamp",
+                f"{lamp}_led_pin",
+                lambda p: LED(p, initial_value=False, pin_factory=factory),
+            )
+            if device is not None:
+                self._lamps[lamp] = device
+        self._buzzer = optional(
+            "buzzer", "buzzer_pin", lambda p: Buzzer(p, initial_value=False, pin_factory=factory)
+        )
+        if self._fire_in is not None:
+            self._fire_in.when_activated = self._fire_changed
+            self._fire_in.when_deactivated = self._fire_changed
+            self._fire_changed()  # fire (or a cut wire) already at start
+        if self._passage is not None:
+            self._passage.when_activated = self._beam_broken
+            self._passage.when_deactivated = self._beam_clear
+
+    def stop(self) -> None:
+        """De-energise the relay (locked, fail-secure) and release every pin."""
+        with self._lock:
+            for timer in (self._timer, self._fire_clear_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._timer = self._fire_clear_timer = None
+            self._open_until = None
+            self._free = False
+            self._fire = False
+            if self._relay is not None:
+                try:
+                    self._relay.off()
+                except Exception as exc:  # still release the pins below
+                    log.error("relay not de-energised on stop: %s", describe(exc))
+        for device in (self._fire_in, self._passage, self._buzzer, *self._lamps.values()):
+            close_quietly(device)
+        close_quietly(self._relay)
+        self._relay = self._fire_in = self._passage = self._buzzer = None
+        self._lamps = {}
+
+    def health(self) -> DeviceHealth:
+        """Healthy unless a pin failed to open or to switch."""
+        return self.health_tracker.current()
+
+    # -- what the controller asks ------------------------------------------------------
+
+    def open(self, seconds: float) -> None:
+        """Release for one person: a pulse of ``pulse_ms``, or held for ``seconds``.
+
+        A held release also ends by itself after ``seconds``, should ``lock`` never come.
+        """
+        hold = self.pulse_s if self.pulse_s is not None else float(seconds)
+        with self._lock:
+            self._open_until = time.monotonic() + hold
+            self._arm_timer(hold)
+            self._apply()
+
+    def lock(self) -> None:
+        """End a release; the relay stays energised only for fire or free passage."""
+        with self._lock:
+            self._open_until = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._apply()
+
+    def free(self, active: bool) -> None:
+        """Hold the barrier open (mode free, fire) or return to normal."""
+        with self._lock:
+            self._free = bool(active)
+            self._apply()
+
+    def signal(self, verdict: str) -> None:
+        """Light the verdict's lamp and beep: granted green, denied and guard red."""
+        if verdict not in SIGNALS:
+            log.warning("unknown verdict signal %r", verdict)
+            return
+        lamp_name, lit_s, beeps, beep_s = SIGNALS[verdict]
+        lamp = self._lamps.get(lamp_name)
+        other = self._lamps.get("red" if lamp_name == "green" else "green")
+        try:
+            if other is not None:
+                other.off()
+            if lamp is not None:
+                lamp.blink(on_time=lit_s, off_time=0, n=1, background=True)
+            if self._buzzer is not None:
+                self._buzzer.beep(on_time=beep_s, off_time=beep_s, n=beeps, background=True)
+        except Exception as exc:  # lamps are a courtesy; the gate goes on
+            self.health_tracker.set("lamps", describe(exc))
+        else:
+            self.health_tracker.set("lamps", None)
+
+    # -- relay -------------------------------------------------------------------------
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(seconds, self._release_ended)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _release_ended(self) -> None:
+        with self._lock:
+            if threading.current_thread() is not self._timer:
+                return  # cancelled, or replaced by a later release
+            self._timer = None
+            self._open_until = None
+            self._apply()
+
+    @property
+    def energised(self) -> bool:
+        """Whether the relay should be energised now (fire, free or a release)."""
+        return self._fire or self._free or self._open_until is not None
+
+    def _apply(self) -> None:
+        with self._lock:
+            if self._relay is None:
+                return
+            want = self.energised
+            try:
+                if want:
+                    self._relay.on()
+                else:
+                    self._relay.off()
+            except Exception as exc:  # a dead relay must be reported, not crash the caller
+                self.health_tracker.set("relay", describe(exc))
+            else:
+                self.health_tracker.set("relay", None)
+                if want != self._logged_energised:
+                    self._logged_energised = want
+                    log.debug("relay %s", "energised" if want else "de-energised")
+
+    # -- fire input --------------------------------------------------------------------
+
+    def _fire_active(self) -> bool:
+        # Wired to ground with a pull-up: a closed contact reads active (low).
+        closed = bool(self._fire_in.is_active)
+        return not closed if self.fire_nc else closed
+
+    def _fire_changed(self) -> None:
+        try:
+            active = self._fire_active()
+        except Exception as exc:  # a closed device during stop
+            log.debug("fire input not read: %s", exc)
+            return
+        with self._lock:
+            if active:
+                if self._fire_clear_timer is not None:
+                    self._fire_clear_timer.cancel()
+                    self._fire_clear_timer = None
+                if not self._fire:
+                    self._set_fire(True)
+            elif self._fire and self._fire_clear_timer is None:
+                timer = threading.Timer(FIRE_CLEAR_S, self._fire_maybe_clear)
+                timer.daemon = True
+                self._fire_clear_timer = timer
+                timer.start()
+
+    def _fire_maybe_clear(self) -> None:
+        with self._lock:
+            self._fire_clear_timer = None
+            if self._fire_in is None:
+                return
+            try:
+                active = self._fire_active()
+            except Exception as exc:
+                log.debug("fire input not read: %s", exc)
+                return
+            if not active and self._fire:
+                self._set_fire(False)
+
+    def _set_fire(self, active: bool) -> None:
+        with self._lock:
+            self._fire = active
+            self._apply()  # energise first: egress must not wait for anyone
+        log.warning("fire input %s", "active: gate freed" if active else "cleared")
+        self.emit(Reading("fire", active, self.name))
+
+    # -- passage sensor ----------------------------------------------------------------
+
+    def _beam_broken(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._passage_clear_at < PASSAGE_MERGE_S:
+                self.passages_merged += 1
+                return
+        self.emit(Reading("passage", True, self.name))
+
+    def _beam_clear(self) -> None:
+        with self._lock:
+            self._passage_clear_at = time.monotonic()
