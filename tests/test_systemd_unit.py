@@ -1,0 +1,166 @@
+"""systemd/gated.service: it verifies, scores 4.0 or better, and says what the guide says."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gated.config import StorageConfig
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "gated.service"
+RULES = REPO / "systemd" / "99-gated.rules"
+INSTALL = REPO / "docs" / "install.md"
+ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+SYSTEM_UNITS = next(
+    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
+    None,
+)
+
+needs_analyze = pytest.mark.skipif(
+    not Path(ANALYZE).exists() or SYSTEM_UNITS is None,
+    reason="systemd-analyze and the system's units are needed (apt-get install systemd)",
+)
+
+
+def directives(text: str) -> list[tuple[str, str, str]]:
+    """(section, key, value) of every line; keys may repeat."""
+    out, section = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key.strip(), value.strip()))
+    return out
+
+
+def values(key: str, section: str = "Service") -> list[str]:
+    return [v for s, k, v in directives(UNIT.read_text()) if s == section and k == key]
+
+
+def one(key: str, section: str = "Service") -> str:
+    (value,) = values(key, section)
+    return value
+
+
+def make_root(tmp_path: Path, unit_text: str) -> Path:
+    """A root for ``--root=``: the system's units, ours, and the ExecStart binary."""
+    assert SYSTEM_UNITS is not None
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/gated.service").write_text(unit_text)
+    exe = root / "opt/gated/.venv/bin/gated"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return root
+
+
+def verify(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ANALYZE, "verify", "--man=no", f"--root={root}", "gated.service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@needs_analyze
+def test_unit_verifies_cleanly(tmp_path: Path) -> None:
+    result = verify(make_root(tmp_path, UNIT.read_text()))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+@needs_analyze
+def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
+    broken = UNIT.read_text().replace("WatchdogSec=", "WatchdogSek=")
+    result = verify(make_root(tmp_path, broken))
+    assert "WatchdogSek" in result.stdout + result.stderr
+
+
+@needs_analyze
+def test_security_exposure_is_4_or_better() -> None:
+    result = subprocess.run(
+        [ANALYZE, "security", "--offline=true", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    match = re.search(r"Overall exposure level for gated\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    print(f"systemd-analyze security exposure: {exposure}")
+    assert exposure <= 4.0
+
+
+def test_unit_is_a_notify_service_with_a_watchdog() -> None:
+    assert one("Type") == "notify"
+    assert one("NotifyAccess") == "main"
+    assert re.fullmatch(r"\d+s", one("WatchdogSec")) and int(one("WatchdogSec")[:-1]) >= 10
+    assert one("Restart") == "on-failure"
+    exec_start = one("ExecStart")
+    assert exec_start == "/opt/gated/.venv/bin/gated run -c /etc/gated/gated.toml"
+    assert one("ExecStartPre") == exec_start.replace(" run ", " check-config ")
+
+
+def test_unit_runs_as_its_own_user_with_only_the_device_groups() -> None:
+    assert one("User") == "gated" and one("Group") == "gated"
+    assert set(one("SupplementaryGroups").split()) == {"gpio", "dialout", "i2c", "video", "audio"}
+    assert one("NoNewPrivileges") == "yes"
+    assert one("CapabilityBoundingSet") == ""
+
+
+def test_unit_is_hardened_and_keeps_the_database_in_its_state_directory() -> None:
+    assert one("ProtectSystem") == "strict"
+    assert one("PrivateTmp") == "yes"
+    assert one("DevicePolicy") == "closed"
+    allowed = {v.split()[0] for v in values("DeviceAllow")}
+    assert {
+        "char-gpiochip",
+        "char-ttyUSB",
+        "char-ttyAMA",
+        "char-i2c",
+        "char-video4linux",
+    } <= allowed
+    assert "char-alsa" in allowed
+    # ProtectClock's seccomp filter would make adjtimex (clock_synced) fail.
+    assert not values("ProtectClock")
+    state = one("StateDirectory")
+    default_db = StorageConfig().path
+    assert default_db.parent == Path("/var/lib") / state
+    creds = values("LoadCredential")
+    assert creds and all(c.startswith("gated-") for c in creds)
+
+
+def test_install_guide_and_udev_rules_match_the_unit() -> None:
+    guide = INSTALL.read_text()
+    for needle in (
+        "systemctl enable --now gated",
+        "journalctl -u gated",
+        "99-gated.rules",
+        "/etc/credstore/",
+        "/run/credentials/gated.service/",
+        "useradd",
+        "max_queued_messages",
+        "persistence true",
+        "$share/",
+        "docs/mqtt.md",
+    ):
+        assert needle in guide, needle
+    names = re.findall(r'SYMLINK\+="([^"]+)"', RULES.read_text())
+    assert names and all(n.startswith("gated-") for n in names)
+    for name in names:
+        assert f"/dev/{name}" in guide, name
+    for line in directives(RULES.read_text()):
+        rule = "=".join(line[1:])
+        assert "==" in rule and "SYMLINK+=" in rule, rule
