@@ -1,0 +1,290 @@
+"""The guard's actions on the status screen: login, logout, decide, open once, mode, ack.
+
+Every action but login needs a session cookie (401 without one) and the session's
+CSRF token in ``X-CSRF-Token``; every POST must be JSON and, when the browser says
+where it comes from (``Origin``, ``Sec-Fetch-Site``), come from this page (403 if
+not). Each action runs on the controller thread and is a ledger event carrying the
+guard's id. PINs are never logged; guard ids are staff ids, not residents' data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gated.events import MODES
+from gated.status.auth import GUARD_ID, Session, check_pin_text, hash_pin, verify_pin
+from gated.status.view import screen_event
+
+if TYPE_CHECKING:
+    from gated.status.server import StatusServer
+
+log = logging.getLogger(__name__)
+
+COOKIE = "gated_session"
+ACTION_TIMEOUT_S = 5.0
+_TEMP_REASONS = {"fever", "temp_missing", "temp_invalid"}
+# Checked against when a guard id has no hash, so a wrong id costs the same time.
+_DUMMY_HASH = hash_pin("not-a-pin", salt=b"gated-dummy-salt")
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def needs_confirmation(event: dict[str, Any], fever_c: float) -> bool:
+    """Whether granting this pending verdict needs a clinical temperature reading."""
+    temp = event.get("temperature_c")
+    return bool(_TEMP_REASONS & set(event.get("reasons") or [])) or (
+        isinstance(temp, (int, float)) and temp >= fever_c
+    )
+
+
+class GuardActions:
+    """The POST endpoints of SPEC §8 and ``/api/alarm/ack``."""
+
+    def __init__(self, server: StatusServer):
+        self.server = server
+        self.auth = server.auth
+        self.controller = server.controller
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the endpoints on ``app``."""
+        r = app.router
+        r.add_post("/api/guard/login", self.login)
+        r.add_post("/api/guard/logout", self.logout)
+        r.add_post("/api/guard/decide", self.decide)
+        r.add_post("/api/gate/open", self.open_once)
+        r.add_post("/api/mode", self.mode)
+        r.add_post("/api/alarm/ack", self.ack)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    @staticmethod
+    def same_origin(request: web.Request) -> bool:
+        """Whether a POST comes from this page (or from a non-browser client)."""
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            return origin == f"{request.scheme}://{request.host}"
+        site = request.headers.get("Sec-Fetch-Site")
+        return site in (None, "same-origin", "none")
+
+    async def body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The JSON object of a POST, or the error response to send instead."""
+        if not self.same_origin(request):
+            log.warning("status screen: refused a cross-site %s", request.path)
+            return _error(403, "cross-site request refused")
+        if request.content_type != "application/json":
+            return _error(415, "send application/json")
+        try:
+            data = json.loads(await request.text() or "{}")
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "not JSON")
+        if not isinstance(data, dict):
+            return _error(400, "expected a JSON object")
+        return data
+
+    def session(self, request: web.Request) -> Session | web.Response:
+        """The guard's session, or 401 (none) / 403 (no valid CSRF token)."""
+        s = self.auth.session(request.cookies.get(COOKIE))
+        if s is None:
+            return _error(401, "log in first")
+        if request.headers.get("X-CSRF-Token") != s.csrf:
+            return _error(403, "missing or wrong CSRF token")
+        return s
+
+    async def run(self, fn: Any) -> Any:
+        """Run ``fn`` on the controller thread and await its result."""
+        try:
+            return await self.server.on_controller(fn, ACTION_TIMEOUT_S)
+        except TimeoutError:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": "the gate controller did not answer"}),
+                content_type="application/json",
+            ) from None
+
+    async def _guarded(self, request: web.Request) -> tuple[Session, dict[str, Any]] | web.Response:
+        data = await self.body(request)
+        if isinstance(data, web.Response):
+            return data
+        s = self.session(request)
+        if isinstance(s, web.Response):
+            return s
+        return s, data
+
+    async def _done(self, event: dict[str, Any]) -> web.Response:
+        await self.server.refresh()
+        return web.json_response({"ok": True, "event": screen_event(event)})
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def login(self, request: web.Request) -> web.Response:
+        """``POST /api/guard/login {"guard", "pin"}``: a session cookie; the guard is on duty."""
+        data = await self.body(request)
+        if isinstance(data, web.Response):
+            return data
+        guard, pin = data.get("guard"), data.get("pin")
+        if not isinstance(guard, str) or not GUARD_ID.match(guard):
+            return _error(400, "guard: 1 to 32 letters, digits, '_', '.', '-'")
+        if not isinstance(pin, str) or check_pin_text(pin):
+            return _error(400, "pin: 4 to 64 characters")
+        if not self.auth.enabled:
+            return _error(403, "guard login is not set up (status.guard_pin_hash or guards)")
+        client = request.remote or "?"
+        left = self.auth.locked(guard, client)
+        if left > 0:
+            self.server.metrics.logins.labels("locked").inc()
+            return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
+        stored = self.auth.hash_for(guard)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, verify_pin, pin, stored or _DUMMY_HASH)
+        if not ok or not stored:
+            self.auth.failed(guard, client)
+            self.server.metrics.logins.labels("wrong").inc()
+            log.warning("status screen: wrong PIN for guard %s", guard)
+            left = self.auth.locked(guard, client)
+            if left > 0:
+                log.warning("status screen: guard %s locked out for %.0f s", guard, left)
+                return _error(
+                    429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))}
+                )
+            return _error(401, "wrong guard id or PIN")
+        s = self.auth.succeeded(guard, client)
+        self.server.metrics.logins.labels("ok").inc()
+        c = self.controller
+        # On the controller thread: a second screen of the same guard starts no new shift.
+        await self.run(lambda: None if guard in c.guards_on_duty else c.guard_on(guard))
+        log.info("status screen: guard %s logged in", guard)
+        await self.server.refresh()
+        response = web.json_response({"ok": True, "guard": guard, "csrf": s.csrf})
+        response.set_cookie(
+            COOKIE,
+            s.sid,
+            max_age=int(self.auth.session_s),
+            httponly=True,
+            samesite="Strict",
+            path="/",
+        )
+        return response
+
+    async def off_duty(self, guard: str) -> None:
+        """Record that ``guard`` went off duty (no session of theirs is left)."""
+        try:
+            await self.run(lambda: self.controller.guard_off(guard))
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("guard %s off duty not recorded: %s", guard, exc)
+        await self.server.refresh()
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """``POST /api/guard/logout``: the session ends; the guard's shift with the last one."""
+        got = await self._guarded(request)
+        if isinstance(got, web.Response):
+            return got
+        s, _ = got
+        self.auth.end(s.sid)
+        if not self.auth.on_duty(s.guard):
+            await self.off_duty(s.guard)
+        log.info("status screen: guard %s logged out", s.guard)
+        response = web.json_response({"ok": True})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def decide(self, request: web.Request) -> web.Response:
+        """``POST /api/guard/decide {"event", "grant", "confirm_temp_c"}``."""
+        got = await self._guarded(request)
+        if isinstance(got, web.Response):
+            return got
+        s, data = got
+        event_id, grant = data.get("event"), data.get("grant")
+        confirm = data.get("confirm_temp_c")
+        if not isinstance(event_id, str) or not isinstance(grant, bool):
+            return _error(400, "event (id) and grant (true/false) are required")
+        policy = self.server.config.policy
+        if confirm is not None:
+            low, high = policy.valid_temp_c
+            if (
+                isinstance(confirm, bool)
+                or not isinstance(confirm, (int, float))
+                or not math.isfinite(confirm)
+                or not low <= confirm <= high
+            ):
+                return _error(400, f"confirm_temp_c: a reading in °C, {low} to {high}")
+            confirm = float(confirm)
+        c = self.controller
+
+        def answer() -> dict[str, Any]:
+            pending = c.pending.get(event_id)
+            if pending is None:
+                raise KeyError(event_id)
+            if grant and needs_confirmation(pending.event, policy.fever_c):
+                if confirm is None:
+                    raise ValueError("a clinical reading (confirm_temp_c) is needed to grant")
+                if confirm >= policy.fever_c:
+                    raise ValueError("the clinical reading is a fever: it cannot be granted")
+            result: dict[str, Any] = c.guard_decide(event_id, grant, s.guard, confirm)
+            return result
+
+        try:
+            event = await self.run(answer)
+        except KeyError:
+            return _error(404, "no such pending decision (answered or timed out)")
+        except ValueError as exc:
+            return _error(422, str(exc))
+        log.info(
+            "status screen: guard %s %s a pending verdict",
+            s.guard,
+            "granted" if grant else "denied",
+        )
+        return await self._done(event)
+
+    async def open_once(self, request: web.Request) -> web.Response:
+        """``POST /api/gate/open``: let one person through, on the guard's word."""
+        got = await self._guarded(request)
+        if isinstance(got, web.Response):
+            return got
+        s, _ = got
+        c = self.controller
+        try:
+            event = await self.run(lambda: c.open_once(s.guard, guard=s.guard))
+        except PermissionError as exc:
+            return _error(409, str(exc))
+        log.info("status screen: guard %s opened the gate once", s.guard)
+        return await self._done(event)
+
+    async def mode(self, request: web.Request) -> web.Response:
+        """``POST /api/mode {"mode"}``: normal, locked, free or guard_only."""
+        got = await self._guarded(request)
+        if isinstance(got, web.Response):
+            return got
+        s, data = got
+        mode = data.get("mode")
+        if mode not in MODES:
+            return _error(400, f"mode: one of {', '.join(MODES)}")
+        event = await self.run(lambda: self.controller.set_mode(mode, s.guard))
+        log.info("status screen: guard %s set the mode to %s", s.guard, mode)
+        return await self._done(event)
+
+    async def ack(self, request: web.Request) -> web.Response:
+        """``POST /api/alarm/ack {"event"}``: the alarm stops blinking on every screen."""
+        data = await self.body(request)
+        if isinstance(data, web.Response):
+            return data
+        guard = "screen"
+        if self.auth.enabled:
+            s = self.session(request)
+            if isinstance(s, web.Response):
+                return s
+            guard = s.guard
+        event_id = data.get("event")
+        if not isinstance(event_id, str):
+            return _error(400, "event (alarm id) is required")
+        if not self.server.history.acknowledge(event_id):
+            return _error(404, "no such open alarm")
+        log.info("status screen: alarm %s acknowledged by %s", event_id[:8], guard)
+        self.server.broadcast("ack", {"event": event_id, "by": guard})
+        return web.json_response({"ok": True})

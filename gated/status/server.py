@@ -1,0 +1,420 @@
+"""The status screen's web server: aiohttp on a thread and event loop of its own.
+
+The controller never waits for the screen: its observer only hands each event to
+this loop with ``call_soon_threadsafe``. The screen asks the controller for its
+state through ``submit`` and awaits the future without blocking anything, and reads
+the recent events through a read-only SQLite connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from gated import __version__
+from gated.status.actions import GuardActions
+from gated.status.auth import GuardAuth, is_loopback
+from gated.status.metrics import GateMetrics
+from gated.status.view import History, screen_event
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_TIMEOUT_S = 3.0
+HEARTBEAT_S = 10.0
+CLIENT_QUEUE = 500
+STATIC = ("app.js", "style.css", "i18n.js")
+_TYPES = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _secure(headers: Any) -> None:
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Cache-Control", "no-store")
+
+
+def _static(name: str) -> bytes:
+    return resources.files("gated.status").joinpath("static", name).read_bytes()
+
+
+class StatusServer:
+    """The guard's screen and its API (SPEC §8) for one gate; a service of the App."""
+
+    def __init__(
+        self,
+        config: Any,
+        controller: Any,
+        boot: int,
+        device_names: list[str],
+        broker_connected: Callable[[], bool | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        status = config.status
+        self.config = config
+        self.controller = controller
+        self.host, _, port = status.listen.rpartition(":")
+        self.host = self.host.strip("[]")
+        self.port = int(port)
+        self.device_names = device_names
+        self.db_path = Path(config.storage.path)
+        self._broker = broker_connected or (lambda: None)
+        self.auth = GuardAuth(
+            status.guard_pin_hash,
+            dict(status.guards),
+            status.lockout_after,
+            status.lockout_s,
+            status.session_h * 3600,
+            clock,
+        )
+        if not is_loopback(self.host) and not self.auth.enabled:
+            raise ValueError("the status screen listens beyond loopback only with a guard PIN")
+        self.history = History(ZoneInfo(config.gate.timezone), boot)
+        self.metrics = GateMetrics(self._backlog, self._broker_state)
+        self.loop = asyncio.new_event_loop()
+        self.clients: set[asyncio.Queue[str | None]] = set()
+        self.snap: dict[str, Any] = {}
+        self.actions = GuardActions(self)
+        self._refresh_due = False
+        self._refreshing = False
+        self._dirty = False
+        self._warned = -1e9
+        self._conn: sqlite3.Connection | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.url = ""
+        controller.observers.append(self._observe)
+
+    # -- lifecycle (any thread) -------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve on a thread of its own; a port that cannot be had is logged, not fatal."""
+        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._startup())
+        except (OSError, sqlite3.Error) as exc:
+            log.error("status screen not started on %s:%d: %s", self.host, self.port, exc)
+            self._ready.set()
+            self.loop.close()
+            return
+        self._ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(self._shutdown())
+            self.loop.close()
+
+    def stop(self) -> None:
+        """Close the streams and the listening socket; safe to call twice."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # the loop is already closed
+            return
+        thread.join(timeout=10)
+
+    async def _startup(self) -> None:
+        self._conn = sqlite3.connect(
+            f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA busy_timeout=2000")
+        self.history.load(self._conn, datetime.now(UTC))
+        app = web.Application(middlewares=[self._headers], client_max_size=16 * 1024)
+        app.router.add_get("/", self.page)
+        app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/api/state", self.state)
+        app.router.add_get("/api/events", self.events)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/healthz", self.healthz)
+        self.actions.add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        self.url = f"http://{self.host if ':' not in self.host else f'[{self.host}]'}:{self.port}"
+        # The controller loop starts after the services: its first state comes soon.
+        self.schedule_refresh()
+        self._spawn(self._housekeeping())
+        log.info("status screen on %s", self.url)
+
+    async def _shutdown(self) -> None:
+        for q in list(self.clients):
+            q.put_nowait(None)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- from the controller thread ---------------------------------------------------
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the screen is stopped; the gate goes on
+            self.loop.call_soon_threadsafe(self._on_event, event)
+
+    # -- on the server loop ------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        shown = self.history.add(event)
+        if shown is None:
+            return
+        self.metrics.event(event)
+        self.broadcast("event", shown)
+        self.schedule_refresh()
+
+    def schedule_refresh(self) -> None:
+        """Refresh the controller state soon; many events in a burst make one refresh."""
+        if not self._refresh_due:
+            self._refresh_due = True
+            self.loop.call_later(0.05, lambda: self._spawn(self.refresh()))
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The controller's snapshot, awaited without blocking the loop."""
+        return await self.on_controller(self.controller.snapshot, SNAPSHOT_TIMEOUT_S)
+
+    async def on_controller(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """Run ``fn`` on the controller thread; await its result for up to ``timeout`` s.
+
+        The wait is shielded: a timeout here must not cancel the controller's future
+        (the controller would then fail to set its result)."""
+        fut = asyncio.wrap_future(self.controller.submit(fn))
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+
+    async def refresh(self) -> None:
+        """Take a fresh snapshot and send the new state to every screen.
+
+        One snapshot at a time: what changes while one is asked for is picked up by one
+        more, so a burst of events never queues a pile of snapshots on the controller."""
+        self._refresh_due = False
+        if self._refreshing:
+            self._dirty = True
+            return
+        self._refreshing = True
+        try:
+            self._dirty = True
+            while self._dirty:
+                self._dirty = False
+                try:
+                    self.snap = await self.snapshot()
+                except (TimeoutError, RuntimeError):
+                    now = time.monotonic()
+                    if now - self._warned > 60:
+                        self._warned = now
+                        log.warning("status screen: the controller is slow to give its state")
+                    return
+                self.metrics.snapshot(self.snap, self.devices())
+                self.broadcast("state", self.view(full=False))
+        finally:
+            self._refreshing = False
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            for q in list(self.clients):
+                self._put(q, ": ping\n\n")
+            for s in self.auth.expired():
+                log.info("guard %s: login expired", s.guard)
+                if not self.auth.on_duty(s.guard):
+                    await self.actions.off_duty(s.guard)
+            if self.snap.get("pending"):
+                await self.refresh()
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """Every configured device's health (no report yet counts as working)."""
+        reported = self.snap.get("devices") or {}
+        out = {n: {"ok": True, "detail": ""} for n in self.device_names}
+        out.update(reported)
+        return out
+
+    def _backlog(self) -> float:
+        if self._conn is None:
+            return float("nan")
+        try:
+            return float(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        except sqlite3.Error:
+            return float("nan")
+
+    def _broker_state(self) -> bool | None:
+        try:
+            return self._broker()
+        except Exception:  # a probe that fails means "unknown"
+            return None
+
+    def view(self, full: bool) -> dict[str, Any]:
+        """The state the page renders (``full``: with the last events)."""
+        snap = self.snap
+        policy = self.config.policy
+        left = snap.get("pending_left_s") or {}
+        current = snap.get("last_verdict")
+        out: dict[str, Any] = {
+            "gate": {
+                "id": self.config.gate.id,
+                "site": self.config.gate.site,
+                "direction": self.config.gate.direction,
+            },
+            "version": __version__,
+            "boot": self.history.boot,
+            "language": self.config.status.language,
+            "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "mode": snap.get("mode"),
+            "fire": bool(snap.get("fire")),
+            "clock_synced": snap.get("clock_synced", True),
+            "guards_on_duty": snap.get("guards_on_duty") or [],
+            "pending": [
+                dict(screen_event(e), left_s=round(float(left.get(e["id"], 0)), 1))
+                for e in snap.get("pending") or []
+            ],
+            "devices": self.devices(),
+            "broker": {
+                "configured": bool(self.config.mqtt.urls),
+                "connected": self._broker_state(),
+                "backlog": int(b) if (b := self._backlog()) == b else None,
+            },
+            "current": screen_event(current) if current else None,
+            "today": self.history.counts(datetime.now(UTC)),
+            "alarms": list(self.history.alarms.values()),
+            "fever_c": policy.fever_c,
+            "valid_temp_c": list(policy.valid_temp_c),
+            "login": self.auth.enabled,
+            "seq": self.history.last_seq,
+        }
+        if full:
+            out["events"] = list(reversed(self.history.recent))
+        return out
+
+    def broadcast(self, kind: str, data: Any) -> None:
+        """Send one message to every connected screen; a screen too slow is dropped."""
+        text = f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        for q in list(self.clients):
+            self._put(q, text)
+
+    def _put(self, q: asyncio.Queue[str | None], text: str) -> None:
+        try:
+            q.put_nowait(text)
+        except asyncio.QueueFull:
+            self.clients.discard(q)
+            log.warning("status screen: dropped a client that did not keep up")
+
+    # -- middleware and pages ------------------------------------------------------------
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            _secure(exc.headers)
+            raise
+        if not response.prepared:
+            _secure(response.headers)
+        return response
+
+    async def page(self, request: web.Request) -> web.Response:
+        """``GET /``: the screen."""
+        html = _static("index.html").decode().replace("{{LANG}}", self.config.status.language)
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
+
+    async def static(self, request: web.Request) -> web.Response:
+        """``GET /static/{name}``: the page's script and style (package data)."""
+        name = request.match_info["name"]
+        if name not in STATIC:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=_static(name), content_type=_TYPES[name.rsplit(".", 1)[1]], charset="utf-8"
+        )
+
+    async def state(self, request: web.Request) -> web.Response:
+        """``GET /api/state``: everything the page shows, and who is logged in here."""
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            self.snap = await self.snapshot()
+        out = self.view(full=True)
+        s = self.auth.session(request.cookies.get("gated_session"))
+        out["me"] = {"guard": s.guard, "csrf": s.csrf} if s else None
+        return web.json_response(out)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /api/events``: server-sent events, a full state first."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        q: asyncio.Queue[str | None] = asyncio.Queue(CLIENT_QUEUE)
+        hello = json.dumps(self.view(full=True), ensure_ascii=False)
+        await response.write(f"retry: 2000\nevent: hello\ndata: {hello}\n\n".encode())
+        self.clients.add(q)
+        self.metrics.sse_clients.set(len(self.clients))
+        try:
+            while True:
+                text = await q.get()
+                if text is None or q not in self.clients:
+                    break
+                await response.write(text.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.clients.discard(q)
+            self.metrics.sse_clients.set(len(self.clients))
+        return response
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus text format."""
+        try:
+            self.snap = await self.snapshot()
+            self.metrics.snapshot(self.snap, self.devices())
+        except (TimeoutError, RuntimeError):
+            pass
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """``GET /healthz``: 200 while the controller answers, else 503."""
+        started = time.perf_counter()
+        try:
+            snap = await self.snapshot()
+        except (TimeoutError, RuntimeError):
+            return web.json_response({"ok": False, "error": "controller not answering"}, status=503)
+        return web.json_response(
+            {
+                "ok": True,
+                "boot": self.history.boot,
+                "seq": self.history.last_seq,
+                "mode": snap.get("mode"),
+                "controller_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        )

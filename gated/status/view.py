@@ -1,0 +1,152 @@
+"""What the screen is shown: events with personal data masked, today's counts, open alarms.
+
+Names and ID numbers are masked and card uids cut to their last four characters
+before anything leaves the daemon for a browser (SPEC §7); temperatures stay, the
+guard needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gated.privacy import reduce_event
+
+RECENT = 50
+
+#: keys of an event the screen uses; everything else stays in the ledger.
+_SHOWN = (
+    "id",
+    "seq",
+    "ts",
+    "kind",
+    "direction",
+    "decision",
+    "reasons",
+    "person",
+    "credential",
+    "temperature_c",
+    "ref",
+    "guard",
+    "passed",
+    "alarm",
+    "detail",
+    "mode",
+    "previous",
+    "by",
+    "device",
+    "ok",
+    "confirm_temp_c",
+    "boot",
+)
+
+
+def screen_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as a browser may see it: masked, and only what the screen shows."""
+    masked = reduce_event(event, "masked")
+    out = {k: masked[k] for k in _SHOWN if k in masked}
+    person = out.get("person")
+    if isinstance(person, dict):
+        out["person"] = {
+            k: person.get(k) for k in ("id", "name", "unit", "household", "category", "id_number")
+        }
+    return out
+
+
+def local_day(ts: str, tz: ZoneInfo) -> str:
+    """The gate-local date (``YYYY-MM-DD``) of an ISO UTC stamp."""
+    try:
+        when = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return ""
+    return when.astimezone(tz).date().isoformat()
+
+
+@dataclass
+class Today:
+    """Counts of one gate-local day: in, out, denied, fever, overrides."""
+
+    day: str = ""
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"in": 0, "out": 0, "denied": 0, "fever": 0, "overrides": 0}
+    )
+
+    def add(self, event: dict[str, Any], day: str) -> None:
+        """Count ``event`` if it belongs to ``day``; a new day starts from zero."""
+        if day != self.day:
+            if day < self.day:
+                return
+            self.day = day
+            self.counts = dict.fromkeys(self.counts, 0)
+        kind = event.get("kind")
+        if kind == "passage" and event.get("passed"):
+            direction = event.get("direction")
+            if direction in ("in", "out"):
+                self.counts[direction] += 1
+        elif kind == "decision":
+            decision = event.get("decision")
+            if decision in ("denied", "guard_denied"):
+                self.counts["denied"] += 1
+            if event.get("guard"):
+                self.counts["overrides"] += 1
+        elif kind == "alarm" and event.get("alarm") == "fever":
+            self.counts["fever"] += 1
+
+
+class History:
+    """The screen's memory: the last events, today's counts and the open alarms."""
+
+    def __init__(self, tz: ZoneInfo, boot: int):
+        self.tz = tz
+        self.boot = boot
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.today = Today()
+        self.alarms: dict[str, dict[str, Any]] = {}
+        self.last_seq = 0
+
+    def load(self, conn: sqlite3.Connection, now: datetime) -> None:
+        """Fill from the ledger: today's events counted, the last ``RECENT`` kept."""
+        today = now.astimezone(self.tz).date().isoformat()
+        self.today = Today(today)
+        start = datetime.fromisoformat(today).replace(tzinfo=self.tz).astimezone(UTC)
+        since = start.strftime("%Y-%m-%dT%H:%M:%S")
+        for (body,) in conn.execute("SELECT body FROM events WHERE ts >= ? ORDER BY seq", (since,)):
+            self._count(json.loads(body))
+        rows = conn.execute(
+            "SELECT body FROM events ORDER BY seq DESC LIMIT ?", (RECENT,)
+        ).fetchall()
+        for (body,) in reversed(rows):
+            self._keep(json.loads(body))
+
+    def _count(self, event: dict[str, Any]) -> None:
+        self.today.add(event, local_day(str(event.get("ts", "")), self.tz))
+
+    def _keep(self, event: dict[str, Any]) -> dict[str, Any]:
+        shown = screen_event(event)
+        self.recent.append(shown)
+        self.last_seq = max(self.last_seq, int(event.get("seq") or 0))
+        if event.get("kind") == "alarm" and event.get("boot") == self.boot:
+            self.alarms[shown["id"]] = shown
+        return shown
+
+    def add(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Take one new event; returns it as the screen shows it (None: already had it)."""
+        if int(event.get("seq") or 0) <= self.last_seq:
+            return None
+        self._count(event)
+        return self._keep(event)
+
+    def counts(self, now: datetime) -> dict[str, int]:
+        """Today's counts; zeros once the gate-local day has turned and nothing happened yet."""
+        if now.astimezone(self.tz).date().isoformat() != self.today.day:
+            return dict.fromkeys(self.today.counts, 0)
+        return dict(self.today.counts)
+
+    def acknowledge(self, event_id: str) -> bool:
+        """Close an open alarm; False if it was not open."""
+        return self.alarms.pop(event_id, None) is not None

@@ -1,0 +1,528 @@
+"""The status screen's API over real HTTP, against a gate running in-process on sim drivers.
+
+Readings go into the controller's queue exactly as a driver's ``emit`` puts them; the
+ledger is read back through a connection of the test's own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.base import Reading
+from gated.app import App
+from gated.status.auth import hash_pin
+from tests.conftest import CARDS, LI, ZHANG, make_config
+
+PIN_G01 = "4321"
+SHARED_PIN = "2468"
+HASH_G01 = hash_pin(PIN_G01)
+HASH_SHARED = hash_pin(SHARED_PIN)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+class Gate:
+    """A gate daemon in this process: App on sim drivers, status screen on a free port."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        port: int | None = None,
+        mqtt: dict[str, Any] | None = None,
+        **status: Any,
+    ):
+        self.tmp_path = tmp_path
+        self.port = port or free_port()
+        status = {
+            "listen": f"127.0.0.1:{self.port}",
+            "guards": {"G01": HASH_G01},
+            "guard_pin_hash": HASH_SHARED,
+            "lockout_after": 3,
+            "lockout_s": 60,
+            **status,
+        }
+        self.config = make_config(
+            tmp_path,
+            status=status,
+            policy={"guard_timeout_s": 120, "session_timeout_s": 5},
+            card={"driver": "sim"},
+            thermometer={"driver": "sim"},
+            mqtt=mqtt or {},
+        )
+        self.app = App(self.config)
+        self.app.registry.apply([ZHANG, LI], CARDS, "2026-01-01T00:00:00Z")
+        self.thread = threading.Thread(target=self.app.run, daemon=True)
+        self.thread.start()
+        wait_until(self._up, what="the status screen")
+
+    def _up(self) -> bool:
+        try:
+            return self.get("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def put(self, kind: str, value: Any = True) -> None:
+        """A reading, as a driver emits it."""
+        self.app.controller.put(Reading(kind, value, kind))
+
+    def arrive(self, temp: float | None, card: str | None) -> None:
+        """One person: a temperature reading, then a card."""
+        if temp is not None:
+            self.put("temp", temp)
+        if card is not None:
+            self.put("card", card)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            h = dict(headers or {})
+            data = raw
+            if body is not None:
+                data = json.dumps(body).encode()
+                h.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=data, headers=h)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path)
+
+    def state(self, cookie: str = "") -> dict[str, Any]:
+        status, _, body = self.request("GET", "/api/state", headers={"Cookie": cookie})
+        assert status == 200
+        out: dict[str, Any] = json.loads(body)
+        return out
+
+    def login(self, guard: str = "G01", pin: str = PIN_G01) -> tuple[str, str]:
+        """Log in; returns (cookie header, csrf token)."""
+        status, headers, body = self.request(
+            "POST", "/api/guard/login", {"guard": guard, "pin": pin}
+        )
+        assert status == 200, body
+        cookie = headers["set-cookie"].split(";")[0]
+        return cookie, json.loads(body)["csrf"]
+
+    def post(self, path: str, body: Any, cookie: str, csrf: str, **headers: str) -> tuple[int, Any]:
+        h = {"Cookie": cookie, "X-CSRF-Token": csrf, **headers}
+        status, _, raw = self.request("POST", path, body, headers=h)
+        return status, json.loads(raw) if raw else None
+
+    def ledger(self) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.config.storage.path)
+        try:
+            return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+        finally:
+            conn.close()
+
+    def wait_event(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        found: dict[str, Any] = wait_until(
+            lambda: next((e for e in self.ledger() if match(e)), None), what=what
+        )
+        return found
+
+    def stop(self) -> None:
+        self.app.stop_event.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Iterator[Gate]:
+    g = Gate(tmp_path)
+    yield g
+    g.stop()
+
+
+def pending_id(gate: Gate) -> str:
+    """Wait for a pending guard decision on the screen; its event id."""
+    state = wait_until(lambda: (s := gate.state())["pending"] and s, what="a pending decision")
+    return str(state["pending"][0]["id"])
+
+
+# ---- reading the screen -------------------------------------------------------------------
+
+
+def test_page_and_static_files_are_served_with_no_external_asset(gate: Gate) -> None:
+    status, headers, body = gate.get("/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in headers["content-security-policy"]
+    page = body.decode()
+    assert 'lang="zh-CN"' in page
+    for name in ("app.js", "style.css", "i18n.js"):
+        assert f"/static/{name}" in page
+        status, _, asset = gate.get(f"/static/{name}")
+        assert status == 200 and asset
+        assert b"http://" not in asset and b"https://" not in asset
+    assert "http" not in page.replace("http-equiv", "")
+    assert gate.get("/static/../server.py")[0] == 404
+    assert gate.get("/static/nope.js")[0] == 404
+
+
+def test_state_shows_the_verdict_masked_and_counts_the_day(gate: Gate) -> None:
+    gate.arrive(36.5, "0A1B2C3D4E")
+    gate.put("passage")
+    gate.wait_event(lambda e: e["kind"] == "passage", "the passage")
+    state = wait_until(lambda: (s := gate.state())["today"]["in"] == 1 and s, what="counts")
+    current = state["current"]
+    assert current["decision"] == "granted" and current["temperature_c"] == 36.5
+    assert current["person"]["name"] == "Z**** W**"
+    assert current["credential"]["color"] == "green"
+    text = json.dumps(state)
+    assert "Zhang Wei" not in text and "320623199001011234" not in text
+    assert "0A1B2C3D4E" not in text and "******3D4E" in text
+    assert [e["kind"] for e in state["events"][:2]] == ["passage", "decision"]
+    assert set(state["devices"]) >= {"turnstile", "card", "thermometer"}
+    assert state["broker"] == {"configured": False, "connected": None, "backlog": 2}
+    assert state["me"] is None and state["login"] is True
+
+
+def test_healthz_and_metrics(gate: Gate) -> None:
+    gate.arrive(38.2, None)
+    gate.put("temp", 38.1)
+    gate.put("card", "0A1B2C3D4E")
+    gate.wait_event(lambda e: e.get("alarm") == "fever", "the fever alarm")
+    status, _, body = gate.get("/healthz")
+    assert status == 200 and json.loads(body)["ok"] is True
+
+    def scraped() -> str | None:
+        text = gate.get("/metrics")[2].decode()
+        return text if 'gated_alarms_total{alarm="fever"} 1.0' in text else None
+
+    text = wait_until(scraped, what="the fever in the metrics")
+    for line in (
+        'gated_sessions_total{decision="denied"} 1.0',
+        'gated_session_reasons_total{decision="denied",reason="fever"} 1.0',
+        "gated_decide_latency_seconds_count 1.0",
+        'gated_temperature_celsius_bucket{le="38.5"} 1.0',
+        "gated_outbox_backlog 2.0",
+        'gated_device_up{device="turnstile"} 1.0',
+        "gated_broker_connected NaN",
+    ):
+        assert line in text, line
+
+
+def test_live_stream_sends_the_state_then_each_event(gate: Gate) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gate.port, timeout=20)
+    conn.request("GET", "/api/events")
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+    seen: list[tuple[str, Any]] = []
+
+    def read_message() -> tuple[str, Any]:
+        kind, data = "", ""
+        while True:
+            line = r.fp.readline().decode().rstrip("\n")
+            if not line:
+                if kind:
+                    return kind, json.loads(data)
+                continue
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+
+    seen.append(read_message())
+    assert seen[0][0] == "hello" and "events" in seen[0][1]
+    gate.arrive(36.6, "1122334455")
+    while not any(k == "event" and d.get("decision") == "needs_guard" for k, d in seen):
+        seen.append(read_message())
+    while not any(k == "state" and d["pending"] for k, d in seen):
+        seen.append(read_message())
+    conn.close()
+
+
+def test_broker_health_comes_from_the_publisher(tmp_path: Path) -> None:
+    from tests.mosquitto import Mosquitto
+
+    broker = Mosquitto(tmp_path).start()
+    gate = Gate(tmp_path, mqtt={"urls": [broker.url]})
+    try:
+        wait_until(lambda: gate.state()["broker"]["connected"] is True, what="connected")
+        assert "gated_broker_connected 1.0" in gate.get("/metrics")[2].decode()
+        broker.stop()
+        state = wait_until(
+            lambda: (s := gate.state())["broker"]["connected"] is False and s,
+            what="the broker seen gone",
+        )
+        assert state["broker"]["configured"] is True
+    finally:
+        gate.stop()
+        broker.stop()
+
+
+# ---- guard actions ----------------------------------------------------------------------------
+
+
+def test_actions_need_a_session_a_token_and_the_same_origin(gate: Gate) -> None:
+    for path, body in (
+        ("/api/guard/decide", {"event": "x", "grant": True}),
+        ("/api/gate/open", {}),
+        ("/api/mode", {"mode": "locked"}),
+        ("/api/guard/logout", {}),
+        ("/api/alarm/ack", {"event": "x"}),
+    ):
+        assert gate.request("POST", path, body)[0] == 401, path
+    cookie, csrf = gate.login()
+    assert gate.post("/api/gate/open", {}, cookie, "wrong")[0] == 403
+    status, _ = gate.post("/api/gate/open", {}, cookie, csrf, Origin="http://evil.example")
+    assert status == 403
+    status, _ = gate.post(
+        "/api/mode", {"mode": "free"}, cookie, csrf, **{"Sec-Fetch-Site": "cross-site"}
+    )
+    assert status == 403
+    # A form post (what a cross-site page can send without asking) is not JSON.
+    status, _, _ = gate.request(
+        "POST",
+        "/api/gate/open",
+        raw=b"x=1",
+        headers={
+            "Cookie": cookie,
+            "X-CSRF-Token": csrf,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert status == 415
+    status, _, _ = gate.request(
+        "POST",
+        "/api/mode",
+        raw=b"{nope",
+        headers={"Cookie": cookie, "X-CSRF-Token": csrf, "Content-Type": "application/json"},
+    )
+    assert status == 400
+    assert gate.post("/api/mode", {"mode": "party"}, cookie, csrf)[0] == 400
+    assert not [e for e in gate.ledger() if e["kind"] == "mode"]
+    assert gate.get("/healthz")[0] == 200  # still alive after all that
+
+
+def test_login_puts_the_guard_on_duty_and_logout_off(gate: Gate) -> None:
+    cookie, csrf = gate.login()
+    on = gate.wait_event(lambda e: e["kind"] == "guard_on", "guard_on")
+    assert on["guard"] == "G01"
+    state = gate.state(cookie)
+    assert state["me"] == {"guard": "G01", "csrf": csrf}
+    assert state["guards_on_duty"] == ["G01"]
+    # The shared PIN lets another guard id in, but not a guard who has a PIN of their own.
+    gate.login("G07", SHARED_PIN)
+    status, _, _ = gate.request("POST", "/api/guard/login", {"guard": "G01", "pin": SHARED_PIN})
+    assert status == 401
+    assert gate.post("/api/guard/logout", {}, cookie, csrf)[0] == 200
+    off = gate.wait_event(lambda e: e["kind"] == "guard_off", "guard_off")
+    assert off["guard"] == "G01"
+    assert gate.post("/api/gate/open", {}, cookie, csrf)[0] == 401
+    assert gate.state()["guards_on_duty"] == ["G07"]
+
+
+def test_wrong_pins_lock_the_guard_out(gate: Gate) -> None:
+    for _ in range(2):
+        status, _, _ = gate.request("POST", "/api/guard/login", {"guard": "G01", "pin": "0000"})
+        assert status == 401
+    status, headers, _ = gate.request("POST", "/api/guard/login", {"guard": "G01", "pin": "0000"})
+    assert status == 429 and int(headers["retry-after"]) > 0
+    # Locked out: even the right PIN is refused until the lockout ends.
+    status, _, _ = gate.request("POST", "/api/guard/login", {"guard": "G01", "pin": PIN_G01})
+    assert status == 429
+    assert not [e for e in gate.ledger() if e["kind"] == "guard_on"]
+    assert 'gated_status_logins_total{result="locked"}' in gate.get("/metrics")[2].decode()
+
+
+def test_bad_login_bodies_are_refused(gate: Gate) -> None:
+    for body in (
+        {},
+        {"guard": "G01"},
+        {"guard": "", "pin": "1234"},
+        {"guard": "G 1", "pin": "1234"},
+        {"guard": "G01", "pin": 1234},
+        {"guard": "G01", "pin": "12"},
+        ["G01"],
+    ):
+        assert gate.request("POST", "/api/guard/login", body)[0] == 400, body
+
+
+def test_a_guard_approves_a_pending_verdict(gate: Gate) -> None:
+    cookie, csrf = gate.login()
+    gate.arrive(36.6, "1122334455")
+    event_id = pending_id(gate)
+    status, body = gate.post("/api/guard/decide", {"event": event_id, "grant": True}, cookie, csrf)
+    assert status == 200, body
+    granted = gate.wait_event(lambda e: e.get("decision") == "guard_granted", "guard_granted")
+    assert granted["ref"] == event_id and granted["guard"] == "G01"
+    assert gate.state()["pending"] == []
+    # Answered already: the second answer finds nothing to decide.
+    status, _ = gate.post("/api/guard/decide", {"event": event_id, "grant": False}, cookie, csrf)
+    assert status == 404
+
+
+def test_a_missing_temperature_needs_a_clinical_reading_to_grant(gate: Gate) -> None:
+    cookie, csrf = gate.login()
+    assert gate.post("/api/mode", {"mode": "guard_only"}, cookie, csrf)[0] == 200
+    mode = gate.wait_event(lambda e: e["kind"] == "mode", "the mode event")
+    assert (mode["mode"], mode["by"]) == ("guard_only", "G01")
+    gate.put("card", "0A1B2C3D4E")  # no temperature: times out into needs_guard
+    event_id = pending_id(gate)
+    pending = gate.state()["pending"][0]
+    assert "temp_missing" in pending["reasons"] and pending["left_s"] > 0
+    decide = "/api/guard/decide"
+    assert gate.post(decide, {"event": event_id, "grant": True}, cookie, csrf)[0] == 422
+    body = {"event": event_id, "grant": True, "confirm_temp_c": 38.0}
+    assert gate.post(decide, body, cookie, csrf)[0] == 422
+    body["confirm_temp_c"] = 99
+    assert gate.post(decide, body, cookie, csrf)[0] == 400
+    body["confirm_temp_c"] = 36.8
+    assert gate.post(decide, body, cookie, csrf)[0] == 200
+    granted = gate.wait_event(lambda e: e.get("decision") == "guard_granted", "guard_granted")
+    assert granted["confirm_temp_c"] == 36.8 and granted["guard"] == "G01"
+
+
+def test_open_once_and_alarm_acknowledgement(gate: Gate) -> None:
+    cookie, csrf = gate.login()
+    status, body = gate.post("/api/gate/open", {}, cookie, csrf)
+    assert status == 200, body
+    opened = gate.wait_event(lambda e: e.get("decision") == "granted", "the open")
+    assert opened["guard"] == "G01"
+    gate.put("passage")
+    gate.wait_event(lambda e: e["kind"] == "passage", "the passage")
+    gate.put("passage")  # nobody was let in: tailgating
+    alarm = gate.wait_event(lambda e: e.get("alarm") == "tailgate", "the tailgate alarm")
+    state = wait_until(lambda: (s := gate.state())["alarms"] and s, what="the open alarm")
+    assert [a["id"] for a in state["alarms"]] == [alarm["id"]]
+    assert gate.state()["today"]["overrides"] == 1
+    assert gate.post("/api/alarm/ack", {"event": alarm["id"]}, cookie, csrf)[0] == 200
+    assert gate.state()["alarms"] == []
+    assert gate.post("/api/alarm/ack", {"event": alarm["id"]}, cookie, csrf)[0] == 404
+    assert gate.post("/api/mode", {"mode": "locked"}, cookie, csrf)[0] == 200
+    assert gate.post("/api/gate/open", {}, cookie, csrf)[0] == 409
+
+
+def test_a_stuck_screen_never_holds_up_a_verdict(gate: Gate) -> None:
+    server = next(s for s in gate.app.services if type(s).__name__ == "StatusServer")
+    release = threading.Event()
+    stuck = threading.Event()
+
+    def block() -> None:
+        stuck.set()
+        release.wait(60)
+
+    server.loop.call_soon_threadsafe(block)  # type: ignore[attr-defined]
+    assert stuck.wait(20)
+    try:
+        for _ in range(5):
+            gate.arrive(36.5, "0A1B2C3D4E")
+            gate.put("passage")
+        # Committed (and the turnstile driven) while the screen's loop cannot run at all.
+        wait_until(
+            lambda: sum(e["kind"] == "passage" for e in gate.ledger()) == 5, what="5 passages"
+        )
+    finally:
+        release.set()
+    state = wait_until(lambda: (s := gate.state())["today"]["in"] == 5 and s, what="catch-up")
+    assert len([e for e in state["events"] if e["kind"] == "decision"]) == 5
+
+
+# ---- where it listens -------------------------------------------------------------------------
+
+
+def test_no_screen_when_listen_is_empty(tmp_path: Path) -> None:
+    config = make_config(tmp_path, status={"listen": ""})
+    app = App(config)
+    assert not any(type(s).__name__ == "StatusServer" for s in app.services)
+    app.close()
+
+
+def test_a_taken_port_leaves_the_gate_running(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = make_config(tmp_path, status={"listen": f"127.0.0.1:{port}"})
+        app = App(config)
+        thread = threading.Thread(target=app.run, daemon=True)
+        thread.start()
+        done = app.controller.submit(lambda: app.controller.guard_on("G9"))
+        assert done.result(timeout=20)["kind"] == "guard_on"
+        app.stop_event.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+
+
+def test_today_counts_start_again_at_local_midnight() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from gated.status.view import History
+
+    h = History(ZoneInfo("Asia/Shanghai"), boot=1)
+    # 15:59 UTC is 23:59 in Shanghai; 16:01 UTC is the next day there.
+    h.add(
+        {
+            "seq": 1,
+            "ts": "2026-03-01T15:59:00.000Z",
+            "kind": "passage",
+            "passed": True,
+            "direction": "in",
+        }
+    )
+    h.add(
+        {
+            "seq": 2,
+            "ts": "2026-03-01T15:59:30.000Z",
+            "kind": "decision",
+            "decision": "denied",
+            "reasons": ["fever"],
+        }
+    )
+    assert h.counts(datetime(2026, 3, 1, 15, 59, 50, tzinfo=UTC))["in"] == 1
+    assert h.counts(datetime(2026, 3, 1, 16, 0, 10, tzinfo=UTC)) == dict.fromkeys(
+        ("in", "out", "denied", "fever", "overrides"), 0
+    )
+    h.add(
+        {
+            "seq": 3,
+            "ts": "2026-03-01T16:01:00.000Z",
+            "kind": "decision",
+            "decision": "guard_granted",
+            "guard": "G01",
+            "reasons": ["color_guard"],
+        }
+    )
+    counts = h.counts(datetime(2026, 3, 1, 16, 2, tzinfo=UTC))
+    assert (counts["in"], counts["denied"], counts["overrides"]) == (0, 0, 1)
+    assert h.add({"seq": 2, "ts": "2026-03-01T16:03:00.000Z", "kind": "passage"}) is None

@@ -1,0 +1,199 @@
+"""Guard login: PIN hashes, ``gated hash-pin``, lockout, session lifetime, the config contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gated.config import load_config
+from gated.errors import ConfigError
+from gated.status.auth import (
+    GuardAuth,
+    check_pin_text,
+    hash_pin,
+    is_loopback,
+    parse_pin_hash,
+    verify_pin,
+)
+
+HASH_1234 = hash_pin("1234")
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def auth(clock: Clock, **kw: object) -> GuardAuth:
+    args: dict[str, object] = {
+        "shared_hash": HASH_1234,
+        "guard_hashes": {},
+        "lockout_after": 3,
+        "lockout_s": 60.0,
+        "session_s": 3600.0,
+        "clock": clock,
+    }
+    args.update(kw)
+    return GuardAuth(**args)  # type: ignore[arg-type]
+
+
+def test_a_hash_verifies_its_pin_only() -> None:
+    assert verify_pin("1234", HASH_1234)
+    assert not verify_pin("1235", HASH_1234)
+    assert not verify_pin("1234", "scrypt$garbage")
+    assert hash_pin("1234") != HASH_1234  # a fresh salt each time
+    n, r, p, salt, digest = parse_pin_hash(HASH_1234)
+    assert (n, r, p, len(salt), len(digest)) == (2**14, 8, 1, 16, 32)
+    assert "1234" not in HASH_1234
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "1234", "scrypt$1$8$1$AAAAAAAAAAAAAAAAAAAAAA$" + "A" * 43, "md5$abc", "scrypt$x"]
+)
+def test_what_is_not_a_pin_hash(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pin_hash(bad)
+
+
+def test_pin_text_rules() -> None:
+    assert check_pin_text("1234") is None
+    assert check_pin_text("123")
+    assert check_pin_text("12 34")
+    assert check_pin_text("1" * 65)
+
+
+def test_loopback_hosts() -> None:
+    for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "192.168.1.5", "::", "gate.local"):
+        assert not is_loopback(host), host
+
+
+def test_wrong_pins_lock_out_the_guard_and_the_address_for_a_while() -> None:
+    clock = Clock()
+    a = auth(clock)
+    for _ in range(2):
+        a.failed("G01", "10.0.0.9")
+    assert a.locked("G01", "10.0.0.9") == 0
+    a.failed("G01", "10.0.0.9")
+    assert a.locked("G01", "10.0.0.8") == 60  # the guard id, from any address
+    assert a.locked("G02", "10.0.0.9") == 60  # the address, for any guard id
+    assert a.locked("G02", "10.0.0.8") == 0
+    clock.now += 61
+    assert a.locked("G01", "10.0.0.9") == 0
+    a.failed("G01", "10.0.0.9")  # counting starts again after a lockout
+    assert a.locked("G01", "10.0.0.9") == 0
+    assert (a.failed_total, a.lockouts_total) == (4, 1)
+
+
+def test_a_good_login_clears_the_count() -> None:
+    clock = Clock()
+    a = auth(clock)
+    a.failed("G01", "c")
+    a.failed("G01", "c")
+    a.succeeded("G01", "c")
+    a.failed("G01", "c")
+    assert a.locked("G01", "c") == 0
+
+
+def test_sessions_end_at_logout_or_after_their_lifetime() -> None:
+    clock = Clock()
+    a = auth(clock)
+    s1 = a.succeeded("G01", "c")
+    s2 = a.succeeded("G01", "d")
+    assert a.session(s1.sid) is s1 and s1.csrf and s1.sid != s2.sid
+    assert a.session("forged") is None and a.session(None) is None
+    a.end(s1.sid)
+    assert a.session(s1.sid) is None
+    assert a.on_duty("G01")  # still logged in on the other screen
+    clock.now += 3601
+    assert a.session(s2.sid) is None
+    assert [s.guard for s in a.expired()] == ["G01"]
+    assert not a.on_duty("G01")
+
+
+def test_per_guard_pins_and_the_shared_pin() -> None:
+    own = hash_pin("9876")
+    a = auth(Clock(), guard_hashes={"G01": own})
+    assert a.hash_for("G01") == own
+    assert a.hash_for("G02") == HASH_1234
+    assert not auth(Clock(), shared_hash="").enabled
+
+
+# ---- gated hash-pin ------------------------------------------------------------------------
+
+
+def hash_pin_cli(stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gated.cli", "hash-pin"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_hash_pin_prints_a_hash_that_verifies() -> None:
+    result = hash_pin_cli("5678\n")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert printed.startswith("scrypt$") and verify_pin("5678", printed)
+    assert "5678" not in result.stdout + result.stderr
+
+
+def test_hash_pin_refuses_a_short_pin_in_one_line() -> None:
+    result = hash_pin_cli("12\n")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "4 to 64" in result.stderr
+
+
+# ---- the config contract ---------------------------------------------------------------------
+
+
+def config_problems(tmp_path: Path, status: str) -> list[str]:
+    path = tmp_path / "gated.toml"
+    path.write_text(f'[gate]\nid = "g1"\nsite = "s1"\n[turnstile]\ndriver = "sim"\n{status}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_config_takes_guards_with_hashes(tmp_path: Path) -> None:
+    path = tmp_path / "gated.toml"
+    path.write_text(
+        '[gate]\nid = "g1"\nsite = "s1"\n[turnstile]\ndriver = "sim"\n'
+        f'[status]\nlisten = "0.0.0.0:8080"\n[status.guards]\nG01 = "{HASH_1234}"\n'
+    )
+    config = load_config(path)
+    assert config.status.guards == {"G01": HASH_1234}
+    assert (config.status.lockout_after, config.status.lockout_s) == (5, 300)
+
+
+def test_config_refuses_a_bare_pin_for_a_guard(tmp_path: Path) -> None:
+    problems = config_problems(tmp_path, '[status.guards]\nG01 = "1234"\n')
+    assert len(problems) == 1 and ": status.guards.G01: " in problems[0]
+    assert "1234" not in problems[0].split(": status.guards.G01: ")[1]
+
+
+def test_config_refuses_a_bad_guard_id(tmp_path: Path) -> None:
+    problems = config_problems(tmp_path, f'[status.guards]\n"G 1" = "{HASH_1234}"\n')
+    assert len(problems) == 1 and ": status.guards: " in problems[0]
+
+
+def test_config_refuses_to_listen_beyond_loopback_without_a_pin(tmp_path: Path) -> None:
+    problems = config_problems(tmp_path, '[status]\nlisten = "0.0.0.0:8080"\n')
+    assert len(problems) == 1 and ": status.listen: " in problems[0]
+    assert "guard_pin_hash" in problems[0]
+
+
+def test_config_refuses_a_hash_that_is_not_one(tmp_path: Path) -> None:
+    problems = config_problems(tmp_path, '[status]\nguard_pin_hash = "secret"\n')
+    assert len(problems) == 1 and ": status.guard_pin_hash: " in problems[0]
