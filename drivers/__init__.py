@@ -16,6 +16,15 @@ DRIVERS: dict[tuple[str, str], str] = {
     ("thermometer", "sim"): "drivers.sim:SimThermometer",
     ("turnstile", "sim"): "drivers.sim:SimTurnstile",
     ("prompter", "sim"): "drivers.sim:SimPrompter",
+    ("turnstile", "gpio"): "drivers.turnstile:GpioTurnstile",
+    ("prompter", "gpio"): "drivers.prompter:GpioPrompter",
+    ("card", "wiegand"): "drivers.wiegand:WiegandCardReader",
+    ("card", "rdm6300"): "drivers.rdm6300:Rdm6300CardReader",
+    ("card", "hid"): "drivers.hid:HidCardReader",
+    ("qr", "serial"): "drivers.serial_qr:SerialQrScanner",
+    ("thermometer", "serial"): "drivers.serial_thermometer:SerialThermometer",
+    ("qr", "camera"): "drivers.camera:CameraQrScanner",
+    ("thermometer", "mlx90614"): "drivers.mlx90614:Mlx90614Thermometer",
 }
 
 

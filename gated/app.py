@@ -20,8 +20,11 @@ from gated.clock import Clock, SystemClock, clock_synced
 from gated.controller import Controller
 from gated.errors import ConfigError, DriverError
 from gated.ledger import Ledger
+from gated.notify import Notifier
 from gated.passes import PassVerifier
+from gated.publisher import Publisher
 from gated.registry import Registry
+from gated.retention import Retention, RetentionService
 from gated.storage import connect
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,14 @@ class App:
         self.stop_event = threading.Event()
         self.devices: dict[str, Driver] = {}
         self.services: list[Service] = []
+        self.notifier = Notifier()
         self.init_storage()
         self.init_passes()
         self.init_devices()
         self.init_controller()
+        self.init_retention()
+        self.init_status()
+        self.init_publisher()
 
     def init_storage(self) -> None:
         """Open the database and count this start."""
@@ -115,6 +122,52 @@ class App:
                 if getattr(self.config, name).driver == "sim"
             }
 
+    def init_retention(self) -> None:
+        """The daily ledger purge (a service; its steps run on the controller)."""
+        quota = self.config.policy.household_quota
+        retention = Retention(
+            self.conn,
+            self.clock,
+            self.config.storage.retention_days,
+            quota.window_h if quota is not None else None,
+            clock_synced,
+        )
+        self.services.append(RetentionService(self.controller, retention))
+
+    def init_publisher(self) -> None:
+        """The MQTT publisher that drains the outbox (only when ``mqtt.urls`` is set)."""
+        if self.config.mqtt.urls:
+            self.publisher = Publisher.for_app(self)
+            self.services.append(self.publisher)
+
+    def init_status(self) -> None:
+        """The guard's status screen (SPEC §8), unless ``status.listen`` is ""."""
+        if not self.config.status.listen:
+            return
+        from gated.status.server import StatusServer
+
+        self.services.append(
+            StatusServer(
+                self.config,
+                self.controller,
+                self.ledger.boot,
+                list(self.devices),
+                broker_connected=self.broker_connected,
+            )
+        )
+
+    def broker_connected(self) -> bool | None:
+        """Whether a service says the MQTT broker is connected (None: nobody knows)."""
+        for service in self.services:
+            value: Any = getattr(service, "connected", None)
+            if hasattr(value, "is_set"):  # the publisher's threading.Event
+                value = value.is_set()
+            elif callable(value):
+                value = value()
+            if isinstance(value, bool):
+                return value
+        return None
+
     def start_devices(self) -> None:
         """Start every device; one that fails is reported and the gate goes on without it."""
         turnstile = self.devices["turnstile"]
@@ -138,6 +191,11 @@ class App:
         """Run until SIGTERM/SIGINT (or, in a scripted run, until all is settled)."""
         self.start_devices()
         self.start_services()
+        if not clock_synced():
+            log.warning("the system clock is not synchronised: events carry clock_synced=false")
+        if self.notifier.watchdog_enabled:
+            self.controller.heartbeat = self.notifier.watchdog
+        self.notifier.ready(f"running, mode {self.controller.mode}")
         log.info(
             "gate %s/%s running (boot %d, mode %s, next seq %d)",
             self.config.gate.site,
@@ -149,7 +207,9 @@ class App:
         try:
             self.controller.run(self.stop_event, exit_when_done=self.config.sim.exit_when_done)
         finally:
+            self.notifier.stopping("stopping")
             self.close()
+            self.notifier.close()
         return 0
 
     def install_signal_handlers(self) -> None:

@@ -9,8 +9,9 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import __version__, cli_data, cli_pass
+from gated import __version__, cli_data, cli_pass, cli_report, cli_status
 from gated.errors import ConfigError, GatedError
+from gated.notify import JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("gated")
 
@@ -24,6 +25,10 @@ def setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr, force=True
     )
+    if stderr_is_journal():
+        # journald reads "<3>" as the priority: errors show red in journalctl -p err.
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter(fmt))
 
 
 def load(path: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -122,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_pass.register(sub)
     cli_data.register(sub)
+    cli_report.register(sub)
+    cli_status.register(sub)
     return parser
 
 

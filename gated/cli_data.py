@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sqlite3
 import sys
@@ -53,12 +54,19 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
     try:
         path = Path(args.file)
         try:
-            stream = path.open(encoding="utf-8", newline="")
+            data = path.read_bytes()
         except OSError as exc:
             raise RegistryImportError(f"{path}: cannot read: {exc.strerror}") from None
-        with stream:
-            when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            counts = Registry(conn).import_csv(stream, str(path), when)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Excel on a Chinese Windows saves "CSV" as GBK: name the line, say what to do.
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise RegistryImportError(
+                f'{path}:{line}: not UTF-8 text; save the file as "CSV UTF-8"'
+            ) from None
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        counts = Registry(conn).import_csv(io.StringIO(text, newline=""), str(path), when)
         print(f"imported {counts['persons']} persons, {counts['cards']} cards from {path}")
     finally:
         conn.close()
@@ -119,7 +127,12 @@ def _row(e: dict[str, Any]) -> list[Any]:
 
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     """Export the ledger in ``seq`` order as CSV or JSON Lines."""
-    since = parse_since(args.since) if args.since else None
+    try:
+        since = parse_since(args.since) if args.since else None
+    except GatedError as exc:
+        # Bad usage, not a runtime failure: exit 2 (SPEC §2), still one line.
+        print(f"gated: {exc}", file=sys.stderr)
+        return 2
     _, conn = _open(args.config)
     try:
         out = sys.stdout

@@ -378,13 +378,58 @@ class StatusConfig(_Model):
     language: Literal["zh-CN", "en"] = Field(
         default="zh-CN", description="Screen language: zh-CN, en."
     )
+    guards: dict[str, str] = Field(
+        default={},
+        description=(
+            "Per-guard PINs: guard id = hash from `gated hash-pin`; a guard listed here "
+            "logs in only with its own PIN, any other guard id with guard_pin_hash."
+        ),
+    )
+    lockout_after: int = Field(
+        default=5, ge=1, le=100, description="Wrong PINs in a row that lock a guard id out."
+    )
+    lockout_s: float = Field(
+        default=300, gt=0, description="Seconds a guard id (or client address) stays locked out."
+    )
+    session_h: float = Field(
+        default=12, gt=0, le=168, description="Hours a login lasts; then the guard goes off duty."
+    )
 
     @field_validator("guard_pin_hash")
     @classmethod
     def _not_a_pin(cls, value: str) -> str:
         if value.isdigit():
             raise ValueError("looks like a bare PIN: store the output of `gated hash-pin`")
+        if value:
+            from gated.status.auth import parse_pin_hash
+
+            parse_pin_hash(value)
         return value
+
+    @field_validator("guards")
+    @classmethod
+    def _guard_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        from gated.status.auth import GUARD_ID, parse_pin_hash
+
+        for guard, pin_hash in value.items():
+            if not GUARD_ID.match(guard):
+                raise ValueError(f"{guard!r}: a guard id is 1 to 32 letters, digits, '_.-'")
+            try:
+                parse_pin_hash(pin_hash)
+            except ValueError as exc:
+                raise KeyProblem(guard, str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_without_pin(self) -> StatusConfig:
+        from gated.status.auth import is_loopback
+
+        host = self.listen.rpartition(":")[0]
+        if self.listen and not is_loopback(host) and not (self.guard_pin_hash or self.guards):
+            raise KeyProblem(
+                "listen", "beyond loopback only with a guard PIN: set guard_pin_hash or guards"
+            )
+        return self
 
 
 class HardwareConfig(_Model):

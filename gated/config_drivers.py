@@ -271,7 +271,10 @@ class Mlx90614ThermometerConfig(_Model):
         default=1.0,
         ge=0.1,
         le=1.0,
-        description="Emissivity the readings are corrected for, 0.1 to 1.0.",
+        description=(
+            "Emissivity of what is measured, 0.1 to 1.0 (skin is about 0.98): readings are"
+            " corrected in software from the sensor's own setting, which is never written."
+        ),
     )
     interval_s: float = Field(default=0.2, gt=0, description="Seconds between reads.")
 

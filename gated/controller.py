@@ -215,8 +215,12 @@ class Controller:
         return {
             "mode": self.mode,
             "fire": self.fire,
+            "clock_synced": self.ledger.clock_synced(),
             "guards_on_duty": sorted(self.guards_on_duty),
             "pending": [p.event for p in self.pending.values()],
+            "pending_left_s": {
+                i: max(0.0, p.deadline - self.clock.monotonic()) for i, p in self.pending.items()
+            },
             "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
             "last_verdict": self.last_verdict,
             "counters": {
@@ -450,6 +454,30 @@ class Controller:
             {"kind": "mode", "mode": mode, "previous": previous, "by": by}, Effects(mode=mode)
         )
         self.turnstile.free(self._free())
+        return event
+
+    def open_once(self, by: str, guard: str | None = None) -> dict[str, Any]:
+        """A remote open (MQTT ``cmd/open``): a ``granted`` decision whose credential is
+        ``{"kind": "remote", "ref": by}``, then the usual open window and ``passage``.
+        From the status screen ``guard`` is the guard's id, recorded in ``guard``."""
+        if self.mode == "locked":
+            raise PermissionError("the gate is locked")
+        event = self._record(
+            {
+                "kind": "decision",
+                "direction": self.config.gate.direction,
+                "decision": "granted",
+                "reasons": [],
+                "person": None,
+                "credential": {"kind": "remote", "ref": by, "color": None},
+                "temperature_c": None,
+                "readings_c": [],
+                "ref": None,
+                "guard": guard,
+            }
+        )
+        self._open(event)
+        self._play("granted")
         return event
 
     def guard_on(self, guard: str) -> dict[str, Any]:

@@ -156,6 +156,10 @@ class Ledger:
 
     # -- reading ----------------------------------------------------------------------
 
+    def clock_synced(self) -> bool:
+        """Whether the clock events are stamped with is synchronised right now."""
+        return bool(self._clock_synced())
+
     def last_seq(self) -> int:
         """The highest ``seq`` handed out so far (0 before the first event)."""
         return int(self._meta("next_seq")) - 1

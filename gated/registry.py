@@ -229,6 +229,10 @@ def parse_csv(stream: TextIO, name: str) -> tuple[list[Person], dict[str, str]]:
         text = text[1:]
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        # DictReader keeps only the last of repeated columns: the others would be lost silently.
+        raise RegistryImportError(f"{name}:1: repeated column(s): {', '.join(repeated)}")
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise RegistryImportError(f"{name}:1: missing column(s): {', '.join(missing)}")

@@ -41,6 +41,17 @@ def _shown(reading: Reading) -> str:
     return reading.kind
 
 
+def _drain_fire(readings: queue.Queue[Reading]) -> bool:
+    fire = False
+    while True:
+        try:
+            r = readings.get_nowait()
+        except queue.Empty:
+            return fire
+        if r.kind == "fire":
+            fire = bool(r.value)
+
+
 def run_selftest(config: Any, wait_s: float = 10.0, pulse_s: float = 1.0) -> list[Check]:
     """Check every configured device; ``wait_s`` is how long to wait for a reading."""
     results: list[Check] = []
@@ -78,6 +89,15 @@ def _exercise(
 ) -> Check:
     detail = "started"
     if isinstance(device, Turnstile):
+        fire = _drain_fire(readings)
+        if fire:
+            # The relay is held energised while the fire input is active: say so plainly.
+            return Check(
+                section,
+                driver,
+                False,
+                "fire input active: passage is free (check the fire-alarm contact and its wiring)",
+            )
         device.open(pulse_s)
         time.sleep(pulse_s)  # the installer hears and sees the relay click
         device.lock()
@@ -85,6 +105,9 @@ def _exercise(
     elif isinstance(device, Prompter):
         device.play("welcome")
         detail = "played 'welcome'"
+        wait_idle = getattr(device, "wait_idle", None)
+        if wait_idle is not None and not wait_idle(10.0):
+            detail = "'welcome' did not finish within 10 s"
     elif section in INPUTS:
         detail = f"no reading within {wait_s:g} s (present one to see it here)"
         deadline = time.monotonic() + wait_s

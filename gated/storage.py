@@ -76,6 +76,9 @@ def connect(path: Path | str) -> sqlite3.Connection:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new file, and only before WAL: the daily purge then
+        # gives freed pages back with incremental_vacuum (gated/retention.py).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # python3-venv: the venv; libzbar0: pyzbar's QR decoder; sqlite3: to look into the ledger.
-APT_PACKAGES=(python3 python3-venv libzbar0 sqlite3 ${GATED_EXTRA_APT:-})
+APT_PACKAGES=(python3 python3-venv libzbar0 sqlite3 alsa-utils espeak-ng sox mosquitto chromium fonts-wqy-microhei systemd ${GATED_EXTRA_APT:-})
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

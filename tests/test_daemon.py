@@ -21,6 +21,9 @@ site = "s1"
 [storage]
 path = "{db}"
 
+[status]
+listen = ""
+
 [card]
 driver = "sim"
 
