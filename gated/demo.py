@@ -40,6 +40,7 @@ PERSONS = [
 ]
 UNKNOWN_CARD = "FF00FF00FF"
 GUARD = "G01"
+DEMO_PIN = "2468"  # config/demo.toml holds its scrypt hash
 
 
 def demo_scenario(private_key: Path, kid: str, gate: str) -> list[dict[str, Any]]:
@@ -182,13 +183,16 @@ def run_demo(
 
         app.controller.observers.append(show)
         app.controller.observers.append(DemoGuard(app.controller, 1.5 / speed))
-        app.controller.guard_on(GUARD)
+        screen = ""
+        if config.status.listen:
+            screen = f"; screen on http://{config.status.listen} (guard PIN {DEMO_PIN})"
         print(
             f"gated demo: gate {config.gate.site}/{config.gate.id}, simulated hardware, "
-            f"scenario {scenario_path.name}; Ctrl-C stops",
+            f"scenario {scenario_path.name}{screen}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )
+        app.controller.guard_on(GUARD)
         return app.run()
     finally:
         if tmp is not None:

@@ -6,8 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-venv: the venv; libzbar0: pyzbar's QR decoder; sqlite3: to look into the ledger.
-APT_PACKAGES=(python3 python3-venv libzbar0 sqlite3 alsa-utils espeak-ng sox mosquitto chromium fonts-wqy-microhei systemd ${GATED_EXTRA_APT:-})
+# python3-venv: the venv; libzbar0: pyzbar's QR decoder; sqlite3: to look into the ledger;
+# alsa-utils: aplay for the voice prompts; mosquitto: the broker the MQTT tests start;
+# chromium + fonts-wqy-microhei: the status screen's browser tests (zh-CN glyphs);
+# systemd: systemd-analyze for the unit tests. (espeak-ng and sox are needed only to
+# regenerate the prompt sounds with scripts/make_sounds.sh.)
+APT_PACKAGES=(python3 python3-venv libzbar0 sqlite3 alsa-utils mosquitto chromium fonts-wqy-microhei systemd ${GATED_EXTRA_APT:-})
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
