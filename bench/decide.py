@@ -20,7 +20,7 @@ from pathlib import Path
 
 from drivers.base import Reading
 from drivers.sim import SimPrompter, SimTurnstile
-from gated.clock import SystemClock
+from gated.clock import SystemClock, clock_synced
 from gated.config import config_from_dict
 from gated.controller import Controller
 from gated.ledger import Ledger
@@ -58,7 +58,7 @@ def main() -> int:
     clock = SystemClock()
     conn = connect(db)
     sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-    ledger = Ledger(conn, site="s1", gate="g1", clock=clock)
+    ledger = Ledger(conn, site="s1", gate="g1", clock=clock, clock_synced=clock_synced)
     ledger.start_boot()
     registry = Registry(conn)
     persons = [

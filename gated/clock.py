@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -94,18 +95,29 @@ class _Timex(ctypes.Structure):
 _TIME_ERROR = 5  # adjtimex() result when the clock is not synchronised
 
 
+@functools.cache
+def _libc() -> Any:
+    # find_library runs ldconfig: once per process, never on the decision path.
+    libname = ctypes.util.find_library("c")
+    if not libname:
+        return None
+    try:
+        return ctypes.CDLL(libname, use_errno=True)
+    except OSError:
+        return None
+
+
 def clock_synced() -> bool:
     """Whether the kernel says the system clock is synchronised (NTP, GPS, RTC).
 
     A Pi has no battery clock: until NTP has run, the date may be 1970 or the last
     shutdown. The kernel's ``adjtimex`` status is what chrony and timesyncd set.
     """
-    libname = ctypes.util.find_library("c")
-    if not libname:
+    libc = _libc()
+    if libc is None:
         return False
+    tx = _Timex()
     try:
-        libc = ctypes.CDLL(libname, use_errno=True)
-        tx = _Timex()
         result = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
         return False
