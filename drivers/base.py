@@ -17,6 +17,17 @@ from typing import Any
 READING_KINDS = ("motion", "temp", "card", "qr", "passage", "fire", "device", "done")
 
 
+def describe(exc: BaseException) -> str:
+    """A short one-line reason for a device failure (the OS's words when there are some)."""
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror  # pyserial wraps the OSError in a longer message
+    if isinstance(exc, OSError) and exc.strerror and exc.errno is not None:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class DeviceHealth:
     """Whether a device works, with a short human-readable detail."""

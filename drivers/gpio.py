@@ -9,7 +9,9 @@ import logging
 import threading
 from typing import Any
 
-from drivers.base import DeviceHealth, Emit, Reading
+from drivers.base import DeviceHealth, Emit, Reading, describe
+
+__all__ = ["GpioError", "HealthTracker", "close_quietly", "describe", "pin_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,6 @@ def pin_factory(name: str) -> Any:
             raise GpioError(f"GPIO pin factory {name!r} did not load: {exc}") from exc
         _factories[name] = factory
         return factory
-
-
-def describe(exc: BaseException) -> str:
-    """A short one-line reason for a GPIO or serial failure."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class HealthTracker:

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading
+from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading, describe
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,6 @@ READ_TIMEOUT_S = 0.1
 STOP_TIMEOUT_S = 1.0
 #: Seconds between two warnings about dropped input from one device.
 DROP_LOG_INTERVAL_S = 10.0
-
-
-def describe(exc: BaseException) -> str:
-    """A short one-line reason for a device failure (the OS's words when there are some)."""
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror  # pyserial wraps the OSError in a longer message
-    if isinstance(exc, OSError) and exc.strerror and exc.errno is not None:
-        return exc.strerror
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Framer(Protocol):
