@@ -102,9 +102,9 @@ class Link:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
+            clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else True,
             protocol=protocol,
             reconnect_on_failure=False,
-            **({} if protocol == MQTTProtocolVersion.MQTTv5 else {"clean_session": True}),
         )
         client.connect_timeout = self.connect_timeout_s
         client.max_inflight_messages_set(self.window)
@@ -129,13 +129,15 @@ class Link:
         """One attempt at ``url``: a client whose CONNACK accepted us, or None."""
         protocol = self.protocol.get(url, MQTTProtocolVersion.MQTTv5)
         while True:
-            client = self._client(url, protocol)
+            try:
+                client = self._client(url, protocol)
+            except (OSError, ValueError, IndexError) as exc:
+                # a missing or empty secret file, an unreadable CA: say so, retry later
+                self.last_error = f"{url}: cannot set up the connection: {exc}"
+                return None
             result: dict[str, Any] = {}
-
-            def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-                result["rc"] = rc
-
-            client.on_connect = on_connect
+            client.user_data_set(result)
+            client.on_connect = _record_connack
             try:
                 if protocol == MQTTProtocolVersion.MQTTv5:
                     client.connect(url.host, url.port, self.config.keepalive_s, clean_start=True)
@@ -181,6 +183,10 @@ class Link:
             self.index = 0
             stop.wait(self.backoff.next())
         return None
+
+
+def _record_connack(c: Any, result: dict[str, Any], flags: Any, rc: Any, props: Any) -> None:
+    result["rc"] = rc
 
 
 def _close(client: mqtt.Client) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -139,39 +139,41 @@ class Publisher:
         self._birth(client)
         self.connected.set()
         last_flush = last_status = time.monotonic()
-        while not self.stop_event.is_set():
-            more = False
-            if len(inflight) < self.window:
-                rows = self._rows(cursor, self.window - len(inflight))
-                more = len(rows) == self.window - len(inflight)
-                for seq, topic, body in rows:
-                    cursor = seq
-                    payload = self._payload(seq, body)
-                    if payload is None:
-                        continue
-                    info = client.publish(f"{self.root}/{topic}", payload, qos=self.mq.qos)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        return
-                    inflight[info.mid] = seq
-                    self.published += 1
-            if not self._take_acks(inflight, acked):
-                return
-            if client.loop(timeout=0.0 if more else 0.1) != mqtt.MQTT_ERR_SUCCESS:
-                return
-            if not self._take_acks(inflight, acked):
-                return
-            now = time.monotonic()
-            if len(acked) >= self.batch or (acked and now - last_flush > 0.05):
-                self._delete(acked)
-                last_flush = now
-            self._send_outgoing(client)
-            if now - last_status > self.status_interval_s:
-                last_status = now
-                self._ask_state()
-            if self._status_due:
-                self._status_due = False
-                client.publish(f"{self.root}/status", self._status("online"), qos=1, retain=True)
-        self._delete(acked)
+        try:
+            while not self.stop_event.is_set():
+                more = False
+                if len(inflight) < self.window:
+                    rows = self._rows(cursor, self.window - len(inflight))
+                    more = len(rows) == self.window - len(inflight)
+                    for seq, topic, body in rows:
+                        cursor = seq
+                        payload = self._payload(seq, body)
+                        if payload is None:
+                            continue
+                        info = client.publish(f"{self.root}/{topic}", payload, qos=self.mq.qos)
+                        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                            return
+                        inflight[info.mid] = seq
+                        self.published += 1
+                if not self._take_acks(inflight, acked):
+                    return
+                if client.loop(timeout=0.0 if more else 0.1) != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                if not self._take_acks(inflight, acked):
+                    return
+                now = time.monotonic()
+                if len(acked) >= self.batch or (acked and now - last_flush > 0.05):
+                    self._delete(acked)
+                    last_flush = now
+                self._send_outgoing(client)
+                if now - last_status > self.status_interval_s:
+                    last_status = now
+                    self._ask_state()
+                if self._status_due:
+                    self._status_due = False
+                    self._publish_status(client)
+        finally:
+            self._delete(acked)  # what the broker confirmed leaves the outbox, whatever happened
         self._goodbye(client)
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
@@ -237,7 +239,7 @@ class Publisher:
         return f"{self.root}/status", json.dumps(body).encode()
 
     def _birth(self, client: mqtt.Client) -> None:
-        client.publish(f"{self.root}/status", self._status("online"), qos=1, retain=True)
+        self._publish_status(client)
         self._ask_state()
         if self.commands is not None:
             client.subscribe(f"{self.root}/cmd/+", qos=1)
@@ -246,6 +248,9 @@ class Publisher:
             site, gate = self.config.gate.site, self.config.gate.id
             for topic, payload in discovery_messages(self.mq.topic_prefix, site, gate):
                 client.publish(topic, payload, qos=1, retain=True)
+
+    def _publish_status(self, client: mqtt.Client) -> None:
+        client.publish(f"{self.root}/status", self._status("online"), qos=1, retain=True)
 
     def _goodbye(self, client: mqtt.Client) -> None:
         info = client.publish(f"{self.root}/status", self._status("offline"), qos=1, retain=True)
@@ -304,10 +309,10 @@ class Publisher:
             return
         topic = msg.topic
         if topic == self.registry_topic:
-            self._registry(msg.payload)
+            self._registry(bytes(msg.payload))
             return
         name = topic.removeprefix(f"{self.root}/cmd/")
-        fut = self.commands.handle(name, msg.payload)
+        fut = self.commands.handle(name, bytes(msg.payload))
         result_topic = f"{self.root}/cmd_result"
 
         def reply(f: Future[dict[str, Any]]) -> None:

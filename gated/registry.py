@@ -157,32 +157,8 @@ class Registry:
     def apply(self, persons: Iterable[Person], cards: dict[str, str], when: str) -> None:
         """Upsert persons and their cards in one transaction."""
         with Transaction(self.conn) as c:
-            c.executemany(
-                "INSERT INTO persons(id, name, id_number, unit, household, category, color,"
-                " verified, active) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-                " name=excluded.name, id_number=excluded.id_number, unit=excluded.unit,"
-                " household=excluded.household, category=excluded.category,"
-                " color=excluded.color, verified=excluded.verified, active=excluded.active",
-                [
-                    (
-                        p.id,
-                        p.name,
-                        p.id_number,
-                        p.unit,
-                        p.household,
-                        p.category,
-                        p.color,
-                        int(p.verified),
-                        int(p.active),
-                    )
-                    for p in persons
-                ],
-            )
-            c.executemany(
-                "INSERT INTO cards(uid, person, activated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(uid) DO UPDATE SET person = excluded.person",
-                [(uid, pid, when) for uid, pid in cards.items()],
-            )
+            upsert_persons(c, persons)
+            upsert_cards(c, cards, when)
 
     def export_csv(self, out: TextIO) -> int:
         """Write the registry as CSV, one row per card (a person without one: empty uid)."""
@@ -211,6 +187,40 @@ class Registry:
             )
             n += 1
         return n
+
+
+def upsert_persons(c: sqlite3.Connection, persons: Iterable[Person]) -> None:
+    """Insert or update persons, inside the caller's transaction."""
+    c.executemany(
+        "INSERT INTO persons(id, name, id_number, unit, household, category, color,"
+        " verified, active) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+        " name=excluded.name, id_number=excluded.id_number, unit=excluded.unit,"
+        " household=excluded.household, category=excluded.category,"
+        " color=excluded.color, verified=excluded.verified, active=excluded.active",
+        [
+            (
+                p.id,
+                p.name,
+                p.id_number,
+                p.unit,
+                p.household,
+                p.category,
+                p.color,
+                int(p.verified),
+                int(p.active),
+            )
+            for p in persons
+        ],
+    )
+
+
+def upsert_cards(c: sqlite3.Connection, cards: dict[str, str], when: str) -> None:
+    """Give each card uid to its person (``{uid: person_id}``), inside the caller's transaction."""
+    c.executemany(
+        "INSERT INTO cards(uid, person, activated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT(uid) DO UPDATE SET person = excluded.person",
+        [(uid, pid, when) for uid, pid in cards.items()],
+    )
 
 
 def _flag(value: str, line: int, column: str, name: str) -> bool:

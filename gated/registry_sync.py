@@ -22,7 +22,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from gated.registry import Person, normalise_uid
+from gated.registry import Person, normalise_uid, upsert_cards, upsert_persons
 from gated.storage import Transaction
 
 VERSION_KEY = "registry_version"
@@ -154,18 +154,7 @@ def _apply(conn: sqlite3.Connection, change: Change, when: str) -> str:
 
 
 def _write(c: sqlite3.Connection, ch: Change, when: str) -> None:
-    c.executemany(
-        "INSERT INTO persons(id, name, id_number, unit, household, category, color,"
-        " verified, active) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-        " name=excluded.name, id_number=excluded.id_number, unit=excluded.unit,"
-        " household=excluded.household, category=excluded.category,"
-        " color=excluded.color, verified=excluded.verified, active=excluded.active",
-        [
-            (p.id, p.name, p.id_number, p.unit, p.household, p.category, p.color)
-            + (int(p.verified), int(p.active))
-            for p in ch.persons
-        ],
-    )
+    upsert_persons(c, ch.persons)
     if ch.kind == "snapshot":
         c.execute("CREATE TEMP TABLE IF NOT EXISTS sync_ids (id TEXT PRIMARY KEY)")
         c.execute("DELETE FROM sync_ids")
@@ -175,11 +164,7 @@ def _write(c: sqlite3.Connection, ch: Change, when: str) -> None:
         c.executemany("INSERT INTO sync_ids(id) VALUES (?)", [(u,) for u in ch.cards])
         c.execute("DELETE FROM cards WHERE uid NOT IN (SELECT id FROM sync_ids)")
         c.execute("DELETE FROM sync_ids")
-    c.executemany(
-        "INSERT INTO cards(uid, person, activated_at) VALUES (?, ?, ?)"
-        " ON CONFLICT(uid) DO UPDATE SET person = excluded.person",
-        [(uid, pid, when) for uid, pid in ch.cards.items()],
-    )
+    upsert_cards(c, ch.cards, when)
     c.executemany("DELETE FROM cards WHERE uid = ?", [(u,) for u in ch.remove_cards])
     c.executemany("UPDATE persons SET active = 0 WHERE id = ?", [(p,) for p in ch.remove_persons])
     c.executemany(

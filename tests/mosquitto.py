@@ -10,6 +10,7 @@ Skips the test when mosquitto is not installed (scripts/setup.sh installs it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -177,9 +178,7 @@ class Collector:
     def events(self) -> list[dict[str, Any]]:
         """Payloads of ``*/event`` and ``*/alarm`` messages, in arrival order."""
         with self.cond:
-            return [
-                json.loads(p) for t, p, _ in self.messages if t.endswith(("/event", "/alarm"))
-            ]
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith(("/event", "/alarm"))]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -245,18 +244,14 @@ class Door:
         except OSError:
             pass
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def shut(self) -> None:
         self.is_open.clear()
         for s in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self.conns = []
 
     def open(self) -> None:

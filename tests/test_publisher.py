@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import sqlite3
 import threading
 import time
@@ -83,10 +84,18 @@ def check_complete(events: list[dict[str, Any]], last: int, start: int = 1) -> N
 
 
 def has_seq(last: int) -> Any:
+    """A predicate for :meth:`Collector.wait_for`: an event with ``seq == last`` arrived.
+
+    It looks only at messages it has not seen yet: the collector calls it per message.
+    """
+    state = {"seen": 0, "found": False}
+
     def pred(msgs: list[tuple[str, bytes, bool]]) -> bool:
-        return any(
-            t.endswith(("/event", "/alarm")) and json.loads(p)["seq"] == last for t, p, _ in msgs
-        )
+        for t, p, _ in msgs[state["seen"] :]:
+            if t.endswith(("/event", "/alarm")) and json.loads(p)["seq"] == last:
+                state["found"] = True
+        state["seen"] = len(msgs)
+        return state["found"]
 
     return pred
 
@@ -248,9 +257,8 @@ def make_pki(d: Path) -> dict[str, Path]:
     out = {}
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("test CA", ca_key, None, ca_key, True)
-    for name, key, cert in [("ca", ca_key, ca)]:
-        out[name] = d / f"{name}.crt"
-        out[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out["ca"] = d / "ca.crt"
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for name, san in [("server", True), ("client", False)]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(f"{name}-g1", key, ca.subject, ca_key, False, san)
@@ -439,3 +447,57 @@ def test_outbox_rows_are_deleted_only_after_puback(tmp_path: Path, broker: Mosqu
     conn.close()
     assert left == 2000 - gate.publisher.delivered
     gate.close()
+
+
+def test_home_assistant_discovery(tmp_path: Path, broker: Mosquitto) -> None:
+    gate = Gate(tmp_path, [broker.url], ha_discovery=True)
+    gate.publisher.start()
+    try:
+        assert gate.publisher.connected.wait(30)
+        col = Collector(broker.port, ["homeassistant/#"], client_id="ha")
+        col.wait_for(lambda m: len(m) >= 5)
+        configs = {t: json.loads(p) for t, p, r in col.messages if r}
+        assert "homeassistant/sensor/g1/last_temperature/config" in configs
+        for c in configs.values():
+            assert c["state_topic"] == "gated/s1/g1/status"
+            assert c["availability_topic"] == "gated/s1/g1/status"
+            assert c["device"]["identifiers"] == ["gated_s1_g1"]
+        col.close()
+    finally:
+        gate.close()
+
+
+def test_falls_back_to_mqtt_311(tmp_path: Path) -> None:
+    """A broker that refuses MQTT 5 with "unsupported protocol version" gets 3.1.1."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    levels: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            head = conn.recv(4096)
+            at = head.find(b"MQTT")
+            level = head[at + 4] if at >= 0 and len(head) > at + 4 else 0
+            levels.append(level)
+            if level == 5:
+                conn.sendall(bytes([0x20, 0x03, 0x00, 0x84, 0x00]))  # CONNACK 132
+                conn.close()
+            else:
+                conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK accepted
+                time.sleep(2)
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    gate = Gate(tmp_path, [f"mqtt://127.0.0.1:{port}"])
+    try:
+        client = gate.publisher.link.connect(threading.Event())
+        assert client is not None
+        assert levels[:2] == [5, 4]
+        client.socket().close()  # type: ignore[union-attr]
+    finally:
+        server.close()
+        gate.conn.close()
