@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import paho.mqtt.client as mqtt
 
 from gated import __version__, registry_sync
+from gated.clock import clock_synced
 from gated.commands import Commands
 from gated.ha_discovery import discovery_messages
 from gated.ledger import iso_utc
@@ -301,6 +302,7 @@ class Publisher:
             "last_temperature_c": None if self.mq.pii == "none" else last.get("temperature_c"),
             "registry_version": registry_sync.applied_version(self.conn),
             "broker": str(self.link.connected_url),
+            "clock_synced": clock_synced(),
         }
         return json.dumps(body, ensure_ascii=False).encode()
 
