@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading
+from drivers.base import DriverContext, Emit, Reading
 from drivers.qr_decode import Debouncer, MotionGate, QrScan, fingerprint, make_decoder, to_grey
-from drivers.serialport import ReconnectingReader
+from drivers.serialport import ReaderDriver, ReconnectingReader
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def _is_file(source: str) -> bool:
     return not str(path).startswith("/dev/") and path.suffix != ""
 
 
-class CameraQrScanner(Driver):
+class CameraQrScanner(ReaderDriver):
     """A camera decoding QR passes: emits a ``qr`` reading per presentation.
 
     Options (``[qr] driver = "camera"``): ``device`` (index, V4L2 path, video file or
@@ -196,14 +196,6 @@ class CameraQrScanner(Driver):
 
         self.scan = QrScan(make_decoder(str(self.options.get("decoder", "zxing"))))
         self.reader.start()
-
-    def stop(self) -> None:
-        """Stop capturing and release the camera; safe to call twice."""
-        self.reader.stop()
-
-    def health(self) -> DeviceHealth:
-        """Healthy while frames come."""
-        return self.reader.health()
 
     @property
     def idle(self) -> bool:

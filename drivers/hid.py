@@ -19,8 +19,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading
-from drivers.serialport import ReconnectingReader, with_dropped
+from drivers.base import DriverContext, Emit, Reading
+from drivers.serialport import ReaderDriver, ReconnectingReader, with_dropped
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +166,13 @@ class HidReader(ReconnectingReader):
                 log.debug("%s: %s failed: %s", self.name, step.__name__, exc)
 
 
-class HidCardReader(Driver):
+class HidCardReader(ReaderDriver):
     """A keyboard-like card reader: emits a ``card`` reading with the digits typed.
 
     Options (``[card] driver = "hid"``): ``device`` (evdev path), ``grab`` (true).
     """
+
+    reader: HidReader
 
     def __init__(
         self,
@@ -205,11 +207,3 @@ class HidCardReader(Driver):
         if not self.reader.device:
             raise ValueError(f"{self.name}: no evdev device configured")
         self.reader.start()
-
-    def stop(self) -> None:
-        """Stop reading and release the device; safe to call twice."""
-        self.reader.stop()
-
-    def health(self) -> DeviceHealth:
-        """Healthy while the device is open (and grabbed)."""
-        return self.reader.health()

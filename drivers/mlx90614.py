@@ -34,8 +34,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading
-from drivers.serialport import ReconnectingReader
+from drivers.base import DriverContext, Emit, Reading
+from drivers.serialport import ReaderDriver, ReconnectingReader
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class SensorReader(ReconnectingReader):
             log.debug("%s: close failed: %s", self.name, exc)
 
 
-class Mlx90614Thermometer(Driver):
+class Mlx90614Thermometer(ReaderDriver):
     """An MLX90614 on I2C: emits one ``temp`` reading (degrees Celsius) per person in front.
 
     Options (``[thermometer] driver = "mlx90614"``): ``bus`` (1), ``address`` (0x5A),
@@ -308,14 +308,6 @@ class Mlx90614Thermometer(Driver):
         if self.injected_bus is None:
             import smbus2  # noqa: F401  (fail here, clearly, if smbus2 is missing)
         self.reader.start()
-
-    def stop(self) -> None:
-        """Stop reading and close the bus; safe to call twice."""
-        self.reader.stop()
-
-    def health(self) -> DeviceHealth:
-        """Healthy while the sensor answers with good reads."""
-        return self.reader.health()
 
     def on_read(self, object_c: float, ambient_c: float, sensor_e: float, t: float) -> None:
         """Correct one good read and emit it if it completes a presentation."""

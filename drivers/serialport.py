@@ -336,7 +336,21 @@ class LineFramer:
         return line
 
 
-class SerialDriver(Driver):
+class ReaderDriver(Driver):
+    """A driver whose device is read by a :class:`ReconnectingReader` in ``self.reader``."""
+
+    reader: ReconnectingReader
+
+    def stop(self) -> None:
+        """Stop reading and release the device; safe to call twice."""
+        self.reader.stop()
+
+    def health(self) -> DeviceHealth:
+        """Healthy while the device is open and reading."""
+        return self.reader.health()
+
+
+class SerialDriver(ReaderDriver):
     """A device on a serial port: ``make_framer`` frames its bytes, ``on_item`` emits.
 
     Options: ``port`` (path; a stable udev name survives re-plugging) and ``baud``.
@@ -346,6 +360,7 @@ class SerialDriver(Driver):
     """
 
     DEFAULT_BAUD = 9600
+    reader: SerialReader
 
     def __init__(
         self,
@@ -385,11 +400,3 @@ class SerialDriver(Driver):
         if not self.reader.port:
             raise ValueError(f"{self.name}: no serial port configured")
         self.reader.start()
-
-    def stop(self) -> None:
-        """Stop reading and close the port; safe to call twice."""
-        self.reader.stop()
-
-    def health(self) -> DeviceHealth:
-        """Healthy while the port is open."""
-        return self.reader.health()
