@@ -12,7 +12,7 @@ import select
 import time
 import tty
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from drivers import driver_class
 from drivers.base import DeviceHealth, DriverContext, Prompter, Reading
 from drivers.gpio import pin_factory
 from drivers.prompter import GpioPrompter, dfplayer_play_frame, in_hours, track_number
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PIR = 4
@@ -43,14 +44,6 @@ trap 'kill $child 2>/dev/null; echo "killed $name" >> "$log"; exit 143' TERM
 wait $child
 echo "end $name" >> "$log"
 """
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def hours_around_now(inside: bool) -> tuple[str, str]:
@@ -136,7 +129,7 @@ def test_registered():
 
 def test_aplay_plays_the_prompts_file(aplay_rig: Rig, fake_aplay: Path, sounds: Path):
     aplay_rig.p.play("granted")
-    wait_for(lambda: "end granted" in fake_aplay.read_text())
+    wait_until(lambda: "end granted" in fake_aplay.read_text())
     first = fake_aplay.read_text().splitlines()[0]
     assert first == f"start granted -q {sounds / 'granted.wav'}"
     assert aplay_rig.p.health() == DeviceHealth(True, "")
@@ -147,9 +140,9 @@ def test_a_newer_prompt_interrupts_the_older(
 ):
     monkeypatch.setenv("FAKE_APLAY_S", "30")
     aplay_rig.p.play("show_pass")  # returns at once: aplay runs on its own
-    wait_for(lambda: "start show_pass" in fake_aplay.read_text())
+    wait_until(lambda: "start show_pass" in fake_aplay.read_text())
     aplay_rig.p.play("denied")
-    wait_for(lambda: "start denied" in fake_aplay.read_text())
+    wait_until(lambda: "start denied" in fake_aplay.read_text())
     assert log_lines(fake_aplay) == ["start show_pass", "killed show_pass", "start denied"]
 
 
@@ -161,7 +154,7 @@ def test_welcome_is_heard_to_its_end_and_the_newest_prompt_follows(
     aplay_rig.p.play("show_pass")  # replaced by the next, still waiting
     aplay_rig.p.play("measure_temp")
     aplay_rig.p.play("welcome")  # already playing or waiting: not twice
-    wait_for(lambda: "end measure_temp" in fake_aplay.read_text())
+    wait_until(lambda: "end measure_temp" in fake_aplay.read_text())
     assert log_lines(fake_aplay) == [
         "start welcome",
         "end welcome",
@@ -226,7 +219,7 @@ def test_by_day_motion_is_reported_and_the_driver_says_nothing(
         pir.drive_high()
         assert aplay_rig.next("motion").value is True
         pir.drive_low()
-        wait_for(lambda: not aplay_rig.p.motion_detected)
+        wait_until(lambda: not aplay_rig.p.motion_detected)
     assert aplay_rig.p.motions == 2
     assert fake_aplay.read_text() == ""  # the controller prompts, not the driver
 
@@ -242,9 +235,9 @@ def test_at_night_every_motion_is_prompted(
         for n in (1, 2, 3):
             pir.drive_high()
             assert r.next("motion").value is True
-            wait_for(functools.partial(welcomes_heard, fake_aplay, n))
+            wait_until(functools.partial(welcomes_heard, fake_aplay, n))
             pir.drive_low()
-            wait_for(lambda: not r.p.motion_detected)
+            wait_until(lambda: not r.p.motion_detected)
     finally:
         r.p.stop()
 
@@ -441,7 +434,7 @@ def test_daemon_prompts_welcome_then_measure_temp_on_the_first_motion(
         # taken its first sample, for which gpiozero fires no event).
         app.controller.submit(lambda: None).result(timeout=10)
         factory.pin(PIR).drive_high()
-        wait_for(lambda: "end measure_temp" in fake_aplay.read_text())
+        wait_until(lambda: "end measure_temp" in fake_aplay.read_text())
         assert log_lines(fake_aplay) == [
             "start welcome",
             "end welcome",

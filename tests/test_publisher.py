@@ -26,6 +26,7 @@ from gated.publisher import Publisher
 from gated.storage import connect
 from tests.conftest import make_config
 from tests.mosquitto import Collector, Door, Mosquitto, free_port, publish
+from tests.waiting import wait_until
 
 PERSON = {
     "id": "P1",
@@ -60,14 +61,6 @@ class Gate:
     def close(self) -> None:
         self.publisher.stop()
         self.conn.close()
-
-
-def wait_until(pred: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
 
 
 def check_complete(events: list[dict[str, Any]], last: int, start: int = 1) -> None:

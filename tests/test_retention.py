@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from gated.app import App
@@ -15,13 +13,7 @@ from gated.ledger import Ledger
 from gated.retention import DAY_S, Retention, RetentionService, purge_now
 from gated.storage import connect
 from tests.conftest import Rig, make_config
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
+from tests.waiting import wait_until
 
 
 def deliver(conn: sqlite3.Connection, upto_seq: int) -> None:

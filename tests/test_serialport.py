@@ -22,6 +22,7 @@ from drivers.base import DeviceHealth, Reading
 from drivers.rdm6300 import encode_frame
 from drivers.serialport import LineFramer, SerialReader
 from tests.conftest import Rig
+from tests.waiting import wait_until
 
 DEADLINE_S = 10.0
 
@@ -105,14 +106,6 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at the positions ``cuts`` (taken modulo its length), in order."""
     points = sorted({c % (len(data) + 1) for c in cuts})
     return [data[a:b] for a, b in itertools.pairwise([0, *points, len(data)])]
-
-
-def wait_until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {DEADLINE_S} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from drivers.base import DeviceHealth, DriverContext, Reading
 from drivers.gpio import pin_factory
 from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, GpioTurnstile
 from drivers.wiegand import encode_bits
+from tests.waiting import wait_until
 
 RELAY, PASSAGE, FIRE, BUZZER, GREEN, RED = 17, 27, 22, 23, 24, 25
 
@@ -43,14 +44,6 @@ def factory() -> Iterator[Any]:
 def closed_fire_contact(factory: Any) -> None:
     """Wire the normally closed fire contact, closed: no fire."""
     factory.pin(FIRE, pin_class=ContactPin)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 class Rig:
@@ -134,7 +127,7 @@ def test_active_low_relay_is_high_when_locked(factory: Any):
 def test_a_held_release_ends_by_itself_if_lock_never_comes(rig: Rig):
     rig.t.open(0.2)
     assert rig.relay is True
-    wait_for(lambda: rig.relay is False)
+    wait_until(lambda: rig.relay is False)
 
 
 def test_pulse_mode_releases_for_pulse_ms_only(factory: Any):
@@ -144,7 +137,7 @@ def test_pulse_mode_releases_for_pulse_ms_only(factory: Any):
     try:
         r.t.open(5.0)
         assert r.relay is True
-        wait_for(lambda: r.relay is False)
+        wait_until(lambda: r.relay is False)
         states = [s.state for s in factory.pin(RELAY).states]
         assert states == [False, True, False]
     finally:
@@ -232,7 +225,7 @@ def test_passage_sensor_reports_one_passage_per_person(rig: Rig):
     beam.drive_low()
     beam.drive_high()
     assert rig.t.passages_merged == 1
-    wait_for(lambda: time.monotonic() - rig.t._passage_clear_at > PASSAGE_MERGE_S)
+    wait_until(lambda: time.monotonic() - rig.t._passage_clear_at > PASSAGE_MERGE_S)
     beam.drive_low()  # the next person
     assert rig.next("passage").value is True
     beam.drive_high()
@@ -240,10 +233,10 @@ def test_passage_sensor_reports_one_passage_per_person(rig: Rig):
 
 def test_signals_light_the_lamps_and_beep(rig: Rig):
     rig.t.signal("granted")
-    wait_for(lambda: any(s.state for s in rig.pin(GREEN).states))
-    wait_for(lambda: any(s.state for s in rig.pin(BUZZER).states))
+    wait_until(lambda: any(s.state for s in rig.pin(GREEN).states))
+    wait_until(lambda: any(s.state for s in rig.pin(BUZZER).states))
     rig.t.signal("denied")
-    wait_for(lambda: any(s.state for s in rig.pin(RED).states))
+    wait_until(lambda: any(s.state for s in rig.pin(RED).states))
     assert rig.pin(GREEN).state is False  # the other lamp goes out
     rig.t.signal("guard")
     rig.t.signal("nonsense")  # logged, ignored
@@ -353,20 +346,20 @@ def test_daemon_on_mock_pins_grants_a_wiegand_card_opens_and_locks(factory: Any,
             pin.drive_low()
             pin.drive_high()
             time.sleep(0.0015)
-        wait_for(lambda: any(e["kind"] == "decision" for e in events))
+        wait_until(lambda: any(e["kind"] == "decision" for e in events))
         decision = next(e for e in events if e["kind"] == "decision")
         assert decision["decision"] == "granted"
-        wait_for(lambda: factory.pin(RELAY).state is True)
+        wait_until(lambda: factory.pin(RELAY).state is True)
         factory.pin(PASSAGE).drive_low()
         factory.pin(PASSAGE).drive_high()
-        wait_for(lambda: any(e["kind"] == "passage" for e in events))
+        wait_until(lambda: any(e["kind"] == "passage" for e in events))
         passage = next(e for e in events if e["kind"] == "passage")
         assert passage["ref"] == decision["id"] and passage["passed"] is True
-        wait_for(lambda: factory.pin(RELAY).state is False)
+        wait_until(lambda: factory.pin(RELAY).state is False)
         # Fire: the relay is energised by the driver, the controller raises the alarm.
         factory.pin(FIRE).drive_high()
-        wait_for(lambda: factory.pin(RELAY).state is True)
-        wait_for(lambda: any(e.get("alarm") == "fire" for e in events))
+        wait_until(lambda: factory.pin(RELAY).state is True)
+        wait_until(lambda: any(e.get("alarm") == "fire" for e in events))
     finally:
         app.stop_event.set()
         runner.join(timeout=10)
