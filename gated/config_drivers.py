@@ -135,7 +135,9 @@ OptionalDir = Annotated[
 OptionalPin = Annotated[Pin | None, BeforeValidator(_empty_is_none)]
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """A config model that rejects unknown keys: a typo must not disable a check."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -144,7 +146,7 @@ class _Model(BaseModel):
 _CARD_DRIVER = "Card reader: rdm6300, wiegand, hid, sim or none."
 
 
-class Rdm6300CardConfig(_Model):
+class Rdm6300CardConfig(StrictModel):
     """An RDM6300 125 kHz EM4100 reader on a UART (9600 8N1)."""
 
     driver: Literal["rdm6300"] = Field(default="rdm6300", description=_CARD_DRIVER)
@@ -159,7 +161,7 @@ class Rdm6300CardConfig(_Model):
     )
 
 
-class WiegandCardConfig(_Model):
+class WiegandCardConfig(StrictModel):
     """A Wiegand 26/34 reader on two GPIO inputs."""
 
     driver: Literal["wiegand"] = Field(default="wiegand", description=_CARD_DRIVER)
@@ -168,7 +170,7 @@ class WiegandCardConfig(_Model):
     gap_ms: float = Field(default=25, gt=0, description="Milliseconds of silence that end a frame.")
 
 
-class HidCardConfig(_Model):
+class HidCardConfig(StrictModel):
     """A reader that types the card number like a keyboard (evdev)."""
 
     driver: Literal["hid"] = Field(default="hid", description=_CARD_DRIVER)
@@ -181,13 +183,13 @@ class HidCardConfig(_Model):
     )
 
 
-class SimCardConfig(_Model):
+class SimCardConfig(StrictModel):
     """Cards come from the [sim] scenario."""
 
     driver: Literal["sim"] = Field(default="sim", description=_CARD_DRIVER)
 
 
-class NoneCardConfig(_Model):
+class NoneCardConfig(StrictModel):
     """No card reader."""
 
     driver: Literal["none"] = Field(default="none", description=_CARD_DRIVER)
@@ -204,7 +206,7 @@ CardConfig = Annotated[
 _QR_DRIVER = "QR reader: camera, serial, sim or none."
 
 
-class CameraQrConfig(_Model):
+class CameraQrConfig(StrictModel):
     """A camera read through OpenCV, decoding QR codes only."""
 
     driver: Literal["camera"] = Field(default="camera", description=_QR_DRIVER)
@@ -223,7 +225,7 @@ class CameraQrConfig(_Model):
     )
 
 
-class SerialQrConfig(_Model):
+class SerialQrConfig(StrictModel):
     """A serial QR scanner (GM65-style) that sends each decoded text ended by CR/LF."""
 
     driver: Literal["serial"] = Field(default="serial", description=_QR_DRIVER)
@@ -233,13 +235,13 @@ class SerialQrConfig(_Model):
     )
 
 
-class SimQrConfig(_Model):
+class SimQrConfig(StrictModel):
     """QR codes come from the [sim] scenario."""
 
     driver: Literal["sim"] = Field(default="sim", description=_QR_DRIVER)
 
 
-class NoneQrConfig(_Model):
+class NoneQrConfig(StrictModel):
     """No QR reader."""
 
     driver: Literal["none"] = Field(default="none", description=_QR_DRIVER)
@@ -256,7 +258,7 @@ _THERMOMETER_DRIVER = "Thermometer: mlx90614, serial, sim or none."
 _OFFSET_C = "Degrees Celsius added to every reading (calibration against a reference)."
 
 
-class Mlx90614ThermometerConfig(_Model):
+class Mlx90614ThermometerConfig(StrictModel):
     """An MLX90614 infrared thermometer on I2C (SMBus)."""
 
     driver: Literal["mlx90614"] = Field(default="mlx90614", description=_THERMOMETER_DRIVER)
@@ -279,7 +281,7 @@ class Mlx90614ThermometerConfig(_Model):
     interval_s: float = Field(default=0.2, gt=0, description="Seconds between reads.")
 
 
-class SerialThermometerConfig(_Model):
+class SerialThermometerConfig(StrictModel):
     """A thermometer that sends one reading per line over a UART."""
 
     driver: Literal["serial"] = Field(default="serial", description=_THERMOMETER_DRIVER)
@@ -303,14 +305,14 @@ class SerialThermometerConfig(_Model):
         return value
 
 
-class SimThermometerConfig(_Model):
+class SimThermometerConfig(StrictModel):
     """Temperatures come from the [sim] scenario."""
 
     driver: Literal["sim"] = Field(default="sim", description=_THERMOMETER_DRIVER)
     offset_c: float = Field(default=0.0, ge=-10, le=10, description=_OFFSET_C)
 
 
-class NoneThermometerConfig(_Model):
+class NoneThermometerConfig(StrictModel):
     """No thermometer."""
 
     driver: Literal["none"] = Field(default="none", description=_THERMOMETER_DRIVER)
@@ -331,7 +333,7 @@ _TURNSTILE_DRIVER = "Turnstile: gpio or sim."
 _OPEN_S = "Seconds the turnstile stays released for one person."
 
 
-class GpioTurnstileConfig(_Model):
+class GpioTurnstileConfig(StrictModel):
     """A turnstile released by a relay on a GPIO output (de-energised = locked)."""
 
     driver: Literal["gpio"] = Field(default="gpio", description=_TURNSTILE_DRIVER)
@@ -357,7 +359,7 @@ class GpioTurnstileConfig(_Model):
     red_led_pin: OptionalPin = Field(default=None, description="GPIO output of the red lamp.")
 
 
-class SimTurnstileConfig(_Model):
+class SimTurnstileConfig(StrictModel):
     """A simulated turnstile; passages come from the [sim] scenario."""
 
     driver: Literal["sim"] = Field(default="sim", description=_TURNSTILE_DRIVER)
@@ -376,7 +378,7 @@ _NIGHT = (
 )
 
 
-class GpioPrompterConfig(_Model):
+class GpioPrompterConfig(StrictModel):
     """A PIR sensor on a GPIO input and spoken prompts."""
 
     driver: Literal["gpio"] = Field(default="gpio", description=_PROMPTER_DRIVER)
@@ -403,14 +405,14 @@ class GpioPrompterConfig(_Model):
         return self
 
 
-class SimPrompterConfig(_Model):
+class SimPrompterConfig(StrictModel):
     """Prompts are logged, motion comes from the [sim] scenario."""
 
     driver: Literal["sim"] = Field(default="sim", description=_PROMPTER_DRIVER)
     night: tuple[HhMm, HhMm] = Field(default=("22:00", "06:00"), description=_NIGHT)
 
 
-class NonePrompterConfig(_Model):
+class NonePrompterConfig(StrictModel):
     """No prompter."""
 
     driver: Literal["none"] = Field(default="none", description=_PROMPTER_DRIVER)
