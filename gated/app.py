@@ -188,23 +188,27 @@ class App:
             service.start()
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or, in a scripted run, until all is settled)."""
-        self.start_devices()
-        self.start_services()
-        if not clock_synced():
-            log.warning("the system clock is not synchronised: events carry clock_synced=false")
-        if self.notifier.watchdog_enabled:
-            self.controller.heartbeat = self.notifier.watchdog
-        self.notifier.ready(f"running, mode {self.controller.mode}")
-        log.info(
-            "gate %s/%s running (boot %d, mode %s, next seq %d)",
-            self.config.gate.site,
-            self.config.gate.id,
-            self.ledger.boot,
-            self.controller.mode,
-            self.ledger.last_seq() + 1,
-        )
+        """Run until SIGTERM/SIGINT (or, in a scripted run, until all is settled).
+
+        Whatever fails on the way, the devices are stopped (relay de-energised) and
+        the database is closed.
+        """
         try:
+            self.start_devices()
+            self.start_services()
+            if not clock_synced():
+                log.warning("the system clock is not synchronised: events carry clock_synced=false")
+            if self.notifier.watchdog_enabled:
+                self.controller.heartbeat = self.notifier.watchdog
+            self.notifier.ready(f"running, mode {self.controller.mode}")
+            log.info(
+                "gate %s/%s running (boot %d, mode %s, next seq %d)",
+                self.config.gate.site,
+                self.config.gate.id,
+                self.ledger.boot,
+                self.controller.mode,
+                self.ledger.last_seq() + 1,
+            )
             self.controller.run(self.stop_event, exit_when_done=self.config.sim.exit_when_done)
         finally:
             self.notifier.stopping("stopping")
