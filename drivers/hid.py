@@ -1,20 +1,23 @@
-"""Card readers that type the card number like a USB keyboard (HID), read through evdev.
+"""Card readers that type the card number like a USB keyboard (HID), read from evdev.
 
 The reader "types" the uid's digits, then Enter. The device is grabbed, so the
 digits reach this driver only and never a console or a login prompt. A reader that
 is unplugged is reported unhealthy and re-opened by its path (a
 ``/dev/input/by-id/...`` name survives re-plugging) as soon as it is back.
 
-:class:`HidDecoder` is pure: key events in, uids out. evdev is imported in
-``start()``, so this module imports on any machine; it is not installed with gated
-(it builds from source on a Pi): ``.venv/bin/pip install evdev`` where a HID reader
-is used.
+:class:`HidDecoder` is pure: key events in, uids out. :class:`HidReader` reads the
+kernel's input events from the device node directly (``struct input_event``, the
+``EVIOCGRAB`` ioctl), so no library beyond Python's own is needed.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import select
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +27,10 @@ from drivers.serialport import ReaderDriver, ReconnectingReader, with_dropped
 
 log = logging.getLogger(__name__)
 
+#: ``struct input_event`` of <linux/input.h>: a timeval (two C longs), type, code, value.
+EVENT = struct.Struct("@llHHi")
+#: ``EVIOCGRAB`` = ``_IOW('E', 0x90, int)``: exclusive access, so the digits reach no console.
+EVIOCGRAB = 0x40044590
 #: evdev event type of keys.
 EV_KEY = 1
 #: Key event values: released, pressed, auto-repeated.
@@ -113,57 +120,74 @@ class HidDecoder:
 
 
 class HidReader(ReconnectingReader):
-    """Reads one evdev device (grabbed) into a :class:`HidDecoder`."""
+    """Reads one input device (``/dev/input/event*``), grabbed, into a :class:`HidDecoder`.
+
+    It reads the kernel's ``struct input_event`` records itself, so no evdev library is
+    needed. A device that goes away answers the read with an error (ENODEV) or an end of
+    file: the reader reports it unhealthy and re-opens it by its path.
+    """
 
     def __init__(self, name: str, emit: Emit, device: str, grab: bool, decoder: HidDecoder):
         super().__init__(name, emit, device)
         self.device = device
         self.grab = grab
         self.decoder = decoder
-        self._dev: Any = None
+        self._fd: int | None = None
+        self._partial = b""
 
     def open(self) -> None:
         """Open the device by its path and grab it."""
-        import evdev
-
-        dev = evdev.InputDevice(self.device)
+        fd = os.open(self.device, os.O_RDONLY | os.O_NONBLOCK)
         if self.grab:
             try:
-                dev.grab()
+                fcntl.ioctl(fd, EVIOCGRAB, 1)
             except OSError:
-                dev.close()
+                os.close(fd)
                 raise
         self.decoder.reset()
-        self._dev = dev
+        self._partial = b""
+        self._fd = fd
 
     def read_once(self) -> None:
         """Wait up to 0.1 s for events and decode the key presses."""
-        dev = self._dev
-        ready, _, _ = select.select([dev.fd], [], [], 0.1)
+        fd = self._fd
+        if fd is None:
+            raise OSError(errno.EBADF, "device not open")
+        ready, _, _ = select.select([fd], [], [], 0.1)
         if not ready:
             return
         try:
-            events = list(dev.read())
+            data = os.read(fd, EVENT.size * 64)
         except BlockingIOError:
             return
-        for ev in events:
-            if ev.type != EV_KEY:
+        if not data:
+            raise OSError(errno.ENODEV, "device gone")
+        buf = self._partial + data
+        whole = len(buf) - len(buf) % EVENT.size
+        self._partial = buf[whole:]
+        now = time.monotonic()
+        for _sec, _usec, type_, code, value in EVENT.iter_unpack(buf[:whole]):
+            if type_ != EV_KEY:
                 continue
-            uid = self.decoder.feed(ev.code, ev.value, time.monotonic())
+            uid = self.decoder.feed(code, value, now)
             if uid is not None:
                 self.emit(Reading("card", uid, self.name))
         self.log_drops(self.decoder.stats, self.decoder.DROPS)
 
     def close(self) -> None:
         """Release the grab and close the device, ignoring errors (it may be gone)."""
-        dev, self._dev = self._dev, None
-        if dev is None:
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
-        for step in (dev.ungrab, dev.close) if self.grab else (dev.close,):
+        if self.grab:
             try:
-                step()
-            except Exception as exc:  # a vanished device cannot be released; nothing to do
-                log.debug("%s: %s failed: %s", self.name, step.__name__, exc)
+                fcntl.ioctl(fd, EVIOCGRAB, 0)
+            except OSError as exc:  # a vanished device cannot be released; nothing to do
+                log.debug("%s: ungrab failed: %s", self.name, exc)
+        try:
+            os.close(fd)
+        except OSError as exc:
+            log.debug("%s: close failed: %s", self.name, exc)
 
 
 class HidCardReader(ReaderDriver):
@@ -198,12 +222,6 @@ class HidCardReader(ReaderDriver):
 
     def start(self) -> None:
         """Start reading; a device missing now is retried until it appears."""
-        try:
-            import evdev  # noqa: F401
-        except ImportError as exc:
-            raise ImportError(
-                "the HID card reader needs evdev: .venv/bin/pip install evdev"
-            ) from exc
         if not self.reader.device:
-            raise ValueError(f"{self.name}: no evdev device configured")
+            raise ValueError(f"{self.name}: no input device configured")
         self.reader.start()
