@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,17 @@ class Rig:
             return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
         finally:
             conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_log_handlers() -> Iterator[None]:
+    """A test that runs ``gated.cli.main`` in-process installs a root handler on pytest's
+    capture stream; drop it afterwards, or another thread logs into a closed file."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
 
 
 @pytest.fixture
