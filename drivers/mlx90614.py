@@ -6,8 +6,8 @@ CRC-8 over the whole transaction) which must match. ``T = raw * 0.02 - 273.15``.
 read that is never used: bit 15 set (the sensor's error flag, ``flagged``), a PEC
 that does not match (``pec``), a value outside what the sensor can measure
 (``out_of_range``: object -70 to 382 C, ambient -40 to 125 C) and a read that took
-longer than ``STALE_READ_S`` (``stale``). ``BAD_READS_LOST`` bad or failed reads in
-a row make the device unhealthy; it is re-opened with backoff.
+longer than ``STALE_READ_S`` (``stale``). ``BAD_READS_LOST`` bad, stale or failed
+reads in a row make the device unhealthy; it is re-opened with backoff.
 
 Emissivity: the EEPROM is never written (a write cycle can brick the calibration if
 power drops). The sensor's own emissivity setting (EEPROM 0x24, factory 1.0) is read
@@ -23,15 +23,16 @@ emitted is the first steady one (``STEADY_READS`` reads in a row within
 came closer), at most ``MAX_PER_PRESENTATION`` times. A scene that stays warm for
 ``PRESENT_MAX_S`` (sun on the wall) becomes the new empty scene.
 
-smbus2 is imported in ``start``; tests pass a fake bus object instead.
+smbus2 is imported in ``start``; tests pass a fake bus object (and a clock) instead.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from drivers.base import DriverContext, Emit, Reading
@@ -131,6 +132,8 @@ class Presentation:
 
     def feed(self, object_c: float, t: float) -> float | None:
         """Take one good read; the steady temperature to emit, if this read makes one."""
+        if not (math.isfinite(object_c) and math.isfinite(t)):
+            return None  # not a read at all: it must not become the baseline or a reading
         if self._last_t is not None and t - self._last_t > GAP_S:
             self._recent.clear()  # reads from before a gap are not steady with later ones
         self._last_t = t
@@ -200,7 +203,7 @@ class SensorReader(ReconnectingReader):
                 ) from None
         self._bus = bus
         self._bad = 0
-        self._next = time.monotonic()
+        self._next = self.thermometer.clock()
         raw = self._word(REG_EMISSIVITY)
         if raw is None or raw == 0:
             raise OSError("MLX90614 does not answer with a valid emissivity")
@@ -215,13 +218,14 @@ class SensorReader(ReconnectingReader):
 
     def read_once(self) -> None:
         """Wait for the next read's turn, read both temperatures and pass them on."""
-        delay = self._next - time.monotonic()
+        clock = self.thermometer.clock
+        delay = self._next - clock()
         if delay > 0:
             time.sleep(min(delay, 0.1))
             return
         period = self.thermometer.interval_s
-        self._next = max(self._next + period, time.monotonic())
-        started = time.monotonic()
+        self._next = max(self._next + period, clock())
+        started = clock()
         try:
             ambient_raw = self._word(REG_AMBIENT)
             object_raw = self._word(REG_OBJECT)
@@ -229,7 +233,7 @@ class SensorReader(ReconnectingReader):
             self.stats["bus_errors"] += 1
             self._bad_read()
             return
-        now = time.monotonic()
+        now = clock()
         self.stats["reads"] += 1
         if ambient_raw is None or object_raw is None:
             self._bad_read()
@@ -247,7 +251,9 @@ class SensorReader(ReconnectingReader):
             self._bad_read()
             return
         if now - started > STALE_READ_S:
+            # a bus that slow is failing too: ten of these in a row are a lost sensor
             self.stats["stale"] += 1
+            self._bad_read()
             return
         self._bad = 0
         self.thermometer.on_read(object_c, ambient_c, self.sensor_emissivity, now)
@@ -275,7 +281,8 @@ class Mlx90614Thermometer(ReaderDriver):
     Options (``[thermometer] driver = "mlx90614"``): ``bus`` (1), ``address`` (0x5A),
     ``offset_c``, ``emissivity`` (software correction, see the module), ``interval_s``.
     ``smbus`` (a keyword argument, not an option) is an SMBus-like object to use
-    instead of opening ``/dev/i2c-N``: tests pass a fake one.
+    instead of opening ``/dev/i2c-N``: tests pass a fake one. ``clock`` (a keyword
+    argument too) is the monotonic clock reads are timed and stamped with, in seconds.
     """
 
     def __init__(
@@ -286,9 +293,11 @@ class Mlx90614Thermometer(ReaderDriver):
         ctx: DriverContext | None = None,
         *,
         smbus: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         super().__init__(name, emit, options, ctx)
         self.injected_bus = smbus
+        self.clock = clock
         self.interval_s = float(self.options.get("interval_s", 0.2))
         self.offset_c = float(self.options.get("offset_c", 0.0))
         self.emissivity = float(self.options.get("emissivity", 1.0))

@@ -3,17 +3,31 @@ reading per person in front, and the driver on a fake SMBus (errors, loss, recov
 
 from __future__ import annotations
 
+import itertools
+import math
+import statistics
 import threading
+import time
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers import driver_class
+from drivers.base import Reading
 from drivers.mlx90614 import (
     BAD_READS_LOST,
     ERROR_FLAG,
+    GAP_S,
+    OBJECT_RANGE_C,
     REG_AMBIENT,
     REG_EMISSIVITY,
     REG_OBJECT,
+    STALE_READ_S,
+    STEADY_READS,
+    STEADY_SPREAD_C,
     Mlx90614Thermometer,
     Presentation,
     correct_emissivity,
@@ -39,22 +53,45 @@ def block(register: int, word: int, address: int = ADDRESS, good_pec: bool = Tru
     return [lsb, msb, pec if good_pec else pec ^ 0x5A]
 
 
-class FakeSMBus:
-    """An I2C bus with one MLX90614 on it, whose temperatures and faults the test sets."""
+class SteppedClock:
+    """A monotonic clock a slow fake bus moves on: ``time.monotonic()`` plus ``ahead`` s."""
 
-    def __init__(self, object_c: float = 22.0, ambient_c: float = 23.0, emissivity: float = 1.0):
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+
+class FakeSMBus:
+    """An I2C bus with one MLX90614 on it, whose temperatures and faults the test sets.
+
+    With a ``clock``, each register read takes ``read_s`` seconds of it (a slow bus).
+    """
+
+    def __init__(
+        self,
+        object_c: float = 22.0,
+        ambient_c: float = 23.0,
+        emissivity: float = 1.0,
+        clock: SteppedClock | None = None,
+    ):
         self.object_c = object_c
         self.ambient_c = ambient_c
         self.emissivity_raw = round(emissivity * 0xFFFF)
         self.mode = "ok"  # ok | gone | flagged | bad_pec | out_of_range
         self.reads = 0
         self.writes = 0
+        self.clock = clock
+        self.read_s = 0.0
         self._lock = threading.Lock()
 
     def read_i2c_block_data(self, address: int, register: int, length: int) -> list[int]:
         with self._lock:
             self.reads += 1
             mode = self.mode
+            if self.clock is not None:
+                self.clock.ahead += self.read_s
         if mode == "gone" or address != ADDRESS:
             raise OSError(121, "Remote I/O error")
         if register == REG_EMISSIVITY:
@@ -160,7 +197,9 @@ def make_driver(
     bus: FakeSMBus, readings: Readings, stopper: list, **options
 ) -> Mlx90614Thermometer:
     opts = {"interval_s": 0.02, **options}
-    driver = Mlx90614Thermometer("thermometer", readings, opts, smbus=bus)
+    driver = Mlx90614Thermometer(
+        "thermometer", readings, opts, smbus=bus, clock=bus.clock or time.monotonic
+    )
     stopper.append(driver)
     return driver
 
@@ -207,6 +246,26 @@ def test_bad_reads_are_dropped_counted_and_a_run_of_them_is_a_fault(stopper, mod
     assert readings.wait(lambda r: r.kind == "temp").value == pytest.approx(36.5, abs=0.02)
 
 
+def test_stale_reads_are_bad_reads_and_a_run_of_them_is_a_fault(stopper):
+    clock = SteppedClock()
+    bus, readings = FakeSMBus(clock=clock), Readings()
+    driver = make_driver(bus, readings, stopper)
+    driver.start()
+    readings.wait_health(True)
+    wait_until(lambda: driver.stats["reads"] >= 3, "reads of the empty scene")
+    # each register read now takes 0.2 s: one is within STALE_READ_S, the pair is not
+    bus.read_s = 0.2
+    assert bus.read_s < STALE_READ_S < 2 * bus.read_s
+    bus.object_c = 36.5
+    lost = readings.wait_health(False)
+    assert "bad reads" in lost.value.detail
+    assert driver.stats["stale"] >= BAD_READS_LOST
+    assert [r for r in readings.seen if r.kind == "temp"] == []
+    bus.read_s = 0.0
+    readings.wait_health(True)
+    assert readings.wait(lambda r: r.kind == "temp").value == pytest.approx(36.5, abs=0.02)
+
+
 def test_a_sensor_that_stops_answering_is_unhealthy_then_recovers(stopper):
     bus, readings = FakeSMBus(), Readings()
     driver = make_driver(bus, readings, stopper)
@@ -246,3 +305,148 @@ def test_without_smbus_hardware_the_real_bus_fails_cleanly(stopper):
     stopper.append(driver)
     driver.start()
     assert "MLX90614" in readings.wait_health(False).value.detail
+
+
+# ---- garbage -----------------------------------------------------------------------
+
+blocks = st.one_of(st.binary(max_size=5), st.lists(st.integers(0, 255), max_size=5))
+
+
+def pec_ok(address: int, register: int, block: Sequence[int]) -> bool:
+    header = [address << 1, register, (address << 1) | 1]
+    return len(block) >= 3 and crc8(bytes([*header, block[0], block[1]])) == block[2]
+
+
+@given(
+    address=st.integers(0, 0x7F),
+    register=st.integers(0, 0xFF),
+    data=st.one_of(blocks, st.integers(0, 0xFFFF).map(lambda w: block(REG_OBJECT, w))),
+)
+def test_any_block_gives_a_word_only_with_its_pec(address, register, data):
+    word = word_from_block(address, register, data)
+    if pec_ok(address, register, data):
+        assert word == data[0] | (data[1] << 8)
+    else:
+        assert word is None
+
+
+@given(raw=st.integers(0, 0xFFFF))
+def test_any_word_is_a_temperature_or_flagged(raw):
+    celsius = raw_to_celsius(raw)
+    if raw & ERROR_FLAG:
+        assert celsius is None
+    else:
+        assert celsius is not None and math.isfinite(celsius)
+        assert -273.15 <= celsius <= 0x7FFF * 0.02 - 273.15 + 1e-9
+
+
+any_floats = st.floats(allow_nan=True, allow_infinity=True)
+reads = st.lists(
+    st.tuples(st.one_of(any_floats, st.floats(-80.0, 400.0)), st.floats(0.0, 2 * GAP_S)),
+    max_size=150,
+)
+
+
+@settings(max_examples=300)
+@given(reads)
+def test_any_stream_of_reads_emits_only_steady_finite_values(steps):
+    p = Presentation()
+    t = 0.0
+    good: list[tuple[float, float]] = []  # the finite reads so far, with their times
+    for value, dt in steps:
+        t += dt
+        out = p.feed(value, t)
+        if math.isfinite(value):
+            good.append((value, t))
+        if out is None:
+            continue
+        assert math.isfinite(out)
+        last = good[-STEADY_READS:]
+        assert len(last) == STEADY_READS
+        values = [v for v, _ in last]
+        assert max(values) - min(values) <= STEADY_SPREAD_C
+        assert all(b - a <= GAP_S for (_, a), (_, b) in itertools.pairwise(last))
+        assert out == statistics.median(values)
+
+
+@st.composite
+def jumpy(draw: Any) -> list[float]:
+    """A sensor that never holds still: every read 0.31 C or more from the one before."""
+    values = [draw(st.floats(-70.0, 380.0))]
+    for delta in draw(st.lists(st.floats(0.31, 60.0), max_size=150)):
+        step = delta if draw(st.booleans()) else -delta
+        values.append(values[-1] + step)
+    return values
+
+
+@given(jumpy())
+def test_a_reading_that_never_holds_still_is_never_a_person(values):
+    p = Presentation()
+    assert [p.feed(v, i * 0.2) for i, v in enumerate(values)] == [None] * len(values)
+
+
+class ScriptedBus:
+    """A bus that answers each read with the next of ``script``: bytes as they are,
+    ``None`` a bus error, an int a word with the right PEC for the register read."""
+
+    def __init__(self, script: list[Any]):
+        self.script = script
+        self.next = 0
+
+    @property
+    def left(self) -> bool:
+        return self.next < len(self.script)
+
+    def read_i2c_block_data(self, address: int, register: int, length: int) -> list[int]:
+        if not self.left:
+            raise OSError(121, "Remote I/O error")
+        item = self.script[self.next]
+        self.next += 1
+        if item is None:
+            raise OSError(5, "Input/output error")
+        if isinstance(item, int):
+            return block(register, item, address)
+        return list(item)
+
+    def close(self) -> None:
+        pass
+
+
+def run_on(script: list[Any]) -> list[Reading]:
+    """Drive the sensor reader over ``script`` as its thread would, on a still clock.
+
+    Only OSError (the sensor lost, or not answering) may leave ``open`` or ``read_once``:
+    anything else fails the test.
+    """
+    emitted: list[Reading] = []
+    bus = ScriptedBus(script)
+    driver = Mlx90614Thermometer(
+        "thermometer", emitted.append, {"interval_s": 0.0}, smbus=bus, clock=lambda: 100.0
+    )
+    reader = driver.reader
+    while bus.left:
+        try:
+            reader.open()
+        except OSError:
+            continue
+        try:
+            while bus.left:
+                reader.read_once()
+        except OSError:
+            pass
+    assert all(r.kind == "temp" for r in emitted)
+    return emitted
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(blocks, st.none()), max_size=120))
+def test_a_bus_answering_garbage_raises_nothing_else_and_gives_no_temperature(script):
+    assert run_on(script) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(blocks, st.none(), st.integers(0, 0xFFFF)), max_size=120))
+def test_any_word_the_sensor_sends_gives_only_temperatures_it_can_measure(script):
+    for reading in run_on(script):
+        assert math.isfinite(reading.value)
+        assert OBJECT_RANGE_C[0] <= reading.value <= OBJECT_RANGE_C[1]
