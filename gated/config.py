@@ -143,6 +143,19 @@ class Config(StrictModel):
     def _whole(self) -> Config:
         if not self.mqtt.client_id:
             self.mqtt.client_id = f"gated-{self.gate.site}-{self.gate.id}"
+        if self.gate.direction == "both":
+            # One reader on a two-way gate cannot tell which way a person is going.
+            if self.policy.antipassback != "off":
+                raise KeyProblem(
+                    "policy.antipassback",
+                    'needs gate.direction "in" or "out": a two-way gate cannot tell the way',
+                )
+            quota = self.policy.household_quota
+            if quota is not None and quota.direction != "both":
+                raise KeyProblem(
+                    "policy.household_quota.direction",
+                    'must be "both" on a gate whose direction is "both"',
+                )
         seen: dict[int | str, str] = {}
         for key, pin in self._pins():
             if pin in seen:

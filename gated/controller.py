@@ -268,7 +268,9 @@ class Controller:
             problem = "pass_revoked"
         elif otp and self.ledger.pass_used(jti):
             problem = "pass_replayed"
-        return PassFacts(problem, jti, str(c["sub"]), str(c["hh"]), str(c["col"]), otp)
+        sub = str(c["sub"])
+        holder = self.registry.person(sub)
+        return PassFacts(problem, jti, sub, str(c["hh"]), str(c["col"]), otp, holder)
 
     def facts(self, s: Session) -> Facts:
         """Look up everything the policy needs for session ``s``."""
@@ -349,7 +351,9 @@ class Controller:
     def _effects(self, facts: Facts, v: Verdict, event: dict[str, Any]) -> Effects:
         person = v.person
         jti = facts.qr.jti if facts.qr is not None and facts.qr.otp else None
-        if person is None:
+        if person is None or facts.fire or facts.mode == "free":
+            # Nobody was checked: an evacuation or a free gate uses up no quota and
+            # leaves anti-passback as it was.
             return Effects(pass_use_jti=jti)
         return Effects(
             quota_household=person.household or None,

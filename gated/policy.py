@@ -30,6 +30,8 @@ class PassFacts:
     household: str | None = None
     color: str | None = None
     otp: bool = False
+    holder: Person | None = None
+    """The registry's entry for ``sub``, if the pass's subject is registered."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,11 @@ def identify(facts: Facts) -> Person | None:
     """The person in front of the gate: the card's owner, else the pass's subject."""
     if facts.card is not None and facts.card.person is not None:
         return facts.card.person
-    if facts.qr is not None and facts.qr.problem is None and facts.qr.sub:
-        return Person(id=facts.qr.sub, household=facts.qr.household or "", category="pass")
+    qr = facts.qr
+    if qr is not None and qr.problem is None and qr.sub:
+        if qr.holder is not None:
+            return qr.holder  # a registered person's category, verified flag and schedule
+        return Person(id=qr.sub, household=qr.household or "", category="pass")
     return None
 
 
@@ -102,6 +107,8 @@ def _credential_reasons(facts: Facts, credentials: str) -> list[str]:
             reasons.append("card_revoked")
     if qr is not None and qr.problem is not None:
         reasons.append(qr.problem)
+    elif qr is not None and qr.holder is not None and not qr.holder.active:
+        reasons.append("pass_revoked")  # the holder's access was withdrawn in the registry
     if (
         credentials == "card_and_qr"
         and card is not None
@@ -153,8 +160,10 @@ def decide(facts: Facts, policy: Any) -> Verdict:
             reasons.append("fever")
             alarm = "fever"
 
-    reasons += _credential_reasons(facts, policy.credentials)
-    credential_ok = not reasons or reasons == ["fever"]
+    credential = _credential_reasons(facts, policy.credentials)
+    reasons += credential
+    # The person's own checks run whatever the temperature, so every failing one is named.
+    credential_ok = not credential
 
     color = None
     if facts.qr is not None and facts.qr.problem is None and facts.qr.color:

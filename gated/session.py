@@ -122,9 +122,9 @@ class SessionMachine:
             step.prompts.append("remeasure")
             return
         s.temp_settled = True
-        if value >= self.policy.fever_c:
-            step.prompts.append("fever")
-        elif not self._credentials_complete(s):
+        # A fever is announced with the verdict; until then the pass is still asked
+        # for, so the fever alarm names the person.
+        if not self._credentials_complete(s):
             step.prompts.append("show_pass")
 
     def expire(self, now: float) -> Session | None:

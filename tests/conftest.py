@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,16 @@ class Rig:
             return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
         finally:
             conn.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``hardware`` need a real gate's devices: run only with GATED_HARDWARE=1."""
+    if os.environ.get("GATED_HARDWARE") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs real gate hardware (set GATED_HARDWARE=1)")
+    for item in items:
+        if "hardware" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -524,3 +524,20 @@ def test_bad_listen_is_named(tmp_path: Path, listen: str):
 def test_no_screen_is_allowed(tmp_path: Path):
     config = load_config(write(tmp_path, MINIMAL + '[status]\nlisten = ""\n'))
     assert config.status.listen == ""
+
+
+def test_a_two_way_gate_refuses_checks_that_need_the_way(tmp_path: Path):
+    both = MINIMAL.replace('site = "s1"', 'site = "s1"\ndirection = "both"')
+    path = write(tmp_path / "apb", both + '[policy]\nantipassback = "hard"\n')
+    assert problems_of(path) == [
+        f'{path}: policy.antipassback: needs gate.direction "in" or "out":'
+        " a two-way gate cannot tell the way"
+    ]
+    quota = both + "[policy]\nhousehold_quota = {max = 1}\n"
+    path = write(tmp_path / "quota", quota)
+    assert problems_of(path) == [
+        f'{path}: policy.household_quota.direction: must be "both" on a gate whose direction'
+        ' is "both"'
+    ]
+    ok = write(tmp_path / "ok", quota.replace("max = 1", 'max = 1, direction = "both"'))
+    assert load_config(ok).policy.household_quota is not None

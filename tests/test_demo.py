@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def test_demo_plays_every_kind_of_verdict_and_exits_when_done(tmp_path: Path) ->
         "guard_timeout",
         "fire_release",
     ):
-        assert shown in out, f"{shown} missing from the demo:\n{out}"
+        # Whole words: GRANTED must show on its own, not only inside GUARD_GRANTED.
+        assert re.search(rf"\b{shown}\b", out), f"{shown} missing from the demo:\n{out}"
     # Readable, but private: no ID number, no full name, no full card uid on screen.
     assert "320623199001011234" not in out and "张伟" not in out and "0A1B2C3D4E" not in out
     conn = sqlite3.connect(tmp_path / "demo.db")

@@ -31,12 +31,12 @@ def test_a_fever_is_measured_again_and_the_last_valid_reading_counts() -> None:
     assert step.ready.temperature == 36.9 and step.ready.readings == [37.8, 36.9]
 
 
-def test_a_confirmed_fever_is_announced_at_once() -> None:
+def test_a_confirmed_fever_still_asks_for_the_pass_so_the_alarm_names_the_person() -> None:
     m = machine(remeasure=2)
     m.feed("temp", 38.0, 0.0)
     m.feed("temp", 38.1, 1.0)
     step = m.feed("temp", 37.9, 2.0)
-    assert step.prompts == ["fever"]
+    assert step.prompts == ["show_pass"]  # "fever" is the verdict's prompt, said once
     assert m.current is not None and m.current.temp_settled
 
 
