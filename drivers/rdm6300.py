@@ -48,7 +48,9 @@ class Rdm6300Framer:
     ``stats``: ``frames`` (well-formed with a good checksum), ``cards`` (reported),
     ``repeats`` (a held card's frames, not reported), ``bad_checksum`` and
     ``bad_framing`` (dropped: a frame without its ETX or with a non-hex digit, or
-    bytes outside any frame).
+    bytes outside any frame). ``bad_framing`` counts resyncs, not bytes: a bad frame
+    and the bytes skipped after it up to the next STX count once, however the
+    bytes were split into reads.
     """
 
     DROPS: tuple[str, ...] = ("bad_checksum", "bad_framing")
@@ -65,10 +67,17 @@ class Rdm6300Framer:
         }
         self._buf = bytearray()
         self._seen: dict[str, float] = {}
+        self._skipping = False  # dropping bytes up to the next STX, already counted
 
     def reset(self) -> None:
         """Forget a partial frame (the debounce memory is kept)."""
         self._buf.clear()
+        self._skipping = False
+
+    def _bad_framing(self) -> None:
+        if not self._skipping:
+            self.stats["bad_framing"] += 1
+            self._skipping = True
 
     def feed(self, data: bytes) -> list[str]:
         """Take the next bytes; the uids of the new presentations they complete."""
@@ -78,19 +87,21 @@ class Rdm6300Framer:
             start = self._buf.find(STX)
             if start < 0:
                 if self._buf:
-                    self.stats["bad_framing"] += 1
+                    self._bad_framing()
                     self._buf.clear()
                 break
             if start > 0:
-                self.stats["bad_framing"] += 1
+                self._bad_framing()
                 del self._buf[:start]
+            self._skipping = False  # an STX: a new frame may begin here
             if len(self._buf) < FRAME_LEN:
                 break
             frame = bytes(self._buf[:FRAME_LEN])
             body = frame[1:13]
             if frame[13] != ETX or not _HEX.issuperset(body):
-                # Resynchronise on the next STX, which may start inside this window.
-                self.stats["bad_framing"] += 1
+                # Resynchronise on the next STX, which may start inside this window;
+                # the bytes skipped on the way are part of this one bad frame.
+                self._bad_framing()
                 del self._buf[:1]
                 continue
             del self._buf[:FRAME_LEN]

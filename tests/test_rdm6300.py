@@ -66,8 +66,21 @@ def test_bad_framing_is_dropped_counted_and_the_next_frame_still_reads():
     assert f.feed(REAL[:5] + b"G" + REAL[6:]) == []
     assert f.feed(REAL[:7] + other) == ["1122334455"]
     assert f.feed(b"noise" + REAL + b"\xff\xfe") == ["62E3086CED"]
-    assert f.stats["bad_framing"] >= 4
+    assert f.stats["bad_framing"] == 5  # three bad frames, two runs of noise
     assert f.stats["frames"] == 2
+
+
+def test_one_bad_frame_is_one_resync_counted_once():
+    f, _ = framer(debounce_s=0)
+    assert f.feed(REAL[:-1] + b"X") == []  # no ETX: the window and its tail are one drop
+    assert f.stats["bad_framing"] == 1
+    assert f.feed(b"more junk") == []  # still skipping to the next STX: the same resync
+    assert f.feed(b"and more" + REAL) == ["62E3086CED"]
+    assert f.stats["bad_framing"] == 1
+    assert f.feed(REAL[:7] + REAL) == ["62E3086CED"]  # cut short by the next frame's STX
+    assert f.stats["bad_framing"] == 2
+    assert f.feed(b"\xff" + REAL) == ["62E3086CED"]  # noise after a good frame: a new drop
+    assert f.stats["bad_framing"] == 3
 
 
 def test_a_held_card_counts_once_and_again_after_the_debounce():
@@ -115,6 +128,20 @@ def test_garbage_never_raises_and_only_whole_valid_frames_give_uids(data, cuts):
         assert len(uid) == 10 and uid == uid.upper()
         assert encode_frame(uid)[1:13].upper() in data.upper()
     assert f.stats["cards"] == len(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.tuples(st.binary(max_size=30), uids), max_size=6),
+       st.lists(st.integers(0, 600), max_size=30))  # fmt: skip
+def test_how_the_bytes_are_split_into_reads_changes_nothing(noise, pairs, cuts):
+    """Same uids and the same counters, bad_framing included, for any split of the bytes."""
+    data = noise + b"".join(g + encode_frame(u) for g, u in pairs)
+    whole, _ = framer(debounce_s=0)
+    split, _ = framer(debounce_s=0)
+    out_whole = whole.feed(data)
+    out_split = [uid for chunk in chunked(data, cuts) for uid in split.feed(chunk)]
+    assert out_split == out_whole
+    assert split.stats == whole.stats
 
 
 @settings(max_examples=300, deadline=None)
