@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import driver_class
@@ -18,6 +18,7 @@ from drivers.gpio import pin_factory
 from drivers.wiegand import (
     WiegandCardReader,
     WiegandDecoder,
+    WiegandFrame,
     decode_bits,
     encode_bits,
 )
@@ -121,6 +122,93 @@ def test_every_single_bit_error_in_34_bits_is_caught(value: int, flip: int):
     assert decode_bits(frame).uid == f"{value:08X}"
     frame[flip] ^= 1
     assert decode_bits(frame).problem == "parity"
+
+
+# ---- garbage ------------------------------------------------------------------------
+
+GAP_S = 0.025
+#: Times between events: anything, and the spacings that matter (a pulse period, just
+#: under, at and just over the gap, a long silence).
+gaps = st.one_of(
+    st.floats(0.0, 0.1),
+    st.sampled_from([0.0, 0.002, 0.0249999, GAP_S, 0.0250001, 1.0]),
+)
+#: One step of input: a bit at +dt, a flush at +dt, or a whole frame sent with real
+#: spacing (sometimes with one bit flipped) so that codes are among the garbage.
+steps = st.one_of(
+    st.tuples(st.just("bit"), st.integers(-2, 3), gaps),
+    st.tuples(st.just("flush"), st.just(0), gaps),
+    st.tuples(
+        st.just("frame"),
+        st.tuples(
+            st.sampled_from([26, 34]), st.integers(0, 2**32 - 1), st.none() | st.integers(0, 33)
+        ),
+        gaps,
+    ),
+)
+
+
+def parity_ok(frame: list[int]) -> bool:
+    """Wiegand parity: the first half of the frame even, the second half odd."""
+    half = len(frame) // 2
+    return sum(frame[:half]) % 2 == 0 and sum(frame[half:]) % 2 == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(steps, max_size=80))
+def test_garbage_never_raises_and_a_uid_only_comes_from_a_whole_good_frame(script):
+    dec = WiegandDecoder(GAP_S)
+    out: list[WiegandFrame] = []
+    sent: list[list[int]] = []  # what a receiver sees: bits split where silence > the gap
+    current: list[int] = []
+    t, last = 0.0, 0.0
+
+    def bit(b: int, at: float) -> None:
+        nonlocal current, last
+        if current and at - last > GAP_S:
+            sent.append(current)
+            current = []
+        current.append(1 if b else 0)
+        last = at
+        if (frame := dec.feed(b, at)) is not None:
+            out.append(frame)
+
+    def flush(at: float) -> None:
+        nonlocal current
+        if current and at - last > GAP_S:
+            sent.append(current)
+            current = []
+        if (frame := dec.flush(at)) is not None:
+            out.append(frame)
+
+    for kind, value, dt in script:
+        t += dt
+        if kind == "bit":
+            bit(value, t)
+        elif kind == "flush":
+            flush(t)
+        else:
+            length, uid, flip = value
+            frame = encode_bits(uid % 2 ** (length - 2), length)
+            if flip is not None:
+                frame[flip % length] ^= 1
+            for i, b in enumerate(frame):
+                bit(b, t + i * 0.002)
+            t += (length - 1) * 0.002
+    flush(t + 1.0)
+    assert dec.deadline() is None and current == []
+
+    assert [f.length for f in out] == [len(s) for s in sent]
+    for frame, received in zip(out, sent, strict=True):
+        good = len(received) in (26, 34) and parity_ok(received)
+        if frame.uid is None:
+            assert not good and frame.problem in ("length", "parity")
+            continue
+        assert good
+        data = int("".join(map(str, received[1:-1])), 2)
+        assert frame.uid == f"{data:0{(len(received) - 2) // 4}X}"
+    assert dec.counts["codes"] == sum(f.uid is not None for f in out)
+    assert dec.counts["length"] + dec.counts["parity"] == sum(f.uid is None for f in out)
 
 
 # ---- the driver on MockFactory pins ------------------------------------------------
