@@ -25,6 +25,8 @@ from tests.conftest import Rig
 from tests.waiting import wait_until
 
 DEADLINE_S = 10.0
+#: Seconds within which a reader unplugged and plugged back is healthy again (the contract).
+REPLUG_S = 2.0
 
 
 class PtyPort:
@@ -306,8 +308,11 @@ def test_unplugged_and_plugged_back_under_the_same_name(which, pty_port, stopper
     assert gone.source == section and str(pty_port.link) in gone.value.detail
     assert not driver.health().ok
 
+    plugged = time.monotonic()
     pty_port.plug()
     readings.wait_health(True)
+    back_s = time.monotonic() - plugged
+    assert back_s < REPLUG_S, f"back {back_s:.2f} s after the re-plug; the contract is 2 s"
     assert driver.health().ok
     pty_port.write(data_after)
     assert readings.wait(lambda r: r.kind == kind).value == value_after
