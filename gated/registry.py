@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from gated.errors import RegistryImportError
-from gated.storage import Transaction
+from gated.storage import Transaction, database
 
 COLUMNS = (
     "person_id",
@@ -165,53 +165,25 @@ class Registry:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([*COLUMNS, "active"])
         n = 0
-        rows = self.conn.execute(
-            "SELECT p.id, p.name, p.id_number, p.unit, p.household, p.category, p.color,"
-            " p.verified, p.active, c.uid FROM persons p LEFT JOIN cards c ON c.person = p.id"
-            " AND c.revoked_at IS NULL ORDER BY p.id, c.uid"
+        rows = database(self.conn).query(
+            "SELECT p.id AS person_id, p.name, p.id_number, p.unit, p.household, p.category,"
+            " p.color, p.verified, p.active, c.uid AS card_uid FROM persons p"
+            " LEFT JOIN cards c ON c.person = p.id AND c.revoked_at IS NULL ORDER BY p.id, c.uid"
         )
-        for r in rows:
-            writer.writerow(
-                [
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    r[4],
-                    r[5],
-                    r[6],
-                    "true" if r[7] else "false",
-                    r[9] or "",
-                    "true" if r[8] else "false",
-                ]
-            )
+        for row in rows:
+            row["card_uid"] = row["card_uid"] or ""
+            for flag in ("verified", "active"):
+                row[flag] = "true" if row[flag] else "false"
+            writer.writerow([row[column] for column in (*COLUMNS, "active")])
             n += 1
         return n
 
 
 def upsert_persons(c: sqlite3.Connection, persons: Iterable[Person]) -> None:
-    """Insert or update persons, inside the caller's transaction."""
-    c.executemany(
-        "INSERT INTO persons(id, name, id_number, unit, household, category, color,"
-        " verified, active) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-        " name=excluded.name, id_number=excluded.id_number, unit=excluded.unit,"
-        " household=excluded.household, category=excluded.category,"
-        " color=excluded.color, verified=excluded.verified, active=excluded.active",
-        [
-            (
-                p.id,
-                p.name,
-                p.id_number,
-                p.unit,
-                p.household,
-                p.category,
-                p.color,
-                int(p.verified),
-                int(p.active),
-            )
-            for p in persons
-        ],
-    )
+    """Insert or update persons, inside the caller's transaction (sqlite-utils nests a
+    savepoint in it, so nothing is committed before the caller commits)."""
+    rows = [{**asdict(p), "verified": int(p.verified), "active": int(p.active)} for p in persons]
+    database(c).table("persons").upsert_all(rows, pk="id")
 
 
 def upsert_cards(c: sqlite3.Connection, cards: dict[str, str], when: str) -> None:

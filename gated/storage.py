@@ -1,7 +1,10 @@
 """The SQLite file: opened in WAL mode with ``synchronous=FULL``, schema created once.
 
 One file holds the registry and the ledger, so a verdict and the quota or
-anti-passback state it changes are committed in the same transaction.
+anti-passback state it changes are committed in the same transaction. Registry
+upserts and exports go through sqlite-utils (:func:`database`), which nests a
+savepoint inside the caller's ``BEGIN IMMEDIATE``; the ledger's hot path writes
+its few fixed statements with sqlite3 directly.
 """
 
 from __future__ import annotations
