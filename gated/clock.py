@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import functools
+import logging
+import os
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -107,18 +112,60 @@ def _libc() -> Any:
         return None
 
 
-def clock_synced() -> bool:
+ClockStatus = Literal["synced", "unsynced", "unknown"]
+"""What the kernel says of the system clock; ``unknown`` when it cannot be asked."""
+
+_refusal_said = threading.Event()
+
+
+def clock_status() -> ClockStatus:
     """Whether the kernel says the system clock is synchronised (NTP, GPS, RTC).
 
     A Pi has no battery clock: until NTP has run, the date may be 1970 or the last
     shutdown. The kernel's ``adjtimex`` status is what chrony and timesyncd set.
+    ``unknown``: the call is not there or is refused, typically EPERM from a
+    seccomp filter that removes ``@clock`` (said once in the log).
     """
     libc = _libc()
     if libc is None:
-        return False
-    tx = _Timex()
+        return "unknown"
+    tx = _Timex()  # modes = 0: a read, allowed without CAP_SYS_TIME
     try:
         result = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
-        return False
-    return bool(result >= 0 and result != _TIME_ERROR)
+        return "unknown"
+    if result < 0:
+        _say_refused(ctypes.get_errno())
+        return "unknown"
+    return "unsynced" if result == _TIME_ERROR else "synced"
+
+
+def clock_synced() -> bool:
+    """True only when the kernel says the clock is synchronised.
+
+    An ``unknown`` status counts as not synchronised: events are then stamped
+    ``clock_synced=false`` and retention purges nothing, which is safe, and the
+    reason is in the log.
+    """
+    return clock_status() == "synced"
+
+
+def _say_refused(err: int) -> None:
+    if _refusal_said.is_set():
+        return
+    _refusal_said.set()
+    name = errno.errorcode.get(err, str(err))
+    if err == errno.EPERM:
+        log.warning(
+            "cannot read the clock's synchronisation status: adjtimex() is refused (EPERM),"
+            " most likely by a system-call filter (systemd/gated.service needs"
+            " SystemCallFilter=adjtimex clock_adjtime clock_adjtime64 after ~@privileged);"
+            " events are stamped clock_synced=false and retention purges nothing"
+        )
+    else:
+        log.warning(
+            "cannot read the clock's synchronisation status: adjtimex() failed (%s: %s);"
+            " events are stamped clock_synced=false and retention purges nothing",
+            name,
+            os.strerror(err),
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -101,6 +102,76 @@ def test_security_exposure_is_4_or_better() -> None:
     exposure = float(match.group(1))
     print(f"systemd-analyze security exposure: {exposure}")
     assert exposure <= 4.0
+
+
+@functools.cache
+def syscall_set(name: str) -> frozenset[str]:
+    """The system calls of ``@group`` (nested groups expanded), or ``{name}`` for a call."""
+    if not name.startswith("@"):
+        return frozenset({name})
+    result = subprocess.run(
+        [ANALYZE, "syscall-filter", "--no-pager", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    out: set[str] = set()
+    for line in result.stdout.splitlines()[1:]:
+        word = line.strip()
+        if word and not word.startswith("#"):
+            out |= syscall_set(word)
+    return frozenset(out)
+
+
+def allowed_syscalls(unit_text: str) -> set[str]:
+    """The calls an allow-list ``SystemCallFilter=`` lets through, merged as systemd does.
+
+    The first line decides the mode (an allow list, which starts from ``@default``);
+    after that a plain line adds its calls and a ``~`` line removes them, in order.
+    """
+    lines = [v for s, k, v in directives(unit_text) if s == "Service" and k == "SystemCallFilter"]
+    assert lines and not lines[0].startswith("~"), "expected an allow list"
+    allowed = set(syscall_set("@default"))
+    for value in lines:
+        deny = value.startswith("~")
+        names = set().union(*(syscall_set(w) for w in value.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+@needs_analyze
+def test_syscall_filter_lets_clock_synced_read_the_clock_status() -> None:
+    # Every name on the line must be one this systemd knows (or it is ignored).
+    clock_calls = syscall_set("@clock")
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= clock_calls
+    allowed = allowed_syscalls(UNIT.read_text())
+    # glibc's adjtimex() is clock_adjtime (clock_adjtime64 on 32-bit ARM).
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= allowed
+    # Setting the clock stays filtered (and needs CAP_SYS_TIME, which is dropped).
+    assert not {"clock_settime", "clock_settime64", "settimeofday"} & allowed
+    assert not syscall_set("@mount") & allowed and "init_module" not in allowed
+    assert "openat" in allowed and "sendto" in allowed
+
+
+@needs_analyze
+def test_syscall_filter_check_would_catch_the_clock_line_missing() -> None:
+    without = "\n".join(
+        line
+        for line in UNIT.read_text().splitlines()
+        if not (line.startswith("SystemCallFilter=") and "adjtimex" in line)
+    )
+    assert "adjtimex" not in allowed_syscalls(without)
+
+
+def test_device_allow_has_no_path_that_may_be_absent() -> None:
+    # A /dev path that does not exist (gpiomem on a Pi 5) is a warning at every start;
+    # device groups (char-...) that match nothing are skipped quietly.
+    for value in values("DeviceAllow"):
+        node, _, access = value.partition(" ")
+        assert node.startswith("char-"), value
+        assert access and set(access) <= set("rwm"), value
+    assert "char-*gpiomem* rw" in values("DeviceAllow")
 
 
 def test_unit_is_a_notify_service_with_a_watchdog() -> None:
