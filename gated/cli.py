@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gated import __version__, cli_data, cli_pass, cli_report, cli_status
-from gated.errors import ConfigError, GatedError
+from gated.errors import ConfigError, GatedError, RegistryImportError
 from gated.notify import JournalFormatter, stderr_is_journal
 
 log = logging.getLogger("gated")
@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"gated: {exc}", file=sys.stderr)
-        return 1
+        # A registry file with a bad row is bad input, like a bad config: fix it, run again.
+        return 2 if isinstance(exc, RegistryImportError) else 1
     except KeyboardInterrupt:
         return 1
     except Exception as exc:

@@ -122,7 +122,7 @@ def test_bad_row_is_one_line_and_nothing_of_the_file_is_imported(tmp_path: Path,
     )
     result = gated("registry", "import", str(bad), "-c", str(config), cwd=cwd)
 
-    assert result.returncode != 0
+    assert result.returncode == 2  # bad input, not a runtime failure
     line = one_error_line(result)
     assert f"{bad}:4: verified" in line
     assert result.stdout == ""
@@ -138,7 +138,7 @@ def test_non_utf8_file_is_one_line_naming_the_line(tmp_path: Path, cwd: Path) ->
 
     result = gated("registry", "import", str(gbk), "-c", str(config), cwd=cwd)
 
-    assert result.returncode != 0
+    assert result.returncode == 2  # bad input, not a runtime failure
     line = one_error_line(result)
     assert f"{gbk}:2: " in line and "UTF-8" in line
     assert exported(config, cwd).splitlines() == [HEADER + ",active"], "nothing imported"
@@ -147,7 +147,7 @@ def test_non_utf8_file_is_one_line_naming_the_line(tmp_path: Path, cwd: Path) ->
 def test_missing_csv_is_one_line(tmp_path: Path, cwd: Path) -> None:
     config = make_gate(tmp_path / "gate")
     result = gated("registry", "import", str(tmp_path / "nope.csv"), "-c", str(config), cwd=cwd)
-    assert result.returncode != 0
+    assert result.returncode == 2  # bad input, not a runtime failure
     assert "nope.csv" in one_error_line(result)
 
 
