@@ -195,6 +195,7 @@ class Controller:
             if now >= p.deadline:
                 del self.pending[event_id]
                 self._record(self._follow_up(p.event, "denied", ("guard_timeout",), None))
+                self.turnstile.signal("denied")
                 self._play("denied")
         for g in list(self.grants):
             if now >= g.deadline:
