@@ -19,6 +19,8 @@ from gated.passes import describe_qr
 from gated.privacy import mask_uid
 
 INPUTS = ("card", "qr", "thermometer")
+#: Seconds the prompter may take to play ``welcome`` to its end.
+PROMPT_WAIT_S = 10.0
 
 
 @dataclass
@@ -52,8 +54,12 @@ def _drain_fire(readings: queue.Queue[Reading]) -> bool:
             fire = bool(r.value)
 
 
-def run_selftest(config: Any, wait_s: float = 10.0, pulse_s: float = 1.0) -> list[Check]:
-    """Check every configured device; ``wait_s`` is how long to wait for a reading."""
+def run_selftest(
+    config: Any, wait_s: float = 10.0, pulse_s: float = 1.0, prompt_wait_s: float = PROMPT_WAIT_S
+) -> list[Check]:
+    """Check every configured device; ``wait_s`` is how long to wait for a reading,
+    ``pulse_s`` how long the relay is energised, ``prompt_wait_s`` how long a prompt
+    may take to play (seconds)."""
     results: list[Check] = []
     ctx = DriverContext(pin_factory=config.hardware.pin_factory)
     for section in SECTIONS:
@@ -73,7 +79,9 @@ def run_selftest(config: Any, wait_s: float = 10.0, pulse_s: float = 1.0) -> lis
             results.append(Check(section, cfg.driver, False, f"did not start: {exc}"))
             continue
         try:
-            results.append(_exercise(section, cfg.driver, device, readings, wait_s, pulse_s))
+            results.append(
+                _exercise(section, cfg.driver, device, readings, wait_s, pulse_s, prompt_wait_s)
+            )
         finally:
             device.stop()
     return results
@@ -86,6 +94,7 @@ def _exercise(
     readings: queue.Queue[Reading],
     wait_s: float,
     pulse_s: float,
+    prompt_wait_s: float,
 ) -> Check:
     detail = "started"
     if isinstance(device, Turnstile):
@@ -103,11 +112,16 @@ def _exercise(
         device.lock()
         detail = f"relay pulsed for {pulse_s:g} s, then locked"
     elif isinstance(device, Prompter):
-        device.play("welcome")
-        detail = "played 'welcome'"
-        wait_idle = getattr(device, "wait_idle", None)
-        if wait_idle is not None and not wait_idle(10.0):
-            detail = "'welcome' did not finish within 10 s"
+        if device.options.get("audio") == "none":
+            detail = "no audio configured (PIR only)"
+        else:
+            device.play("welcome")
+            detail = "played 'welcome'"
+            wait_idle = getattr(device, "wait_idle", None)
+            if wait_idle is not None and not wait_idle(prompt_wait_s):
+                return Check(
+                    section, driver, False, f"'welcome' did not finish within {prompt_wait_s:g} s"
+                )
     elif section in INPUTS:
         detail = f"no reading within {wait_s:g} s (present one to see it here)"
         deadline = time.monotonic() + wait_s
