@@ -10,12 +10,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+import segno
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers import driver_class
 from drivers.camera import CameraQrScanner
-from drivers.qr_decode import DECODERS, MotionGate, QrScan, decode_zxing
+from drivers.qr_decode import DECODERS, MotionGate, QrScan, decode_zxing, make_decoder
 from tests.conftest import Rig, make_config
 from tests.qr_corpus import CASES, empty_video, pass_text, pass_video, render, scaled
 from tests.test_serialport import Readings, stopper, wait_until
@@ -33,7 +37,8 @@ def camera(path: Path | str, readings: Readings, stopper: list, **options) -> Ca
 
 
 def qr_readings(readings: Readings) -> list[str]:
-    return [r.value for r in readings.seen + readings.drain() if r.kind == "qr"]
+    readings.drain()  # into readings.seen
+    return [r.value for r in readings.seen if r.kind == "qr"]
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -235,3 +240,88 @@ def test_an_ip_camera_that_goes_away_is_unhealthy_and_recovers(stopper):
     ipcam.start()  # the same port again
     readings.wait_health(True)
     assert driver.stats["reconnects"] >= 1
+
+
+# ---- garbage -----------------------------------------------------------------------
+
+#: Frames no camera should send, and some it may: any dtype (NaN and inf included),
+#: no, one to four dimensions, empty sides, odd channel counts.
+odd_frames = hnp.arrays(
+    dtype=st.one_of(hnp.scalar_dtypes(), st.just(np.dtype(np.uint8))),
+    shape=hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=12),
+)
+#: Frames of a usable size in any dtype, some wider than the first look.
+large_frames = st.builds(
+    lambda h, w, c, dtype, seed: (
+        np.random.default_rng(seed).random((h, w) if c is None else (h, w, c)) * 300
+    ).astype(dtype),
+    st.integers(1, 300),
+    st.integers(1, 900),
+    st.sampled_from([None, 1, 2, 3, 4, 5]),
+    st.sampled_from([np.uint8, np.int8, np.uint16, np.int32, np.float32, np.float64, np.bool_]),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("motion_gate", [True, False])
+def test_any_frame_into_the_frame_handler_raises_nothing_and_reads_nothing(
+    tmp_path, decoder, motion_gate
+):
+    readings = Readings()
+    opts = {"device": str(tmp_path / "x.avi"), "decoder": decoder, "motion_gate": motion_gate}
+    driver = CameraQrScanner("qr", readings, opts)
+    driver.scan = QrScan(make_decoder(decoder), full_every=1)
+    now = [0.0]
+
+    @settings(max_examples=60, deadline=None)
+    @given(frames=st.lists(st.one_of(odd_frames, large_frames), min_size=1, max_size=4))
+    def check(frames: list[np.ndarray]) -> None:
+        for frame in frames:
+            now[0] += 0.1
+            driver.on_frame(frame, now[0])
+
+    check()
+    assert qr_readings(readings) == []
+    assert driver.stats["texts"] == 0
+    # and the camera is not wedged by what it was shown: a pass is still read
+    driver.on_frame(render(TEXT, CASES["plain"]), now[0] + 10.0)
+    assert qr_readings(readings) == [TEXT]
+
+
+payloads = st.one_of(st.binary(min_size=1, max_size=120), st.text(min_size=1, max_size=80))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_qr_of_random_bytes_or_text_is_never_granted(tmp_path, decoder):
+    """A real QR code of anything but a signed pass: read by the camera, refused as pass_invalid."""
+    rig = Rig(tmp_path)
+    readings = Readings()
+    opts = {"device": str(tmp_path / "x.avi"), "decoder": decoder, "motion_gate": False}
+    driver = CameraQrScanner("qr", readings, opts)
+    driver.scan = QrScan(make_decoder(decoder))
+
+    @settings(max_examples=40, deadline=None)
+    @given(payload=payloads)
+    def check(payload: bytes | str) -> None:
+        code = segno.make(payload, error="m", micro=False)
+        modules = np.array(list(code.matrix_iter(scale=4, border=4)), dtype=bool)
+        grey = np.where(modules, 25, 235).astype(np.uint8)
+        rig.wait(60.0)  # whatever the last example left open is settled
+        before = len(rig.decisions())
+        rig.feed("temp", 36.6)
+        driver.on_frame(grey, rig.clock.monotonic())
+        (reading,) = [r for r in readings.drain() if r.kind == "qr"]
+        rig.controller.handle(reading)
+        rig.wait(60.0)
+        new = rig.decisions()[before:]
+        assert new and all(d["decision"] == "denied" for d in new)
+        if reading.value.strip():
+            assert [d["reasons"] for d in new] == [["pass_invalid"]]
+
+    try:
+        check()
+        assert rig.turnstile.history == []
+        assert "granted" not in rig.turnstile.signals
+    finally:
+        rig.conn.close()

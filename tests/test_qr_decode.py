@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import segno
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.qr_decode import (
     DECODERS,
+    FIRST_LOOK_WIDTH,
     Debouncer,
     MotionGate,
     QrScan,
@@ -132,3 +135,67 @@ def test_a_fingerprint_never_contains_the_text():
     assert str(len(TEXT)) in fp
     assert TEXT[:8] not in fp and TEXT[-8:] not in fp
     assert fingerprint(TEXT) == fp != fingerprint(TEXT + "x")
+
+
+# ---- garbage -----------------------------------------------------------------------
+
+
+@st.composite
+def captured_frames(draw: st.DrawFn) -> np.ndarray:
+    """What a capture can hand over: 8-bit grey, BGR or BGRA, any size, any content.
+
+    Sizes run past ``FIRST_LOOK_WIDTH`` so the full-size decode is reached too; the
+    content is noise, flat, stripes or random blocks (the look of a QR's modules).
+    """
+    h = draw(st.integers(1, 360))
+    w = draw(st.one_of(st.integers(1, 64), st.integers(1, FIRST_LOOK_WIDTH + 300)))
+    channels = draw(st.sampled_from([None, 3, 4]))
+    shape = (h, w) if channels is None else (h, w, channels)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["noise", "flat", "stripes", "blocks"]))
+    if kind == "noise":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    if kind == "flat":
+        return np.full(shape, draw(st.integers(0, 255)), np.uint8)
+    if kind == "stripes":
+        period = draw(st.integers(1, 40))
+        row = np.where((np.arange(w) // period) % 2 == 0, 25, 235).astype(np.uint8)
+        grey = np.broadcast_to(row, (h, w))
+    else:
+        module = draw(st.integers(1, 12))
+        cells = rng.integers(0, 2, (h // module + 1, w // module + 1), dtype=np.uint8)
+        grey = np.kron(cells, np.ones((module, module), np.uint8))[:h, :w] * 210 + 25
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    if channels is None:
+        return grey
+    return np.ascontiguousarray(np.repeat(grey[:, :, None], channels, axis=2))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_any_captured_frame_scans_without_error_and_finds_no_code(decoder):
+    scan = QrScan(DECODE[decoder], full_every=1)
+
+    @settings(max_examples=60, deadline=None)
+    @given(frame=captured_frames())
+    def check(frame: np.ndarray) -> None:
+        assert scan.scan(to_grey(frame)) == []
+
+    check()
+    assert scan.stats["found"] == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(frames=st.lists(st.tuples(captured_frames(), st.floats(0.0, 5.0)), min_size=1, max_size=6))
+def test_the_motion_gate_takes_any_captured_frames_in_any_order(frames):
+    gate = MotionGate(hold_s=1.0)
+    now = 0.0
+    for i, (frame, dt) in enumerate(frames):
+        now += dt
+        moving = gate.moving(frame, now)
+        assert isinstance(moving, bool)
+        if i == 0:
+            assert moving  # the first frame is always looked at
+    last = frames[-1][0]
+    assert not gate.moving(
+        last, now + 1.1
+    )  # nothing moved for the hold: gated, whatever came before
