@@ -8,7 +8,9 @@ a key that belongs to another driver is an unknown key, not silently ignored.
 from __future__ import annotations
 
 import datetime
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -101,8 +103,34 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+CREDENTIALS_ROOT = Path("/run/credentials")
+"""Where systemd puts each unit's credentials: ``/run/credentials/UNIT/NAME``."""
+
+
+def credential_path(path: Path, env: Mapping[str, str] | None = None) -> Path:
+    """``path``, or the same credential in ``$CREDENTIALS_DIRECTORY`` when that is set.
+
+    A path ``/run/credentials/UNIT/NAME`` names a systemd credential by its NAME. In a
+    unit with ``LoadCredential=`` (gated.service, or a ``systemd-run`` with the same
+    credentials, whose directory is ``/run/credentials/run-u7.service/``) it is read
+    from that unit's own directory, so one config serves the service and the commands
+    run by hand. Any other path, or no ``$CREDENTIALS_DIRECTORY``, is left as it is.
+    """
+    env = os.environ if env is None else env
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory or not path.is_absolute():
+        return path
+    try:
+        parts = path.relative_to(CREDENTIALS_ROOT).parts
+    except ValueError:
+        return path
+    if len(parts) != 2 or ".." in parts:
+        return path
+    return Path(directory) / parts[1]
+
+
 def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    path = _resolve(value, info)
+    path = credential_path(_resolve(value, info))
     if not path.exists():
         raise ValueError(f"no such file: {path}")
     if not path.is_file():
