@@ -235,3 +235,69 @@ def test_install_guide_and_udev_rules_match_the_unit() -> None:
     for line in directives(RULES.read_text()):
         rule = "=".join(line[1:])
         assert "==" in rule and "SYMLINK+=" in rule, rule
+
+
+def heredoc(guide: str, target: str) -> str:
+    """The text a ``sudo tee TARGET ... <<'EOF'`` block of the guide writes."""
+    match = re.search(rf"tee {re.escape(target)} >/dev/null <<'EOF'\n(.*?)\nEOF\n", guide, re.S)
+    assert match, target
+    return match.group(1) + "\n"
+
+
+def test_the_journald_drop_in_directory_is_made_before_the_file() -> None:
+    guide = INSTALL.read_text()
+    made = guide.index("mkdir -p /var/log/journal /etc/systemd/journald.conf.d")
+    assert made < guide.index("tee /etc/systemd/journald.conf.d/gated.conf")
+
+
+def test_gatedctl_runs_for_its_user_with_the_units_credentials() -> None:
+    guide = INSTALL.read_text()
+    script = heredoc(guide, "/usr/local/bin/gatedctl")
+    assert script.startswith("#!/bin/sh\n")
+    # Through sudo, so it works for the installer's own user and for root alike.
+    assert "exec sudo systemd-run " in script
+    for flag in ("--pipe", "--wait", "--collect", "--property=User=gated"):
+        assert flag in script, flag
+    for cred in values("LoadCredential"):
+        assert f"--property=LoadCredential={cred}" in script, cred
+    assert f'"SupplementaryGroups={one("SupplementaryGroups")}"' in script
+    assert "chmod 0755 /usr/local/bin/gatedctl" in guide
+    # The config names the service's credentials; $CREDENTIALS_DIRECTORY maps them.
+    assert "$CREDENTIALS_DIRECTORY" in guide
+    named = re.findall(r'_file = "/run/credentials/gated\.service/([\w-]+)"', guide)
+    assert named and set(named) <= set(values("LoadCredential"))
+
+
+def test_broker_users_are_the_gate_ids_and_the_password_file_is_created_once() -> None:
+    guide = INSTALL.read_text()
+    (username,) = re.findall(r'^username = "([^"]+)"', guide, re.M)
+    users = re.findall(r"mosquitto_passwd (-c )?/etc/mosquitto/passwd (\S+)", guide)
+    assert users[0][0] == "-c " and all(not c for c, _ in users[1:])
+    assert username in [u for _, u in users[1:]]
+    assert "gate.id" in guide and "%u" in guide
+    central = guide[guide.index("## 11. The central side") :]
+    assert "apt-get install -y mosquitto" in central
+
+
+@needs_analyze
+def test_the_kiosk_unit_verifies_and_lets_the_alarm_sound(tmp_path: Path) -> None:
+    guide = INSTALL.read_text()
+    kiosk = heredoc(guide, "/etc/systemd/system/gated-kiosk.service")
+    root = make_root(tmp_path, UNIT.read_text())
+    (root / "etc/systemd/system/gated-kiosk.service").write_text(kiosk)
+    cage = root / "usr/bin/cage"
+    cage.parent.mkdir(parents=True, exist_ok=True)
+    cage.write_text("#!/bin/sh\n")
+    cage.chmod(0o755)
+    result = subprocess.run(
+        [ANALYZE, "verify", "--man=no", f"--root={root}", "gated-kiosk.service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    exec_start = " ".join(kiosk.replace("\\\n", " ").split("ExecStart=")[1].splitlines()[0].split())
+    assert "--kiosk" in exec_start
+    assert "--autoplay-policy=no-user-gesture-required" in exec_start
+    assert exec_start.endswith("http://127.0.0.1:8080/")
