@@ -63,10 +63,11 @@ def build_report(config: Any, conn: sqlite3.Connection, day: date) -> dict[str, 
     start, end = day_bounds(day, tz)
     events = day_events(conn, start, end)
     ids = {e["id"] for e in events if e.get("kind") == "decision"}
+    # Passages and guard answers whose decision was taken before the day.
     missing = {
         str(e["ref"])
         for e in events
-        if e.get("kind") == "passage" and e.get("ref") and e["ref"] not in ids
+        if e.get("kind") in ("passage", "decision") and e.get("ref") and e["ref"] not in ids
     }
     return daily_report(
         events,

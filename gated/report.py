@@ -5,6 +5,13 @@ fever alarms, the guards' overrides, the periods a guard was needed and nobody w
 on duty, cards used for the first time, cards not in the registry, and compliance:
 the share of passages whose decision checked both a temperature and a credential.
 Card uids and names are masked; temperatures are shown only for fever alarms.
+
+Reasons are counted once per session: a guard's answer repeats the reasons of the
+``needs_guard`` decision it answers, so only a reason it adds (``guard_timeout``)
+counts again. ``reasons_by_decision`` counts them per decision event instead, the
+rows matching ``decisions``. Compliance counts every passage that went through: one
+with no grant open (a tailgate, or a walk-through while the gate was free or the
+fire input active) had no check at all.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class _Day:
     tz: ZoneInfo
     decisions: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    reasons_by_decision: dict[str, Counter[str]] = field(default_factory=dict)
     alarms: Counter[str] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
     overrides: dict[str, Counter[str]] = field(default_factory=dict)
@@ -86,9 +94,9 @@ def daily_report(
 ) -> dict[str, Any]:
     """The report of ``day`` from its events in ``seq`` order.
 
-    ``cards_seen_before``: card refs of every decision before the day (so a card's
+    ``cards_seen_before``: the cards of the day that were used before it (so a card's
     first use can be told). ``earlier_decisions``: decisions stamped before the day
-    that a passage of the day refers to (a passage just after midnight), by id.
+    that a passage or a guard's answer of the day refers to (just after midnight), by id.
     """
     d = _Day(tz)
     seen = set(cards_seen_before)
@@ -105,7 +113,7 @@ def daily_report(
         if kind == "decision":
             if isinstance(e.get("id"), str):
                 decisions[e["id"]] = e
-            _decision(d, e, seen)
+            _decision(d, e, seen, decisions)
         elif kind == "passage":
             _passage(d, e, decisions)
         elif kind == "alarm":
@@ -130,11 +138,15 @@ def daily_report(
         "unsynced_clock_events": d.unsynced,
         "decisions": dict(sorted(d.decisions.items())),
         "reasons": dict(sorted(d.reasons.items())),
+        "reasons_by_decision": {
+            k: dict(sorted(c.items())) for k, c in sorted(d.reasons_by_decision.items())
+        },
         "alarms": dict(sorted(d.alarms.items())),
         "passages": {
             "passed": d.passages["passed"],
             "not_passed": d.passages["not_passed"],
-            "tailgates": d.passages["tailgate"],
+            "without_grant": d.passages["without_grant"],
+            "tailgates": d.alarms["tailgate"],
         },
         "fever_alarms": d.fever,
         "overrides": {g: dict(sorted(c.items())) for g, c in sorted(d.overrides.items())},
@@ -182,12 +194,29 @@ def _who(e: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"id": person.get("id"), "name": mask_name(person.get("name"))}
 
 
-def _decision(d: _Day, e: Mapping[str, Any], seen: set[str]) -> None:
+def _reasons(e: Mapping[str, Any]) -> list[str]:
+    reasons = e.get("reasons")
+    return [str(r) for r in reasons] if isinstance(reasons, list) else []
+
+
+def _decision(
+    d: _Day,
+    e: Mapping[str, Any],
+    seen: set[str],
+    decisions: Mapping[str, Mapping[str, Any]],
+) -> None:
     decision = str(e.get("decision"))
     d.decisions[decision] += 1
-    reasons = e.get("reasons")
-    for r in reasons if isinstance(reasons, list) else []:
-        d.reasons[str(r)] += 1
+    reasons = _reasons(e)
+    for r in reasons:
+        d.reasons_by_decision.setdefault(decision, Counter())[r] += 1
+    # Once per session: a follow-up counts only what its needs_guard did not say
+    # (all of it when that decision is not in the ledger any more).
+    answered = decisions.get(str(e.get("ref"))) if e.get("ref") is not None else None
+    already = set(_reasons(answered)) if answered is not None else set()
+    for r in dict.fromkeys(reasons):
+        if r not in already:
+            d.reasons[r] += 1
     cred = e.get("credential")
     if decision in ("guard_granted", "guard_denied"):
         guard = str(e.get("guard") or "?")
@@ -211,10 +240,14 @@ def _decision(d: _Day, e: Mapping[str, Any], seen: set[str]) -> None:
             }
         )
     # A guard's follow-up repeats the reasons of the decision it answers: counted once.
-    if isinstance(reasons, list) and "unknown_card" in reasons and e.get("ref") is None:
+    if "unknown_card" in reasons and e.get("ref") is None:
         u = d.unknown.setdefault(card, _UnknownCard(mask_uid(card), first=ts))
         u.count += 1
         u.last = ts
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _passage(d: _Day, e: Mapping[str, Any], decisions: Mapping[str, Mapping[str, Any]]) -> None:
@@ -223,12 +256,15 @@ def _passage(d: _Day, e: Mapping[str, Any], decisions: Mapping[str, Mapping[str,
         d.passages["not_passed"] += 1
         return
     d.passages["passed"] += 1
-    if ref is None:
-        d.passages["tailgate"] += 1
-        return
     d.compliance["passages"] += 1
-    decision = decisions.get(str(ref), {})
-    has_temp = isinstance(decision.get("temperature_c"), int | float)
+    if ref is None:
+        # No grant open (a tailgate, or free passage): nothing was checked.
+        d.passages["without_grant"] += 1
+    decision = decisions.get(str(ref), {}) if ref is not None else {}
+    # A guard who grants records the clinical reading that stands in for the gate's.
+    has_temp = _number(decision.get("temperature_c")) or (
+        decision.get("decision") == "guard_granted" and _number(decision.get("confirm_temp_c"))
+    )
     cred = decision.get("credential")
     # A remote open is no credential check, whoever ordered it.
     has_cred = isinstance(cred, Mapping) and cred.get("kind") in ("card", "qr")
@@ -285,12 +321,17 @@ def format_text(r: Mapping[str, Any]) -> str:
         f"Decisions: {sum(r['decisions'].values())}",
     ]
     out += [f"  {k:<16}{v:>6}" for k, v in r["decisions"].items()]
-    out.append("Reasons:" + ("" if r["reasons"] else " none"))
+    out.append("Reasons, once per session:" + ("" if r["reasons"] else " none"))
     out += [f"  {k:<20}{v:>6}" for k, v in r["reasons"].items()]
+    by_decision = r["reasons_by_decision"]
+    if any(by_decision.values()):
+        out.append("Reasons by decision:")
+        for decision, counts in by_decision.items():
+            out += [f"  {decision:<16}{k:<20}{v:>6}" for k, v in counts.items()]
     p = r["passages"]
     out.append(
-        f"Passages: {p['passed']} passed, {p['not_passed']} not passed, "
-        f"{p['tailgates']} with no grant open (tailgate)"
+        f"Passages: {p['passed']} passed, {p['not_passed']} not passed; "
+        f"{p['without_grant']} with no grant open, {p['tailgates']} of them tailgates"
     )
     c = r["compliance"]
     if c["passages"]:

@@ -128,24 +128,33 @@ def test_day_with_every_kind_of_entry(ledger: Rig, capsys: pytest.CaptureFixture
         "guard_granted": 1,
         "needs_guard": 4,
     }
-    # A guard's answer repeats the reasons of the decision it answers.
+    # Once per session: Li's four sessions each said color_guard once, though the
+    # guard's two answers repeat it; the two timeouts add guard_timeout.
     assert r["reasons"] == {
-        "color_guard": 6,
+        "color_guard": 4,
         "fever": 1,
         "fire_release": 1,
         "guard_timeout": 2,
         "unknown_card": 2,
     }
+    # Per decision event, the rows of r["decisions"] (plain grants name no reason).
+    assert r["reasons_by_decision"] == {
+        "denied": {"fever": 1, "guard_timeout": 2, "unknown_card": 2},
+        "granted": {"fire_release": 1},
+        "guard_denied": {"color_guard": 1},
+        "guard_granted": {"color_guard": 1},
+        "needs_guard": {"color_guard": 4},
+    }
     assert r["alarms"] == {"fever": 1, "fire": 1, "tailgate": 1, "unattended": 3}
-    assert r["passages"] == {"passed": 5, "not_passed": 0, "tailgates": 1}
-    # Guard-granted Li and Zhang were checked; the fire release had no temperature,
-    # the remote open neither a temperature nor a credential.
+    assert r["passages"] == {"passed": 5, "not_passed": 0, "without_grant": 1, "tailgates": 1}
+    # Every passage that went through: guard-granted Li and Zhang were checked; the
+    # fire release had no temperature, the remote open and the tailgater nothing.
     assert r["compliance"] == {
-        "passages": 4,
+        "passages": 5,
         "checked": 2,
-        "share": 0.5,
-        "without_temperature": 2,
-        "without_credential": 1,
+        "share": 0.4,
+        "without_temperature": 3,
+        "without_credential": 2,
     }
     assert r["overrides"] == {"G7": {"guard_denied": 1, "guard_granted": 1, "remote_open": 1}}
     (fever,) = r["fever_alarms"]
@@ -190,7 +199,12 @@ def test_text_report_names_everything_and_no_personal_data(
     for needle in (
         "gated daily report: s1/g1, 2026-02-03 (Asia/Shanghai)",
         "needs_guard          4",
-        "Compliance: 2 of 4 passages (50.0%)",
+        "Reasons, once per session:\n  color_guard              4\n",
+        "Reasons by decision:\n  denied          fever                    1\n",
+        "  needs_guard     color_guard              4\n",
+        "  guard_granted   color_guard              1\n",
+        "Passages: 5 passed, 0 not passed; 1 with no grant open, 1 of them tailgates",
+        "Compliance: 2 of 5 passages (40.0%)",
         "G7: granted 1, denied 1, opened remotely 1",
         "decisions waited; guard G7 on duty at",
         "decisions waited; no guard came",
@@ -223,6 +237,7 @@ def test_malformed_events_do_not_break_the_report() -> None:
     ]
     r = daily_report(events, day=DAY2, tz=TZ, site="s1", gate="g1")
     assert r["events"] == 8
+    assert r["reasons"] == {} and r["reasons_by_decision"] == {}
     assert r["compliance"] == {
         "passages": 1,
         "checked": 0,
@@ -232,6 +247,64 @@ def test_malformed_events_do_not_break_the_report() -> None:
     }
     assert r["fever_alarms"] == [{"time": "??:??:??", "person": None, "temperature_c": None}]
     assert format_text(r)
+
+
+def test_free_passages_and_a_guards_clinical_reading_in_compliance(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = rig.controller
+    # Guard-only: Li shows her card with no temperature; G7 grants her with the
+    # clinical reading he took himself, which stands in for the gate's.
+    c.set_mode("guard_only", "G7")
+    c.guard_on("G7")
+    rig.feed("card", LI_CARD)
+    rig.wait(16)  # the session times out without a temperature: a guard decides
+    (needs_guard,) = [e for e in rig.decisions() if e["decision"] == "needs_guard"]
+    assert needs_guard["temperature_c"] is None and "temp_missing" in needs_guard["reasons"]
+    c.guard_decide(needs_guard["id"], True, "G7", confirm_temp_c=36.7)
+    rig.feed("passage", True, after=1.0)
+    # The same without a reading: granted, but unchecked.
+    rig.feed("card", LI_CARD)
+    rig.wait(16)
+    c.guard_decide(pending_id(rig), True, "G7")
+    rig.feed("passage", True, after=1.0)
+    # Free mode: two people walk through with nothing open, no tailgate alarm.
+    c.set_mode("free", "G7")
+    rig.feed("passage", True, after=5.0)
+    rig.feed("passage", True, after=5.0)
+    c.set_mode("normal", "G7")
+    r = report_of(rig, local_now(rig).date(), capsys)
+    assert r["passages"] == {"passed": 4, "not_passed": 0, "without_grant": 2, "tailgates": 0}
+    assert r["compliance"] == {
+        "passages": 4,
+        "checked": 1,
+        "share": 0.25,
+        "without_temperature": 3,
+        "without_credential": 2,
+    }
+    sessions = r["reasons"]
+    assert sessions["temp_missing"] == 2 and sessions["guard_only"] == 2
+    assert r["reasons_by_decision"]["guard_granted"]["temp_missing"] == 2
+    assert r["reasons_by_decision"]["needs_guard"]["temp_missing"] == 2
+
+
+def test_a_guards_answer_after_midnight_repeats_no_reason(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Li needs a guard at 23:59:50; G7 answers at 00:00:20, on the next day.
+    rig.controller.guard_on("G7")
+    advance_to(rig, 23, 59, 49)
+    session(rig, [36.6], LI_CARD)
+    first_day = local_now(rig).date()
+    rig.wait(30)
+    rig.controller.guard_decide(pending_id(rig), False, "G7")
+    before = report_of(rig, first_day, capsys)
+    after = report_of(rig, local_now(rig).date(), capsys)
+    assert before["reasons"] == {"color_guard": 1}
+    assert before["decisions"] == {"needs_guard": 1}
+    assert after["decisions"] == {"guard_denied": 1}
+    assert after["reasons"] == {}  # counted on the day the session began
+    assert after["reasons_by_decision"] == {"guard_denied": {"color_guard": 1}}
 
 
 def test_bad_date_and_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
