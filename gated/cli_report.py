@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gated.errors import GatedError
+from gated.ledger import ensure_card_first_use
 from gated.report import daily_report, day_bounds, format_text
 from gated.storage import connect
 
@@ -31,15 +32,24 @@ def day_events(conn: sqlite3.Connection, start: str, end: str) -> list[dict[str,
     return [json.loads(body) for (body,) in rows]
 
 
-def cards_seen_before(conn: sqlite3.Connection, start: str) -> set[str]:
-    """Card refs of every decision stamped before ``start`` (within retention)."""
-    rows = conn.execute(
-        "SELECT DISTINCT json_extract(body, '$.credential.ref') FROM events"
-        " WHERE kind = 'decision' AND ts < ?"
-        " AND json_extract(body, '$.credential.kind') = 'card'",
-        (start,),
-    )
-    return {str(ref) for (ref,) in rows if ref}
+def cards_seen_before(conn: sqlite3.Connection, cards: set[str], first_seq: int) -> set[str]:
+    """Those of ``cards`` first used before the event ``first_seq``.
+
+    From ``card_first_use``, which retention never purges: a card used months ago is
+    not new today because the events of its first use are gone. By ``seq``, not by
+    stamp, so an event stamped by an unsynchronised clock cannot reorder them.
+    """
+    out: set[str] = set()
+    todo = sorted(cards)
+    for i in range(0, len(todo), 500):
+        chunk = todo[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT uid FROM card_first_use WHERE seq < ? AND uid IN ({marks})",
+            [first_seq, *chunk],
+        )
+        out.update(str(uid) for (uid,) in rows)
+    return out
 
 
 def decisions_by_id(conn: sqlite3.Connection, ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -69,13 +79,23 @@ def build_report(config: Any, conn: sqlite3.Connection, day: date) -> dict[str, 
         for e in events
         if e.get("kind") in ("passage", "decision") and e.get("ref") and e["ref"] not in ids
     }
+    cards = {
+        str(e["credential"]["ref"])
+        for e in events
+        if e.get("kind") == "decision"
+        and isinstance(e.get("credential"), dict)
+        and e["credential"].get("kind") == "card"
+        and e["credential"].get("ref")
+    }
+    ensure_card_first_use(conn)  # a database the daemon has not opened since the upgrade
+    first_seq = min((int(e["seq"]) for e in events), default=0)
     return daily_report(
         events,
         day=day,
         tz=tz,
         site=config.gate.site,
         gate=config.gate.id,
-        cards_seen_before=cards_seen_before(conn, start),
+        cards_seen_before=cards_seen_before(conn, cards, first_seq),
         earlier_decisions=decisions_by_id(conn, missing),
     )
 

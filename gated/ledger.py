@@ -4,6 +4,11 @@ An event is written to ``events`` and ``outbox`` in one transaction before
 anything acts on it (SPEC §4, §7). ``seq`` comes from a counter in ``meta``
 incremented in that same transaction, so it is gap-free and survives restarts
 and purges.
+
+``card_first_use`` keeps, for every card uid, the stamp and ``seq`` of the first
+decision it was presented at, written in that decision's transaction. Retention
+never purges it, so the daily report can tell a card's first use after the events
+of that day are long gone.
 """
 
 from __future__ import annotations
@@ -38,6 +43,41 @@ class Effects:
     mode: str | None = None
 
 
+_FIRST_USE_SCHEMA = (
+    "CREATE TABLE card_first_use (uid TEXT PRIMARY KEY, ts TEXT NOT NULL, seq INTEGER NOT NULL)"
+)
+
+
+def ensure_card_first_use(conn: sqlite3.Connection) -> None:
+    """Create ``card_first_use``; in a database from before it, fill it from the ledger.
+
+    The backfill knows the cards of the events still there (those within retention
+    when the gate was upgraded); from then on every first use is recorded.
+    """
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'card_first_use'"
+    if conn.execute(sql).fetchone():
+        return
+    with Transaction(conn) as c:
+        if c.execute(sql).fetchone():  # another process was first
+            return
+        c.execute(_FIRST_USE_SCHEMA)
+        # In seq order, so the first decision with a card is the one that stays.
+        c.execute(
+            "INSERT OR IGNORE INTO card_first_use(uid, ts, seq)"
+            " SELECT json_extract(body, '$.credential.ref'), ts, seq FROM events"
+            " WHERE kind = 'decision' AND json_extract(body, '$.credential.kind') = 'card'"
+            " AND json_extract(body, '$.credential.ref') IS NOT NULL ORDER BY seq"
+        )
+
+
+def _card_uid(event: dict[str, Any]) -> str | None:
+    cred = event.get("credential")
+    if event["kind"] != "decision" or not isinstance(cred, dict) or cred.get("kind") != "card":
+        return None
+    uid = cred.get("ref")
+    return str(uid) if uid else None
+
+
 class Ledger:
     """Appends events for one gate; the controller thread is its only writer."""
 
@@ -56,6 +96,7 @@ class Ledger:
         self.clock = clock
         self._clock_synced = clock_synced or (lambda: True)
         self.boot = int(self._meta("boot"))
+        ensure_card_first_use(conn)
 
     def _meta(self, key: str) -> str:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -106,6 +147,12 @@ class Ledger:
                 ),
             )
             c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
+            card = _card_uid(event)
+            if card is not None:
+                c.execute(
+                    "INSERT OR IGNORE INTO card_first_use(uid, ts, seq) VALUES (?, ?, ?)",
+                    (card, event["ts"], seq),
+                )
             if effects is not None:
                 self._apply(c, effects, seq, now)
         return event

@@ -11,6 +11,8 @@ What is purged, and what never is:
 - ``pass_uses`` (one-time passes already used) older than a year or
   ``retention_days``, whichever is longer: a replayed pass must still be caught.
 - ``presence``, the registry and revoked passes are state, not history: never purged.
+  Nor is ``card_first_use`` (a card uid and its first decision's stamp and ``seq``),
+  so the daily report still knows a card's first use once its events are gone.
 
 Each purge that removed anything is itself a ledger event, ``kind: "purge"``. The
 work is split into short steps that run on the controller thread (the only writer),

@@ -232,3 +232,56 @@ def test_mode_change_is_remembered_across_restarts(gate: Gate) -> None:
     assert gate.ledger.get_meta("mode", "normal") == "normal"
     gate.append("mode", effects=Effects(mode="locked"), mode="locked")
     assert gate.reopen().get_meta("mode", "normal") == "locked"
+
+
+def card(uid: str | None) -> dict[str, Any]:
+    return {"kind": "card", "ref": uid, "color": "green"}
+
+
+def test_a_cards_first_use_is_kept_from_its_first_decision(gate: Gate) -> None:
+    first = gate.append(credential=card("0A1B2C3D4E"))
+    gate.clock.advance(HOUR)
+    gate.append(credential=card("0A1B2C3D4E"), decision="denied")
+    gate.append(credential={"kind": "qr", "ref": "jti-1", "color": "green"})
+    gate.append(credential=card(None))
+    gate.append("passage", ref=first["id"], passed=True)
+    second = gate.append(credential=card("1122334455"), decision="needs_guard")
+    assert gate.rows("SELECT uid, ts, seq FROM card_first_use ORDER BY seq") == [
+        ("0A1B2C3D4E", first["ts"], first["seq"]),
+        ("1122334455", second["ts"], second["seq"]),
+    ]
+
+
+def test_the_first_use_is_committed_with_its_decision_or_not_at_all(gate: Gate) -> None:
+    gate.conn.execute(
+        "CREATE TEMP TRIGGER quota_fails BEFORE INSERT ON quota_use"
+        " BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="disk I/O error"):
+        gate.append(
+            credential=card("0A1B2C3D4E"),
+            effects=Effects(quota_household="H1", quota_direction="in"),
+        )
+    gate.conn.execute("DROP TRIGGER quota_fails")
+    assert gate.rows("SELECT COUNT(*) FROM card_first_use") == [(0,)]
+    assert gate.rows("SELECT COUNT(*) FROM events") == [(0,)]
+    event = gate.append(credential=card("0A1B2C3D4E"))
+    assert gate.rows("SELECT uid, seq FROM card_first_use") == [("0A1B2C3D4E", event["seq"])]
+
+
+def test_a_database_from_before_gets_the_first_uses_its_ledger_still_holds(gate: Gate) -> None:
+    a1 = gate.append(credential=card("AAAAAAAAAA"))
+    b1 = gate.append(credential=card("BBBBBBBBBB"))
+    gate.append(credential=card("AAAAAAAAAA"))
+    gate.append("alarm", alarm="tailgate")
+    # What a file written by the previous version looks like: no such table.
+    gate.conn.execute("DROP TABLE card_first_use")
+    gate.reopen()
+    assert gate.rows("SELECT uid, ts, seq FROM card_first_use ORDER BY seq") == [
+        ("AAAAAAAAAA", a1["ts"], a1["seq"]),
+        ("BBBBBBBBBB", b1["ts"], b1["seq"]),
+    ]
+    # Filled once: a later start leaves the table as it is.
+    gate.conn.execute("DELETE FROM card_first_use WHERE uid = 'BBBBBBBBBB'")
+    gate.reopen()
+    assert gate.rows("SELECT uid FROM card_first_use") == [("AAAAAAAAAA",)]

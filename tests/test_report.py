@@ -12,6 +12,7 @@ import pytest
 
 from gated.cli import main
 from gated.report import daily_report, day_bounds, format_text
+from gated.retention import Retention, purge_now
 from tests.conftest import Rig
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -321,3 +322,31 @@ def test_bad_date_and_missing_database(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no database" in err[0]
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_card_first_used_before_a_purge_is_not_new_after_it(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session(rig, [36.5], ZHANG_CARD, passage=True)  # Zhang's first use, day 0
+    rig.wait(40 * 86_400)
+    rig.conn.execute("DELETE FROM outbox")  # the broker has everything
+    plan = purge_now(Retention(rig.conn, rig.clock, retention_days=30), rig.controller._record)
+    assert plan is not None and plan.events == 2
+    assert rig.conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'decision'").fetchone() == (
+        0,
+    )
+    session(rig, [36.5], ZHANG_CARD, passage=True)
+    session(rig, [36.6], LI_CARD)  # Li's first use ever
+    r = report_of(rig, local_now(rig).date(), capsys)
+    assert [(c["card"], c["person"]) for c in r["first_used_cards"]] == [("******4455", "P2")]
+    assert r["purged_events"] == 2
+
+
+def test_the_report_fills_the_first_uses_of_a_database_from_before(
+    ledger: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file the daemon has not opened since the upgrade: the report makes the table.
+    ledger.conn.execute("DROP TABLE card_first_use")
+    r = report_of(ledger, DAY2, capsys)
+    assert [c["card"] for c in r["first_used_cards"]] == ["******4455", "******00FF"]
+    assert ledger.conn.execute("SELECT COUNT(*) FROM card_first_use").fetchone() == (3,)

@@ -246,3 +246,13 @@ def test_the_daemon_runs_the_retention_service(tmp_path: Path) -> None:
 
 def test_purge_event_is_a_known_kind() -> None:
     assert "purge" in KINDS and topic_for("purge") == "event"
+
+
+def test_the_first_uses_of_cards_are_never_purged(rig: Rig) -> None:
+    one_arrival(rig)
+    rig.wait(40 * DAY_S)
+    deliver(rig.conn, 100)
+    plan = purge_now(Retention(rig.conn, rig.clock, retention_days=30), rig.controller._record)
+    assert plan is not None and plan.events == 2 and seqs(rig.conn) == [3]
+    rows = rig.conn.execute("SELECT uid, seq FROM card_first_use").fetchall()
+    assert rows == [("0A1B2C3D4E", 1)]
