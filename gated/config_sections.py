@@ -126,8 +126,9 @@ class MqttConfig(StrictModel):
     topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = Field(
         default="gated", description="First topic levels: {topic_prefix}/{site}/{id}/..."
     )
-    qos: Literal[0, 1, 2] = Field(
-        default=1, description="QoS of what the gate publishes: 0, 1 or 2."
+    qos: Literal[1, 2] = Field(
+        default=1,
+        description="QoS of what the gate publishes: 1 or 2 (with 0 nothing confirms delivery).",
     )
     pii: Literal["masked", "full", "none"] = Field(
         default="masked", description="Personal data in published events: masked, full or none."
