@@ -3,9 +3,11 @@
 Every command is checked whole on the publisher thread, then its change runs on the
 controller thread through :meth:`Controller.submit` (the ledger's one writer), so a
 command is applied entirely or not at all. Refused, with a reason, and logged:
-malformed JSON, a missing ``req``, an unknown name, a ``req`` already seen (a replay),
-a command whose ``ts`` is older than ``max_age_s`` (queued during an outage: a remote
-open must not fire hours later), and a registry delta out of version order.
+malformed JSON, a missing ``req``, a retained command (the broker would hand it over
+again at every reconnect: a retained ``cmd/open`` would open the turnstile after each
+restart), an unknown name, a ``req`` already seen (a replay), a command whose ``ts``
+is older than ``max_age_s`` (queued during an outage: a remote open must not fire
+hours later), and a registry delta out of version order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def _text(msg: dict[str, Any], key: str, default: str | None = None) -> str:
     return value.strip()
 
 
+def _req_of(msg: dict[str, Any]) -> str | None:
+    """``req`` if it is a valid one, else None (for the answer to a refused command)."""
+    try:
+        return _text(msg, "req")
+    except CommandError:
+        return None
+
+
 def _done(result: dict[str, Any]) -> Future[dict[str, Any]]:
     fut: Future[dict[str, Any]] = Future()
     fut.set_result(result)
@@ -56,8 +66,11 @@ class Commands:
         self.refused = 0
         self.applied = 0
 
-    def handle(self, name: str, payload: bytes) -> Future[dict[str, Any]]:
-        """The future result ``{"req", "ok", "error", ...}`` of command ``name``."""
+    def handle(self, name: str, payload: bytes, retained: bool = False) -> Future[dict[str, Any]]:
+        """The future result ``{"req", "ok", "error", ...}`` of command ``name``.
+
+        ``retained``: the broker delivered it as a retained message (refused).
+        """
         req: str | None = None
         try:
             if len(payload) > MAX_PAYLOAD:
@@ -68,8 +81,12 @@ class Commands:
                 raise CommandError("not valid JSON") from None
             if not isinstance(msg, dict):
                 raise CommandError("not a JSON object")
-            raw_req = msg.get("req")
-            req = raw_req if isinstance(raw_req, str) and len(raw_req) <= MAX_ID else None
+            if retained:
+                req = _req_of(msg)
+                raise CommandError(
+                    "retained command refused: publish commands without retain"
+                    " (clear this one with an empty retained message)"
+                )
             req = _text(msg, "req")
             if name not in NAMES:
                 raise CommandError(f"unknown command {name[:32]!r}")

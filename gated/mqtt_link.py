@@ -2,8 +2,12 @@
 
 A :class:`Link` makes a fresh paho client for every attempt (so paho never replays
 a stale in-memory session: the outbox is the only source of truth), tries MQTT 5
-first and falls back to 3.1.1 for a broker that refuses it, and walks the
-configured URLs in order with exponential backoff and jitter between rounds.
+first and falls back to 3.1.1 only for a broker whose CONNACK says "unsupported
+protocol version" (a CONNACK that never comes is a dead broker, not an old one),
+and walks the configured URLs in order with exponential backoff and jitter between
+rounds. The backoff is reset by the publisher once a connection has proved good,
+not by a bare CONNACK: a broker that accepts and then refuses every message must
+not be hammered.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 log = logging.getLogger(__name__)
 
-#: CONNACK reason codes (MQTT 5 and 3.1.1) that mean "speak an older protocol".
+#: CONNACK codes that mean "speak an older protocol": MQTT 5's 132, and 3.1.1's return
+#: code 1 (paho reports a 3.1.1 broker's answer to a v5 CONNECT as 132 already).
 _OLD_PROTOCOL = {132, 1}
+
+#: How the status payload names a protocol.
+PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5.0", MQTTProtocolVersion.MQTTv311: "3.1.1"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Backoff:
         return delay
 
     def reset(self) -> None:
-        """Back to the shortest delay (after a good connection)."""
+        """Back to the shortest delay (after a connection that proved good)."""
         self.current = self.low
 
 
@@ -93,10 +101,28 @@ class Link:
         self.connect_timeout_s = connect_timeout_s
         self.window = window
         self.index = 0
-        self.protocol: dict[BrokerUrl, MQTTProtocolVersion] = {}
+        #: The protocol of the connection ``connect`` returned last.
+        self.protocol: MQTTProtocolVersion | None = None
         self.connected_url: BrokerUrl | None = None
         self.last_error = ""
         self.attempts = 0
+        self._warn_plain_tls_files()
+
+    def _warn_plain_tls_files(self) -> None:
+        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self.config, k)]
+        for url in self.urls:
+            if files and not url.tls:
+                log.warning(
+                    "mqtt.%s is set but %s is plain MQTT: no TLS, the certificate is not used"
+                    " and the password travels in clear; use mqtts://",
+                    "/".join(files),
+                    url,
+                )
+
+    @property
+    def protocol_name(self) -> str | None:
+        """``"5.0"`` or ``"3.1.1"``: the protocol of the current connection."""
+        return PROTOCOL_NAMES.get(self.protocol) if self.protocol is not None else None
 
     def _client(self, url: BrokerUrl, protocol: MQTTProtocolVersion) -> mqtt.Client:
         client = mqtt.Client(
@@ -126,8 +152,12 @@ class Link:
         return client
 
     def _try(self, url: BrokerUrl, stop: threading.Event) -> mqtt.Client | None:
-        """One attempt at ``url``: a client whose CONNACK accepted us, or None."""
-        protocol = self.protocol.get(url, MQTTProtocolVersion.MQTTv5)
+        """One attempt at ``url``: a client whose CONNACK accepted us, or None.
+
+        MQTT 5 first, every time (a broker upgraded since is picked up); 3.1.1 only
+        after a CONNACK that says the broker does not speak 5.
+        """
+        protocol = MQTTProtocolVersion.MQTTv5
         while True:
             try:
                 client = self._client(url, protocol)
@@ -147,20 +177,26 @@ class Link:
                 self.last_error = f"{url}: {exc}"
                 return None
             deadline = time.monotonic() + self.connect_timeout_s
+            closed = False
             while "rc" not in result and time.monotonic() < deadline and not stop.is_set():
                 if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                    closed = True
                     break
             rc = result.get("rc")
             if rc is not None and not rc.is_failure:
-                self.protocol[url] = protocol
+                self.protocol = protocol
                 return client
             _close(client)
-            code = getattr(rc, "value", None)
-            if protocol == MQTTProtocolVersion.MQTTv5 and (rc is None or code in _OLD_PROTOCOL):
-                # No CONNACK at all, or "unsupported protocol version": try 3.1.1 once.
+            if rc is None:
+                # No CONNACK: a dead or black-holed broker, not an old one; do not downgrade.
+                why = "closed before its CONNACK" if closed else "no CONNACK"
+                self.last_error = f"{url}: {why} ({PROTOCOL_NAMES[protocol]})"
+                return None
+            if protocol == MQTTProtocolVersion.MQTTv5 and rc.value in _OLD_PROTOCOL:
+                log.info("%s does not speak MQTT 5 (%s); trying 3.1.1", url, rc)
                 protocol = MQTTProtocolVersion.MQTTv311
                 continue
-            self.last_error = f"{url}: {rc if rc is not None else 'no CONNACK'}"
+            self.last_error = f"{url}: {rc}"
             return None
 
     def connect(self, stop: threading.Event) -> mqtt.Client | None:
@@ -172,8 +208,7 @@ class Link:
                 client = self._try(url, stop)
                 if client is not None:
                     self.connected_url = url
-                    self.backoff.reset()
-                    log.info("connected to %s (%s)", url, self.protocol[url].name)
+                    log.info("connected to %s (MQTT %s)", url, self.protocol_name)
                     return client
                 log.warning("broker %s not reachable: %s", url, self.last_error)
                 self.index = (self.index + 1) % len(self.urls)

@@ -7,6 +7,10 @@ window of messages in flight, and deletes a row only once its PUBACK is in, in s
 batched transactions. After any reconnect it starts again from the lowest row still
 in the outbox, so delivery is at least once (a consumer dedupes by ``id``) and a
 consumer sees ``seq`` in order.
+
+The retained status follows the gate: it is published on connect, every
+``status_interval_s``, and within a second of an applied command or of an event
+that changes what it says (mode, device health, the turnstile opening or closing).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ log = logging.getLogger(__name__)
 
 Snapshot = Callable[[], "Future[dict[str, Any]]"]
 
+#: Event kinds after which the status is published again (soon, at most once a second).
+STATUS_KINDS = frozenset({"mode", "device", "alarm", "decision", "passage"})
+
 
 class Publisher:
     """A service (``start``/``stop``) that keeps the broker up to date with the outbox."""
@@ -52,6 +59,8 @@ class Publisher:
         batch: int = 200,
         backoff: Backoff | None = None,
         status_interval_s: float = 30.0,
+        stable_s: float = 10.0,
+        wall: Callable[[], float] = time.time,
     ):
         self.config = config
         self.mq = config.mqtt
@@ -66,6 +75,10 @@ class Publisher:
         self.window = window
         self.batch = batch
         self.status_interval_s = status_interval_s
+        #: A connection up this long (or one event PUBACKed) resets the backoff.
+        self.stable_s = stable_s
+        #: Unix time of the status ``ts`` and of "today": the controller's clock.
+        self.wall = wall
         self.link = Link(self.mq, self.client_id, self._will(), backoff=backoff, window=window)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
@@ -75,6 +88,7 @@ class Publisher:
         self._acks: list[tuple[int, Any]] = []
         self._state: dict[str, Any] = {}
         self._status_due = False
+        self._state_stale = False
         #: Counters for the screen, metrics and tests.
         self.published = 0
         self.delivered = 0
@@ -85,14 +99,32 @@ class Publisher:
     @classmethod
     def for_app(cls, app: Any) -> Publisher:
         """The publisher of a running :class:`gated.app.App`, with its commands."""
-        ctl = app.controller
-        return cls(app.config, commands=Commands(ctl), snapshot=lambda: ctl.submit(ctl.snapshot))
+        return cls.for_controller(app.config, app.controller)
+
+    @classmethod
+    def for_controller(cls, config: Any, ctl: Any, **options: Any) -> Publisher:
+        """A publisher that takes commands for ``ctl``, reports its state and follows its events."""
+
+        def state() -> dict[str, Any]:
+            held = ctl.mode == "free" or ctl.fire
+            return {**ctl.snapshot(), "turnstile": "open" if held or ctl.grants else "locked"}
+
+        options.setdefault("wall", ctl.clock.time)
+        pub = cls(config, commands=Commands(ctl), snapshot=lambda: ctl.submit(state), **options)
+        ctl.observers.append(pub.observe)
+        return pub
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """Controller observer: an event that changes the status asks for a new one."""
+        if event.get("kind") in STATUS_KINDS:
+            self._state_stale = True
 
     # -- service ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the publisher's own database connection and start its thread."""
         self.conn = connect(self.db_path)
+        self._ask_state()  # so that the first status already has the gate's state
         self.thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self.thread.start()
 
@@ -139,7 +171,8 @@ class Publisher:
         self._outgoing = queue.SimpleQueue()
         self._birth(client)
         self.connected.set()
-        last_flush = last_status = time.monotonic()
+        last_flush = last_status = last_asked = connected_at = time.monotonic()
+        proven = False
         try:
             while not self.stop_event.is_set():
                 more = False
@@ -163,12 +196,21 @@ class Publisher:
                 if not self._take_acks(inflight, acked):
                     return
                 now = time.monotonic()
+                if not proven and (acked or now - connected_at >= self.stable_s):
+                    # An event the broker took, or a connection that stayed up: a good
+                    # broker. A CONNACK alone proves nothing (it may refuse every message).
+                    proven = True
+                    self.link.backoff.reset()
                 if len(acked) >= self.batch or (acked and now - last_flush > 0.05):
                     self._delete(acked)
                     last_flush = now
                 self._send_outgoing(client)
                 if now - last_status > self.status_interval_s:
                     last_status = now
+                    self._ask_state()
+                elif self._state_stale and now - last_asked >= 1.0:
+                    self._state_stale = False
+                    last_asked = now
                     self._ask_state()
                 if self._status_due:
                     self._status_due = False
@@ -273,7 +315,7 @@ class Publisher:
         self.snapshot().add_done_callback(done)
 
     def _today(self) -> dict[str, int]:
-        now = datetime.now(self.tz)
+        now = datetime.fromtimestamp(self.wall(), self.tz)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         since = iso_utc(midnight.timestamp())
         counts = {"granted": 0, "denied": 0, "needs_guard": 0}
@@ -293,7 +335,7 @@ class Publisher:
         last = st.get("last_verdict") or {}
         body = {
             "state": state,
-            "ts": iso_utc(time.time()),
+            "ts": iso_utc(self.wall()),
             "version": __version__,
             "mode": st.get("mode") or (mode_row[0] if mode_row else "normal"),
             "devices": st.get("devices", {}),
@@ -302,6 +344,8 @@ class Publisher:
             "last_temperature_c": None if self.mq.pii == "none" else last.get("temperature_c"),
             "registry_version": registry_sync.applied_version(self.conn),
             "broker": str(self.link.connected_url),
+            "protocol": self.link.protocol_name,
+            "turnstile": st.get("turnstile"),
             "clock_synced": clock_synced(),
         }
         return json.dumps(body, ensure_ascii=False).encode()
@@ -314,11 +358,18 @@ class Publisher:
             self._registry(bytes(msg.payload))
             return
         name = topic.removeprefix(f"{self.root}/cmd/")
-        fut = self.commands.handle(name, bytes(msg.payload))
+        if not msg.payload and not msg.retain:
+            # Someone clearing a retained command (an empty retained publish): nothing to do.
+            log.info("empty message on %s ignored (a retained command cleared?)", topic)
+            return
+        fut = self.commands.handle(name, bytes(msg.payload), retained=bool(msg.retain))
         result_topic = f"{self.root}/cmd_result"
 
         def reply(f: Future[dict[str, Any]]) -> None:
-            payload = json.dumps(f.result(), ensure_ascii=False).encode()
+            result = f.result()
+            if result.get("ok"):
+                self._state_stale = True  # a mode change, an open: the status says so soon
+            payload = json.dumps(result, ensure_ascii=False).encode()
             self._outgoing.put((result_topic, payload, False))
 
         fut.add_done_callback(reply)

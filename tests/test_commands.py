@@ -10,40 +10,64 @@ from typing import Any
 
 import pytest
 
-from gated.commands import Commands
+from drivers.base import DeviceHealth, Reading
 from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from tests.conftest import Rig
-from tests.mosquitto import Collector, Mosquitto, publish
+from tests.mosquitto import Collector, Door, Mosquitto, publish
 
 ROOT = "gated/s1/g1"
 
 
 class Remote:
-    """A rig whose controller runs on its thread, a publisher with commands, a broker."""
+    """A rig whose controller runs on its thread, a publisher with commands, a broker.
 
-    def __init__(self, tmp_path: Path):
-        self.broker = Mosquitto(tmp_path).start()
-        self.rig = Rig(tmp_path, mqtt={"urls": [self.broker.url]})
+    ``door``: the gate reaches the broker through a :class:`Door` the test can shut.
+    ``auth``: the test's own clients log in with it (an ACL broker); ``mqtt`` goes into
+    the gate's ``[mqtt]`` section.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        broker: Mosquitto | None = None,
+        door: bool = False,
+        auth: dict[str, Any] | None = None,
+        **mqtt: Any,
+    ):
+        self.broker = broker or Mosquitto(tmp_path).start()
+        self.auth = auth or {}
+        self.door = Door(self.broker.port) if door else None
+        url = self.door.url if self.door is not None else self.broker.url
+        self.rig = Rig(tmp_path, mqtt={"urls": [url], **mqtt})
         self.stop = threading.Event()
         ctl = self.rig.controller
         self.thread = threading.Thread(target=ctl.run, args=(self.stop,), daemon=True)
         self.thread.start()
-        self.commands = Commands(ctl)
-        self.publisher = Publisher(
-            self.rig.config,
-            commands=self.commands,
-            snapshot=lambda: ctl.submit(ctl.snapshot),
-            backoff=Backoff(0.05, 0.5),
-        )
-        self.col = Collector(self.broker.port, [f"{ROOT}/#"])
-        self.publisher.start()
+        self.col = Collector(self.broker.port, [f"{ROOT}/#"], **self.auth)
+        self.publisher = self._publisher()
         assert self.publisher.connected.wait(30)
 
-    def send(self, name: str, payload: Any) -> dict[str, Any]:
+    def _publisher(self) -> Publisher:
+        pub = Publisher.for_controller(
+            self.rig.config, self.rig.controller, backoff=Backoff(0.05, 0.5)
+        )
+        assert pub.commands is not None
+        self.commands = pub.commands
+        pub.start()
+        return pub
+
+    def restart(self) -> None:
+        """Stop the publisher and start a new one, as a restarted daemon would."""
+        self.publisher.stop()
+        self.rig.controller.observers.remove(self.publisher.observe)
+        self.publisher = self._publisher()
+        assert self.publisher.connected.wait(30)
+
+    def send(self, name: str, payload: Any, retain: bool = False) -> dict[str, Any]:
         """Publish a command and wait for its result (matched by req, or the n-th result)."""
         before = len(self.results())
-        publish(self.broker.port, f"{ROOT}/cmd/{name}", payload)
+        publish(self.broker.port, f"{ROOT}/cmd/{name}", payload, retain=retain, **self.auth)
         self.col.wait_for(lambda m: len(self.results()) > before, timeout=30)
         return self.results()[before]
 
@@ -51,11 +75,17 @@ class Remote:
         with self.col.cond:
             return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/cmd_result"]
 
+    def statuses(self) -> list[dict[str, Any]]:
+        with self.col.cond:
+            return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/status"]
+
     def close(self) -> None:
         self.publisher.stop()
         self.stop.set()
         self.thread.join(10)
         self.col.close()
+        if self.door is not None:
+            self.door.close()
         self.broker.kill()
         self.rig.conn.close()
 
@@ -125,3 +155,59 @@ def test_ping_and_revoke(remote: Remote) -> None:
     assert remote.rig.registry.card("0A1B2C3D4E").revoked
     assert remote.send("revoke", {"req": "j", "jti": "pass-1"})["ok"] is True
     assert remote.rig.registry.pass_revoked("pass-1")
+
+
+def test_a_retained_command_is_refused_after_a_restart(remote: Remote) -> None:
+    """A retained cmd/open runs once, live; the copy the broker keeps never opens again."""
+    first = remote.send("open", {"req": "kept", "by": "ops"}, retain=True)
+    assert first["ok"] is True
+    opens = remote.rig.turnstile.history.count("open")
+    stored = len(remote.rig.stored())
+    before = len(remote.results())
+    remote.restart()  # the broker hands the retained copy to the new session
+    remote.col.wait_for(lambda m: len(remote.results()) > before, timeout=30)
+    again = remote.results()[before]
+    assert again["req"] == "kept" and again["ok"] is False
+    assert "retained" in again["error"]
+    assert remote.rig.turnstile.history.count("open") == opens
+    assert len(remote.rig.stored()) == stored
+    assert remote.commands.refused == 1
+
+
+def test_a_retained_command_is_refused_with_a_reason(remote: Remote) -> None:
+    result = remote.send("mode", {"req": "r1", "mode": "locked"}, retain=True)
+    assert result["ok"] is True  # live delivery: the broker clears the retain flag
+    remote.restart()
+    remote.col.wait_for(lambda m: len(remote.results()) >= 2, timeout=30)
+    refused = remote.results()[1]
+    assert refused == {
+        "req": "r1",
+        "ok": False,
+        "error": "retained command refused: publish commands without retain"
+        " (clear this one with an empty retained message)",
+    }
+    # clearing it (an empty retained message) is neither executed nor answered
+    publish(remote.broker.port, f"{ROOT}/cmd/mode", b"", retain=True)
+    assert remote.send("ping", {"req": "p"})["ok"] is True
+    assert len(remote.results()) == 3
+
+
+def test_status_follows_a_mode_command_and_a_device_failure(remote: Remote) -> None:
+    """The retained status changes within seconds, not at the next 30 s status."""
+    assert remote.publisher.status_interval_s >= 30
+    assert remote.send("mode", {"req": "m", "mode": "locked"})["ok"] is True
+    remote.col.wait_for(lambda m: any(s.get("mode") == "locked" for s in remote.statuses()), 10)
+    remote.rig.controller.put(Reading("device", DeviceHealth(False, "unplugged"), "qr"))
+
+    def qr_failed(m: Any) -> bool:
+        return any(s.get("devices", {}).get("qr", {}).get("ok") is False for s in remote.statuses())
+
+    remote.col.wait_for(qr_failed, 10)
+    late = Collector(remote.broker.port, [f"{ROOT}/status"], client_id="late")
+    try:
+        late.wait_for(lambda m: any(r for _, _, r in m))
+        retained = json.loads(next(p for _, p, r in late.messages if r))
+        assert retained["mode"] == "locked" and retained["devices"]["qr"]["ok"] is False
+        assert retained["turnstile"] == "locked" and retained["protocol"] == "5.0"
+    finally:
+        late.close()

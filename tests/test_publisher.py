@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
-import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gated.clock import FakeClock
+from gated.errors import ConfigError
 from gated.ledger import Ledger
 from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from gated.storage import connect
 from tests.conftest import make_config
-from tests.mosquitto import Collector, Door, Mosquitto, free_port, publish
+from tests.fake_broker import FakeBroker
+from tests.mosquitto import Collector, Door, Mosquitto, free_port
 from tests.waiting import wait_until
 
 PERSON = {
@@ -119,6 +115,7 @@ def test_drains_in_order_with_status_and_masked_pii(tmp_path: Path, broker: Mosq
         assert status[0]["state"] == "online"
         assert {"ts", "version", "mode", "devices", "backlog"} <= set(status[0])
         assert isinstance(status[0]["clock_synced"], bool)  # a Pi has no battery clock
+        assert status[0]["protocol"] == "5.0" and status[0]["broker"] == broker.url
         # events committed while connected follow within the polling interval
         gate.append(5)
         col.wait_for(has_seq(35))
@@ -318,180 +315,34 @@ def test_tls_refuses_a_broker_of_another_ca(tmp_path: Path) -> None:
         b.kill()
 
 
-# -- the documented ACL -------------------------------------------------------------------
-
-ACL = """\
-# central side: reads everything, writes commands and the registry
-user central
-topic readwrite gated/#
-topic readwrite homeassistant/#
-
-# every gate: user name = gate id, client id anything
-pattern write gated/+/%u/status
-pattern write gated/+/%u/event
-pattern write gated/+/%u/alarm
-pattern write gated/+/%u/cmd_result
-pattern read gated/+/%u/cmd/+
-pattern read gated/+/registry
-pattern write homeassistant/+/%u/+/config
-"""
+# -- only a PUBACK deletes a row ---------------------------------------------------------
 
 
-def acl_broker(tmp_path: Path) -> tuple[Mosquitto, dict[str, Path]]:
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    pw = tmp_path / "passwd"
-    lines = []
-    files = {}
-    for user in ("g1", "g2", "central"):
-        files[user] = secrets / user
-        files[user].write_text(f"pw-{user}\n")
-        lines.append(f"{user}:pw-{user}")
-    pw.write_text("\n".join(lines) + "\n")
-    subprocess_run(["mosquitto_passwd", "-U", str(pw)])
-    (tmp_path / "acl").write_text(ACL)
-    port = free_port()
-    extra = (
-        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
-        f"password_file {pw}\nacl_file {tmp_path / 'acl'}\n"
-    )
-    return Mosquitto(tmp_path, extra=extra, port=port).start(), files
+@pytest.mark.parametrize("qos", [1, 2])
+def test_rows_stay_while_the_broker_never_acknowledges(tmp_path: Path, qos: int) -> None:
+    """A broker that takes every PUBLISH and never answers it: not one row leaves the outbox.
 
-
-def subprocess_run(args: list[str]) -> None:
-    import subprocess
-
-    subprocess.run(args, check=True, capture_output=True)
-
-
-def test_acl_lets_a_gate_write_only_its_own_topics(tmp_path: Path) -> None:
-    b, files = acl_broker(tmp_path)
-    central = Collector(b.port, ["gated/#"], username="central", password="pw-central")
-    try:
-        # g2's client tries to write g1's event topic: PUBACK "not authorized" (MQTT 5).
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="g2-raw", protocol=mqtt.MQTTv5)
-        c.username_pw_set("g2", "pw-g2")
-        codes: dict[int, Any] = {}
-        c.on_publish = lambda cl, u, mid, rc, p: codes.__setitem__(mid, rc)
-        up = threading.Event()
-        c.on_connect = lambda *a: up.set()
-        c.connect("127.0.0.1", b.port)
-        c.loop_start()
-        assert up.wait(20)
-        bad = c.publish("gated/s1/g1/event", b'{"seq":1}', qos=1)
-        good = c.publish("gated/s1/g2/event", b'{"seq":7}', qos=1)
-        wait_until(lambda: bad.mid in codes and good.mid in codes)
-        assert codes[bad.mid].is_failure  # 135: not authorized
-        assert not codes[good.mid].is_failure
-        c.loop_stop()
-        c.disconnect()
-        central.wait_for(lambda m: any(t == "gated/s1/g2/event" for t, _, _ in m))
-        assert not any(t == "gated/s1/g1/event" for t, _, _ in central.messages)
-
-        # g2 subscribes to g1's commands too: mosquitto grants the subscription but
-        # never delivers what the ACL does not let it read.
-        spy = Collector(
-            b.port,
-            ["gated/s1/g1/cmd/+", "gated/s1/g2/cmd/+"],
-            "g2-spy",
-            username="g2",
-            password="pw-g2",
-        )
-        publish(
-            b.port, "gated/s1/g1/cmd/open", {"req": "a"}, username="central", password="pw-central"
-        )
-        publish(
-            b.port, "gated/s1/g2/cmd/ping", {"req": "b"}, username="central", password="pw-central"
-        )
-        spy.wait_for(lambda m: any(t == "gated/s1/g2/cmd/ping" for t, _, _ in m))
-        assert [t for t, _, _ in spy.messages] == ["gated/s1/g2/cmd/ping"]
-        spy.close()
-
-        # the gate itself, as g1 with its password file, publishes fine
-        gate = Gate(tmp_path, [b.url], username="g1", password_file=str(files["g1"]))
-        gate.append(5)
-        gate.publisher.start()
-        central.wait_for(has_seq(5))
-        gate.close()
-
-        # a gate misconfigured to another gate's id: the broker refuses, nothing is lost
-        cfg_dir = tmp_path / "wrong"
-        cfg_dir.mkdir()
-        wrong = Gate(cfg_dir, [b.url], username="g2", password_file=str(files["g2"]))
-        wrong.append(3)
-        wrong.publisher.start()
-        wait_until(lambda: wrong.publisher.refused >= 1)
-        assert wrong.backlog() == 3
-        wrong.close()
-    finally:
-        central.close()
-        b.kill()
-
-
-def test_outbox_rows_are_deleted_only_after_puback(tmp_path: Path, broker: Mosquitto) -> None:
-    """With the broker stopped right after connect, nothing unacknowledged leaves the outbox."""
-    gate = Gate(tmp_path, [broker.url])
-    gate.append(2000)
-    gate.publisher.start()
-    wait_until(lambda: gate.publisher.delivered > 0)
-    broker.kill()
-    gate.publisher.stop()
-    conn = sqlite3.connect(gate.config.storage.path)
-    left = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-    conn.close()
-    assert left == 2000 - gate.publisher.delivered
-    gate.close()
-
-
-def test_home_assistant_discovery(tmp_path: Path, broker: Mosquitto) -> None:
-    gate = Gate(tmp_path, [broker.url], ha_discovery=True)
+    With QoS 0 paho would report each message "published" when written to the socket,
+    and these rows would be gone; that is why the config refuses ``qos = 0``.
+    """
+    fake = FakeBroker("swallow")
+    gate = Gate(tmp_path, [fake.url], qos=qos)
+    gate.append(50)
     gate.publisher.start()
     try:
-        assert gate.publisher.connected.wait(30)
-        col = Collector(broker.port, ["homeassistant/#"], client_id="ha")
-        col.wait_for(lambda m: len(m) >= 5)
-        configs = {t: json.loads(p) for t, p, r in col.messages if r}
-        assert "homeassistant/sensor/g1/last_temperature/config" in configs
-        for c in configs.values():
-            assert c["state_topic"] == "gated/s1/g1/status"
-            assert c["availability_topic"] == "gated/s1/g1/status"
-            assert c["device"]["identifiers"] == ["gated_s1_g1"]
-        col.close()
+        fake.wait_for(lambda f: sum(t.endswith(("/event", "/alarm")) for t in f.publishes) >= 50)
+        assert gate.publisher.published == 50
+        assert gate.publisher.delivered == 0
+        assert gate.backlog() == 50
+        gate.publisher.stop()  # a clean stop deletes what was confirmed: nothing
+        assert gate.backlog() == 50
     finally:
         gate.close()
+        fake.close()
 
 
-def test_falls_back_to_mqtt_311(tmp_path: Path) -> None:
-    """A broker that refuses MQTT 5 with "unsupported protocol version" gets 3.1.1."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-    levels: list[int] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            head = conn.recv(4096)
-            at = head.find(b"MQTT")
-            level = head[at + 4] if at >= 0 and len(head) > at + 4 else 0
-            levels.append(level)
-            if level == 5:
-                conn.sendall(bytes([0x20, 0x03, 0x00, 0x84, 0x00]))  # CONNACK 132
-                conn.close()
-            else:
-                conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK accepted
-                time.sleep(2)
-                conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    gate = Gate(tmp_path, [f"mqtt://127.0.0.1:{port}"])
-    try:
-        client = gate.publisher.link.connect(threading.Event())
-        assert client is not None
-        assert levels[:2] == [5, 4]
-        client.socket().close()  # type: ignore[union-attr]
-    finally:
-        server.close()
-        gate.conn.close()
+def test_qos_0_is_refused_by_the_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, mqtt={"urls": ["mqtt://127.0.0.1:1883"], "qos": 0})
+    assert any("mqtt.qos" in p and "1 or 2" in p for p in info.value.problems)
+    assert make_config(tmp_path, mqtt={"qos": 2}).mqtt.qos == 2

@@ -14,6 +14,7 @@ from gated.registry_sync import RegistryMessageError, applied_version, apply, pa
 from gated.storage import connect
 from tests.mosquitto import publish
 from tests.test_commands import Remote
+from tests.waiting import wait_until
 
 WHEN = "2026-03-01T00:00:00+00:00"
 
@@ -105,5 +106,29 @@ def test_retained_snapshot_and_delta_commands_over_mqtt(tmp_path: Path) -> None:
         assert registry_sync.applied_version(remote.rig.conn) == 11
         status = [json.loads(p) for t, p, _ in remote.col.messages if t.endswith("/status")]
         assert status and status[0]["state"] == "online"
+    finally:
+        remote.close()
+
+
+def test_a_gate_that_was_offline_catches_up_on_reconnect(tmp_path: Path) -> None:
+    """A newer retained snapshot published while the gate is away is applied when it is back."""
+    remote = Remote(tmp_path, door=True)
+    assert remote.door is not None
+    try:
+        port = remote.broker.port
+        reader = connect(remote.rig.config.storage.path)
+        publish(port, "gated/s1/registry", snapshot(20, person("A", "AA01")), retain=True)
+        wait_until(lambda: applied_version(reader) == 20, "snapshot 20 applied")
+        remote.door.shut()
+        wait_until(lambda: not remote.publisher.connected.is_set(), "the gate is cut off")
+        sessions = remote.publisher.sessions
+        publish(port, "gated/s1/registry", snapshot(21, person("B", "BB01")), retain=True)
+        assert applied_version(reader) == 20  # it cannot have heard of it
+        remote.door.open()
+        wait_until(lambda: applied_version(reader) == 21, "snapshot 21 applied after reconnect")
+        assert remote.publisher.sessions > sessions
+        assert remote.rig.registry.card("BB01").known
+        assert remote.rig.registry.card("AA01").person is None  # the snapshot replaced it
+        reader.close()
     finally:
         remote.close()
