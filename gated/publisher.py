@@ -289,7 +289,8 @@ class Publisher:
             client.subscribe(self.registry_topic, qos=1)
         if self.mq.ha_discovery:
             site, gate = self.config.gate.site, self.config.gate.id
-            for topic, payload in discovery_messages(self.mq.topic_prefix, site, gate):
+            messages = discovery_messages(self.mq.topic_prefix, site, gate, pii=self.mq.pii)
+            for topic, payload in messages:
                 client.publish(topic, payload, qos=1, retain=True)
 
     def _publish_status(self, client: mqtt.Client) -> None:
