@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,6 +50,13 @@ class PendingGuard:
     event: dict[str, Any]
     deadline: float
     effects: Effects
+
+
+@dataclass
+class FeverCheck(PendingGuard):
+    """A fever denial a guard may re-check with a clinical reading until ``deadline``."""
+
+    facts: Facts
 
 
 @dataclass
@@ -94,6 +101,7 @@ class Controller:
         self.guards_on_duty: set[str] = set()
         self.grants: list[OpenGrant] = []
         self.pending: dict[str, PendingGuard] = {}
+        self.fever_checks: dict[str, FeverCheck] = {}
         self.health: dict[str, DeviceHealth] = {}
         self.counters = Counters()
         self.observers: list[Observer] = []
@@ -125,6 +133,7 @@ class Controller:
 
     def run(self, stop: threading.Event, exit_when_done: bool = False) -> None:
         """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
+        self.end_stale_shifts()
         while not stop.is_set():
             try:
                 item = self.queue.get(timeout=self._wait())
@@ -197,6 +206,9 @@ class Controller:
                 self._record(self._follow_up(p.event, "denied", ("guard_timeout",), None))
                 self.turnstile.signal("denied")
                 self._play("denied")
+        for event_id, f in list(self.fever_checks.items()):
+            if now >= f.deadline:
+                del self.fever_checks[event_id]  # no re-check in time: the denial stands
         for g in list(self.grants):
             if now >= g.deadline:
                 self.grants.remove(g)
@@ -220,8 +232,10 @@ class Controller:
             "guards_on_duty": sorted(self.guards_on_duty),
             "pending": [p.event for p in self.pending.values()],
             "pending_left_s": {
-                i: max(0.0, p.deadline - self.clock.monotonic()) for i, p in self.pending.items()
+                i: max(0.0, p.deadline - self.clock.monotonic())
+                for i, p in {**self.pending, **self.fever_checks}.items()
             },
+            "fever_checks": [f.event for f in self.fever_checks.values()],
             "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
             "last_verdict": self.last_verdict,
             "counters": {
@@ -324,6 +338,17 @@ class Controller:
                 temperature_c=event["temperature_c"],
             )
         self._act(event, verdict, effects)
+        if verdict.decision == "denied" and "fever" in verdict.reasons:
+            self._offer_fever_check(event, facts, effects)
+
+    def _offer_fever_check(self, event: dict[str, Any], facts: Facts, effects: Effects) -> None:
+        # Only when nothing but the fever denied: at a normal temperature the verdict would
+        # be a grant or a guard's call, so a clinical reading can decide it.
+        normal = replace(facts, temperature=self.policy.valid_temp_c[0])
+        if decide(normal, self.policy).decision == "denied":
+            return
+        deadline = self.clock.monotonic() + self.policy.guard_timeout_s
+        self.fever_checks[event["id"]] = FeverCheck(event, deadline, effects, facts)
 
     def _decision_event(
         self, s: Session, facts: Facts, v: Verdict, decide_ms: float
@@ -498,8 +523,13 @@ class Controller:
     def guard_decide(
         self, event_id: str, grant: bool, guard: str, confirm_temp_c: float | None = None
     ) -> dict[str, Any]:
-        """The guard's answer to a pending ``needs_guard`` verdict."""
-        p = self.pending.pop(event_id, None)
+        """The guard's answer to a pending ``needs_guard`` verdict, or to a fever denial
+        with a clinical reading: below ``fever_c`` it grants, at or above it denies."""
+        check = self.fever_checks.get(event_id)
+        if check is not None:
+            grant = self._fever_recheck(check, grant, confirm_temp_c)
+            del self.fever_checks[event_id]  # once per fever denial
+        p = check or self.pending.pop(event_id, None)
         if p is None:
             raise KeyError(f"no pending decision {event_id}")
         decision = "guard_granted" if grant else "guard_denied"
@@ -513,6 +543,37 @@ class Controller:
             self.turnstile.signal("denied")
         self._play("granted" if grant else "denied")
         return event
+
+    def _fever_recheck(self, check: FeverCheck, grant: bool, reading: float | None) -> bool:
+        """Whether a guard's clinical reading lets the person of a fever denial through."""
+        if reading is not None and reading >= self.policy.fever_c:
+            return False  # the fever is confirmed
+        if not grant:
+            return False
+        if reading is None:
+            raise ValueError("a clinical reading (confirm_temp_c) is needed to grant after a fever")
+        now = replace(check.facts, temperature=reading, mode=self.mode, fire=self.fire)
+        verdict = decide(now, self.policy)
+        if verdict.decision == "denied":
+            raise ValueError(f"still denied: {', '.join(verdict.reasons)}")
+        return True
+
+    def acknowledge(self, alarm_id: str, alarm: str, guard: str | None) -> dict[str, Any]:
+        """A guard acknowledged an alarm: an ``ack`` event referring to it."""
+        return self._record({"kind": "ack", "ref": alarm_id, "alarm": alarm, "guard": guard})
+
+    def end_stale_shifts(self) -> list[dict[str, Any]]:
+        """At start: a guard whose last shift event is ``guard_on`` goes off duty (logins
+        live in memory, so a restart ended the shift; the guard logs in again)."""
+        rows = self.ledger.conn.execute(
+            "SELECT json_extract(body, '$.guard') AS guard, kind, MAX(seq) FROM events"
+            " WHERE kind IN ('guard_on', 'guard_off') GROUP BY guard"
+        ).fetchall()
+        return [
+            self._record({"kind": "guard_off", "guard": guard, "detail": "restart"})
+            for guard, kind, _ in rows
+            if guard and kind == "guard_on"
+        ]
 
     # -- recording ---------------------------------------------------------------------
 

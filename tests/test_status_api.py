@@ -43,6 +43,7 @@ class Gate:
         tmp_path: Path,
         port: int | None = None,
         mqtt: dict[str, Any] | None = None,
+        policy: dict[str, Any] | None = None,
         **status: Any,
     ):
         self.tmp_path = tmp_path
@@ -58,7 +59,7 @@ class Gate:
         self.config = make_config(
             tmp_path,
             status=status,
-            policy={"guard_timeout_s": 120, "session_timeout_s": 5},
+            policy={"guard_timeout_s": 120, "session_timeout_s": 5, **(policy or {})},
             card={"driver": "sim"},
             thermometer={"driver": "sim"},
             mqtt=mqtt or {},
@@ -415,6 +416,8 @@ def test_open_once_and_alarm_acknowledgement(gate: Gate) -> None:
     assert gate.state()["today"]["overrides"] == 1
     assert gate.post("/api/alarm/ack", {"event": alarm["id"]}, cookie, csrf)[0] == 200
     assert gate.state()["alarms"] == []
+    ack = gate.wait_event(lambda e: e["kind"] == "ack", "the ack in the ledger")
+    assert (ack["ref"], ack["alarm"], ack["guard"]) == (alarm["id"], "tailgate", "G01")
     assert gate.post("/api/alarm/ack", {"event": alarm["id"]}, cookie, csrf)[0] == 404
     assert gate.post("/api/mode", {"mode": "locked"}, cookie, csrf)[0] == 200
     assert gate.post("/api/gate/open", {}, cookie, csrf)[0] == 409

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 COOKIE = "gated_session"
 ACTION_TIMEOUT_S = 5.0
-_TEMP_REASONS = {"fever", "temp_missing", "temp_invalid"}
+_TEMP_REASONS = {"temp_missing", "temp_invalid"}
 # Checked against when a guard id has no hash, so a wrong id costs the same time.
 _DUMMY_HASH = hash_pin("not-a-pin", salt=b"gated-dummy-salt")
 
@@ -37,12 +37,11 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def needs_confirmation(event: dict[str, Any], fever_c: float) -> bool:
-    """Whether granting this pending verdict needs a clinical temperature reading."""
-    temp = event.get("temperature_c")
-    return bool(_TEMP_REASONS & set(event.get("reasons") or [])) or (
-        isinstance(temp, (int, float)) and temp >= fever_c
-    )
+def needs_confirmation(event: dict[str, Any]) -> bool:
+    """Whether granting this pending verdict needs a clinical temperature reading (the gate
+    has no valid one of its own). A fever is never pending: it is a denial that a guard may
+    re-check with a clinical reading (``Controller.fever_checks``)."""
+    return bool(_TEMP_REASONS & set(event.get("reasons") or []))
 
 
 class GuardActions:
@@ -218,10 +217,11 @@ class GuardActions:
         c = self.controller
 
         def answer() -> dict[str, Any]:
+            # A fever denial open to a re-check: the controller weighs the clinical reading.
             pending = c.pending.get(event_id)
-            if pending is None:
+            if pending is None and event_id not in c.fever_checks:
                 raise KeyError(event_id)
-            if grant and needs_confirmation(pending.event, policy.fever_c):
+            if pending is not None and grant and needs_confirmation(pending.event):
                 if confirm is None:
                     raise ValueError("a clinical reading (confirm_temp_c) is needed to grant")
                 if confirm >= policy.fever_c:
@@ -236,9 +236,10 @@ class GuardActions:
         except ValueError as exc:
             return _error(422, str(exc))
         log.info(
-            "status screen: guard %s %s a pending verdict",
+            "status screen: guard %s answered a %s with %s",
             s.guard,
-            "granted" if grant else "denied",
+            "fever re-check" if event.get("confirm_temp_c") is not None else "pending verdict",
+            event["decision"],
         )
         return await self._done(event)
 
@@ -270,11 +271,12 @@ class GuardActions:
         return await self._done(event)
 
     async def ack(self, request: web.Request) -> web.Response:
-        """``POST /api/alarm/ack {"event"}``: the alarm stops blinking on every screen."""
+        """``POST /api/alarm/ack {"event"}``: an ``ack`` ledger event; the alarm stops
+        blinking on every screen, and stays closed after a restart."""
         data = await self.body(request)
         if isinstance(data, web.Response):
             return data
-        guard = "screen"
+        guard = None
         if self.auth.enabled:
             s = self.session(request)
             if isinstance(s, web.Response):
@@ -283,8 +285,15 @@ class GuardActions:
         event_id = data.get("event")
         if not isinstance(event_id, str):
             return _error(400, "event (alarm id) is required")
-        if not self.server.history.acknowledge(event_id):
+        alarms = self.server.history.alarms
+        alarm = alarms.pop(event_id, None)  # at once, so a second click finds it closed
+        if alarm is None:
             return _error(404, "no such open alarm")
-        log.info("status screen: alarm %s acknowledged by %s", event_id[:8], guard)
-        self.server.broadcast("ack", {"event": event_id, "by": guard})
-        return web.json_response({"ok": True})
+        c = self.controller
+        try:
+            event = await self.run(lambda: c.acknowledge(event_id, str(alarm.get("alarm")), guard))
+        except BaseException:
+            alarms.setdefault(event_id, alarm)  # not recorded: still open
+            raise
+        log.info("status screen: alarm %s acknowledged by %s", event_id[:8], guard or "the screen")
+        return await self._done(event)

@@ -33,6 +33,8 @@ from gated.status.view import History, screen_event
 log = logging.getLogger(__name__)
 
 SNAPSHOT_TIMEOUT_S = 3.0
+#: How long a snapshot answers ``GET /api/state`` and ``/metrics`` while no event came.
+SNAPSHOT_MAX_AGE_S = 0.5
 HEARTBEAT_S = 10.0
 CLIENT_QUEUE = 500
 STATIC = ("app.js", "style.css", "i18n.js")
@@ -91,6 +93,12 @@ class StatusServer:
         self.loop = asyncio.new_event_loop()
         self.clients: set[asyncio.Queue[str | None]] = set()
         self.snap: dict[str, Any] = {}
+        self.snapshot_max_age_s = SNAPSHOT_MAX_AGE_S
+        self._snap_at = -1e9
+        self._events_seen = 0
+        self._snap_seen = -1
+        self._wait_seen = -1
+        self._snap_wait: asyncio.Future[dict[str, Any]] | None = None
         self.actions = GuardActions(self)
         self._refresh_due = False
         self._refreshing = False
@@ -190,8 +198,11 @@ class StatusServer:
         shown = self.history.add(event)
         if shown is None:
             return
+        self._events_seen += 1  # the controller's state has moved on: no cached snapshot
         self.metrics.event(event)
         self.broadcast("event", shown)
+        if event.get("kind") == "ack":
+            self.broadcast("ack", {"event": event.get("ref"), "by": event.get("guard")})
         self.schedule_refresh()
 
     def schedule_refresh(self) -> None:
@@ -202,7 +213,27 @@ class StatusServer:
 
     async def snapshot(self) -> dict[str, Any]:
         """The controller's snapshot, awaited without blocking the loop."""
-        return await self.on_controller(self.controller.snapshot, SNAPSHOT_TIMEOUT_S)
+        asked, seen = time.monotonic(), self._events_seen
+        snap: dict[str, Any] = await self.on_controller(
+            self.controller.snapshot, SNAPSHOT_TIMEOUT_S
+        )
+        # Reusable while no event comes; one that came meanwhile may or may not be in it.
+        self.snap, self._snap_at, self._snap_seen = snap, asked, seen
+        return snap
+
+    async def recent_snapshot(self) -> dict[str, Any]:
+        """A snapshot at most ``snapshot_max_age_s`` old with no event since it was asked
+        for; screens and scrapers asking at once share one request to the controller."""
+        if (
+            time.monotonic() - self._snap_at < self.snapshot_max_age_s
+            and self._events_seen == self._snap_seen
+        ):
+            return self.snap
+        wait = self._snap_wait
+        if wait is None or wait.done() or self._wait_seen != self._events_seen:
+            wait = self._snap_wait = asyncio.ensure_future(self.snapshot())
+            self._wait_seen = self._events_seen
+        return await asyncio.shield(wait)
 
     async def on_controller(self, fn: Callable[[], Any], timeout: float) -> Any:
         """Run ``fn`` on the controller thread; await its result for up to ``timeout`` s.
@@ -227,7 +258,7 @@ class StatusServer:
             while self._dirty:
                 self._dirty = False
                 try:
-                    self.snap = await self.snapshot()
+                    await self.snapshot()
                 except (TimeoutError, RuntimeError):
                     now = time.monotonic()
                     if now - self._warned > 60:
@@ -248,7 +279,7 @@ class StatusServer:
                 log.info("guard %s: login expired", s.guard)
                 if not self.auth.on_duty(s.guard):
                     await self.actions.off_duty(s.guard)
-            if self.snap.get("pending"):
+            if self.snap.get("pending") or self.snap.get("fever_checks"):
                 await self.refresh()
 
     def devices(self) -> dict[str, dict[str, Any]]:
@@ -295,6 +326,11 @@ class StatusServer:
             "pending": [
                 dict(screen_event(e), left_s=round(float(left.get(e["id"], 0)), 1))
                 for e in snap.get("pending") or []
+            ]
+            + [
+                # A fever denial a guard may still re-check with a clinical reading.
+                dict(screen_event(e), left_s=round(float(left.get(e["id"], 0)), 1), recheck=True)
+                for e in snap.get("fever_checks") or []
             ],
             "devices": self.devices(),
             "broker": {
@@ -357,7 +393,7 @@ class StatusServer:
     async def state(self, request: web.Request) -> web.Response:
         """``GET /api/state``: everything the page shows, and who is logged in here."""
         with contextlib.suppress(TimeoutError, RuntimeError):
-            self.snap = await self.snapshot()
+            await self.recent_snapshot()
         out = self.view(full=True)
         s = self.auth.session(request.cookies.get("gated_session"))
         out["me"] = {"guard": s.guard, "csrf": s.csrf} if s else None
@@ -394,7 +430,7 @@ class StatusServer:
     async def metrics_page(self, request: web.Request) -> web.Response:
         """``GET /metrics``: Prometheus text format."""
         try:
-            self.snap = await self.snapshot()
+            await self.recent_snapshot()
             self.metrics.snapshot(self.snap, self.devices())
         except (TimeoutError, RuntimeError):
             pass

@@ -2,7 +2,8 @@
 
 Names and ID numbers are masked and card uids cut to their last four characters
 before anything leaves the daemon for a browser (SPEC §7); temperatures stay, the
-guard needs them.
+guard needs them. An alarm stays open until an ``ack`` event refers to it; the open
+alarms are rebuilt from the ledger at start, so a restart does not silence them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import json
 import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gated.privacy import reduce_event
 
 RECENT = 50
+#: Open alarms kept at most (the oldest goes first) and how far back a start looks for them.
+MAX_ALARMS = 200
+ALARM_WINDOW = timedelta(days=1)
 
 #: keys of an event the screen uses; everything else stays in the ledger.
 _SHOWN = (
@@ -43,6 +47,7 @@ _SHOWN = (
     "ok",
     "confirm_temp_c",
     "boot",
+    "events",
 )
 
 
@@ -75,6 +80,8 @@ class Today:
     counts: dict[str, int] = field(
         default_factory=lambda: {"in": 0, "out": 0, "denied": 0, "fever": 0, "overrides": 0}
     )
+    #: ids of the day's denials: a guard who confirms one (a fever) denies nobody new.
+    denials: set[str] = field(default_factory=set)
 
     def add(self, event: dict[str, Any], day: str) -> None:
         """Count ``event`` if it belongs to ``day``; a new day starts from zero."""
@@ -83,6 +90,7 @@ class Today:
                 return
             self.day = day
             self.counts = dict.fromkeys(self.counts, 0)
+            self.denials = set()
         kind = event.get("kind")
         if kind == "passage" and event.get("passed"):
             direction = event.get("direction")
@@ -90,7 +98,11 @@ class Today:
                 self.counts[direction] += 1
         elif kind == "decision":
             decision = event.get("decision")
-            if decision in ("denied", "guard_denied"):
+            if decision == "denied":
+                self.denials.add(str(event.get("id")))
+            if decision == "denied" or (
+                decision == "guard_denied" and event.get("ref") not in self.denials
+            ):
                 self.counts["denied"] += 1
             if event.get("guard"):
                 self.counts["overrides"] += 1
@@ -110,7 +122,8 @@ class History:
         self.last_seq = 0
 
     def load(self, conn: sqlite3.Connection, now: datetime) -> None:
-        """Fill from the ledger: today's events counted, the last ``RECENT`` kept."""
+        """Fill from the ledger: today's events counted, the last ``RECENT`` kept, and the
+        alarms of the last day that no ``ack`` closed."""
         today = now.astimezone(self.tz).date().isoformat()
         self.today = Today(today)
         start = datetime.fromisoformat(today).replace(tzinfo=self.tz).astimezone(UTC)
@@ -122,6 +135,12 @@ class History:
         ).fetchall()
         for (body,) in reversed(rows):
             self._keep(json.loads(body))
+        since = (now - ALARM_WINDOW).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        for (body,) in conn.execute(
+            "SELECT body FROM events WHERE ts >= ? AND kind IN ('alarm', 'ack') ORDER BY seq",
+            (since,),
+        ):
+            self._track(json.loads(body))
 
     def _count(self, event: dict[str, Any]) -> None:
         self.today.add(event, local_day(str(event.get("ts", "")), self.tz))
@@ -130,15 +149,24 @@ class History:
         shown = screen_event(event)
         self.recent.append(shown)
         self.last_seq = max(self.last_seq, int(event.get("seq") or 0))
-        if event.get("kind") == "alarm" and event.get("boot") == self.boot:
-            self.alarms[shown["id"]] = shown
         return shown
+
+    def _track(self, event: dict[str, Any]) -> None:
+        """An alarm opens; an ``ack`` closes the alarm it refers to."""
+        kind = event.get("kind")
+        if kind == "alarm":
+            while len(self.alarms) >= MAX_ALARMS:
+                del self.alarms[next(iter(self.alarms))]
+            self.alarms[str(event["id"])] = screen_event(event)
+        elif kind == "ack":
+            self.alarms.pop(str(event.get("ref")), None)
 
     def add(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """Take one new event; returns it as the screen shows it (None: already had it)."""
         if int(event.get("seq") or 0) <= self.last_seq:
             return None
         self._count(event)
+        self._track(event)
         return self._keep(event)
 
     def counts(self, now: datetime) -> dict[str, int]:
@@ -146,7 +174,3 @@ class History:
         if now.astimezone(self.tz).date().isoformat() != self.today.day:
             return dict.fromkeys(self.today.counts, 0)
         return dict(self.today.counts)
-
-    def acknowledge(self, event_id: str) -> bool:
-        """Close an open alarm; False if it was not open."""
-        return self.alarms.pop(event_id, None) is not None
