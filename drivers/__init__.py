@@ -21,6 +21,7 @@ DRIVERS: dict[tuple[str, str], str] = {
     ("card", "wiegand"): "drivers.wiegand:WiegandCardReader",
     ("card", "rdm6300"): "drivers.rdm6300:Rdm6300CardReader",
     ("card", "hid"): "drivers.hid:HidCardReader",
+    ("card", "osdp"): "drivers.osdp:OsdpCardReader",
     ("qr", "serial"): "drivers.serial_qr:SerialQrScanner",
     ("thermometer", "serial"): "drivers.serial_thermometer:SerialThermometer",
     ("qr", "camera"): "drivers.camera:CameraQrScanner",
