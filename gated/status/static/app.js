@@ -101,46 +101,82 @@
     $("v-ago").textContent = ago;
   }
 
+  // What a guard typed into a clinical-reading field survives the re-renders of live updates.
+  const typed = {};
+  // Local deadline (ms) of each pending item, from the left_s the server last sent.
+  const until = {};
+  function takeDeadlines(list) {
+    const now = Date.now();
+    for (const p of list || []) until[p.id] = now + (p.left_s || 0) * 1000;
+  }
+  const secondsLeft = (p) => Math.max(0, Math.round(((until[p.id] || 0) - Date.now()) / 1000));
+
+  function pendingCard(p) {
+    const card = el("div", "pend" + (p.recheck ? " recheck" : ""));
+    card.dataset.event = p.id;
+    const top = el("div", "who", who(p) + " ");
+    const col = p.credential && p.credential.color;
+    if (col) top.append(el("span", "chip " + col, t("color_" + col)));
+    if (temp(p)) top.append(" ", el("span", p.recheck ? "ptemp fever" : "ptemp", temp(p)));
+    card.append(top);
+    const why = (p.reasons || []).map(reason).join(" · ");
+    card.append(el("div", "why", p.recheck ? t("recheck_why", { r: why }) : why));
+    const row = el("div", "row");
+    // A fever denial is re-checked with a clinical reading; a verdict with no valid
+    // temperature of the gate's own needs one to be granted.
+    const needsTemp = p.recheck
+      || (p.reasons || []).some((r) => r === "temp_missing" || r === "temp_invalid");
+    let input = null;
+    if (needsTemp) {
+      input = el("input");
+      input.type = "number"; input.step = "0.1"; input.inputMode = "decimal";
+      input.min = state.valid_temp_c[0]; input.max = state.valid_temp_c[1];
+      input.placeholder = "°C";
+      input.setAttribute("aria-label", t("confirm_temp"));
+      input.className = "confirm";
+      input.dataset.event = p.id;
+      input.value = typed[p.id] || "";
+      input.oninput = () => { typed[p.id] = input.value; };
+      input.onkeydown = (ev) => { if (ev.key === "Enter" && me) decide(p.id, true, input); };
+      input.disabled = !me;
+      row.append(el("span", "confirm-label", t("confirm_temp")), input);
+    }
+    const ok = el("button", "btn go approve", t(p.recheck ? "recheck_ok" : "approve"));
+    const no = el("button", "btn stop deny", t(p.recheck ? "recheck_deny" : "deny"));
+    ok.type = no.type = "button";
+    ok.disabled = no.disabled = !me;
+    ok.onclick = () => decide(p.id, true, input);
+    no.onclick = () => decide(p.id, false, input);
+    row.append(ok, no);
+    const left = el("span", "left", me ? t("left", { s: secondsLeft(p) }) : t("login_to_decide"));
+    row.append(left);
+    card.append(row);
+    return card;
+  }
+
   function renderPending() {
     const box = $("pending");
+    const focused = document.activeElement;
+    const refocus = focused && focused.classList.contains("confirm") ? focused.dataset.event : null;
     box.replaceChildren();
     const list = (state && state.pending) || [];
     if (!list.length) {
       box.append(el("div", "empty", t("no_pending")));
       return;
     }
-    for (const p of list) {
-      const card = el("div", "pend");
-      card.dataset.event = p.id;
-      const top = el("div", "who", who(p) + " ");
-      const col = p.credential && p.credential.color;
-      if (col) top.append(el("span", "chip " + col, t("color_" + col)));
-      card.append(top);
-      if (temp(p)) card.append(el("div", null, temp(p)));
-      card.append(el("div", "why", (p.reasons || []).map(reason).join(" · ")));
-      const row = el("div", "row");
-      const needsTemp = (p.reasons || []).some((r) => ["fever", "temp_missing", "temp_invalid"].includes(r))
-        || (typeof p.temperature_c === "number" && p.temperature_c >= state.fever_c);
-      let input = null;
-      if (needsTemp) {
-        input = el("input");
-        input.type = "number"; input.step = "0.1"; input.inputMode = "decimal";
-        input.min = state.valid_temp_c[0]; input.max = state.valid_temp_c[1];
-        input.placeholder = t("confirm_temp");
-        input.setAttribute("aria-label", t("confirm_temp"));
-        input.className = "confirm";
-        row.append(el("span", "confirm-label", t("confirm_temp")), input);
-      }
-      const ok = el("button", "btn go approve", t("approve"));
-      const no = el("button", "btn stop deny", t("deny"));
-      ok.type = no.type = "button";
-      ok.disabled = no.disabled = !me;
-      ok.onclick = () => decide(p.id, true, input);
-      no.onclick = () => decide(p.id, false, input);
-      row.append(ok, no);
-      row.append(el("span", "left", me ? t("left", { s: Math.round(p.left_s) }) : t("login_to_decide")));
-      card.append(row);
-      box.append(card);
+    for (const p of list) box.append(pendingCard(p));
+    if (refocus) {
+      const again = box.querySelector(".confirm[data-event='" + CSS.escape(refocus) + "']");
+      if (again) again.focus();
+    }
+  }
+
+  function tickPending() {
+    if (!me || !state) return;
+    for (const p of state.pending || []) {
+      const card = document.querySelector(".pend[data-event='" + CSS.escape(p.id) + "']");
+      const left = card && card.querySelector(".left");
+      if (left) left.textContent = t("left", { s: secondsLeft(p) });
     }
   }
 
@@ -210,14 +246,18 @@
       let s = t(e.decision) + " · " + who(e);
       if (temp(e)) s += " · " + temp(e);
       if (rs) s += " · " + rs;
+      if (typeof e.confirm_temp_c === "number") s += " · " + t("clinical", { c: e.confirm_temp_c.toFixed(1) });
       if (e.guard) s += " · " + t("by", { g: e.guard });
       return s;
     }
     if (e.kind === "passage") return e.ref ? (e.passed ? t("passed") : t("not_passed")) : t("no_grant");
     if (e.kind === "alarm") return t(e.alarm) + (e.person && e.person.name ? " · " + e.person.name : "");
+    if (e.kind === "ack") return t(e.alarm || "alarm") + (e.guard ? " · " + t("by", { g: e.guard }) : "");
     if (e.kind === "mode") return t(e.mode) + (e.by ? " · " + t("by", { g: e.by }) : "");
-    if (e.kind === "guard_on" || e.kind === "guard_off") return e.guard || "";
+    if (e.kind === "guard_on") return e.guard || "";
+    if (e.kind === "guard_off") return (e.guard || "") + (e.detail === "restart" ? " · " + t("off_restart") : "");
     if (e.kind === "device") return t(e.device) + ": " + (e.ok ? t("dev_ok") : t("dev_bad"));
+    if (e.kind === "purge") return t("purged", { n: e.events || 0 });
     return "";
   }
 
@@ -300,6 +340,7 @@
       const s = JSON.parse(m.data);
       const restarted = state && state.boot !== s.boot;
       state = s;
+      takeDeadlines(s.pending);
       events = s.events || [];
       lastMessage = Date.now();
       setLink(true);
@@ -309,6 +350,7 @@
     es.addEventListener("state", (m) => {
       const s = JSON.parse(m.data);
       s.events = undefined;
+      takeDeadlines(s.pending);
       state = Object.assign(state || {}, s);
       lastMessage = Date.now();
       render();
@@ -323,6 +365,7 @@
         state.alarms = (state.alarms || []).concat([e]);
         beep();
       }
+      if (state && e.kind === "ack") state.alarms = (state.alarms || []).filter((x) => x.id !== e.ref);
       if (state && e.kind === "decision") state.current = e;
       render();
     });
@@ -347,6 +390,7 @@
       connect();
     }
     renderVerdict();
+    tickPending();
     $("clock").textContent = new Date().toLocaleTimeString(lang, { hour12: false });
   }, 1000);
 
@@ -357,6 +401,7 @@
       const s = await r.json();
       me = s.me;
       state = s;
+      takeDeadlines(s.pending);
       events = s.events || events;
       render();
     } catch (err) { /* the stream reconnects and calls again */ }
@@ -389,7 +434,7 @@
   async function decide(id, grant, input) {
     const body = { event: id, grant };
     if (input && input.value !== "") body.confirm_temp_c = Number(input.value);
-    await act("/api/guard/decide", body);
+    if (await act("/api/guard/decide", body)) delete typed[id];
   }
 
   function openLogin() {
