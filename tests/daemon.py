@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -61,3 +62,19 @@ class Daemon:
         code = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return code
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, as systemd stops it; the exit code (a daemon that hangs is killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.finish(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.finish(timeout=5)
+            raise AssertionError("daemon did not stop on SIGTERM:\n" + self.output()) from None
+
+    def output(self) -> str:
+        """Everything the daemon printed so far."""
+        with self._cond:
+            return "\n".join(self.lines)

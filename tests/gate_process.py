@@ -1,0 +1,179 @@
+"""A gate as a real ``gated run`` process on sim drivers, its status screen on a free port.
+
+The sim drivers play a scenario file the test writes (SPEC §3 ``[sim]``), timed from
+the daemon's start; the registry is imported with ``gated registry import``; the
+ledger is read back from the SQLite file. The browser tests drive its screen.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.daemon import Daemon
+from tests.test_status_api import HASH_G01, HASH_SHARED, free_port
+from tests.waiting import wait_until
+
+CONFIG = """\
+[gate]
+id = "{gate}"
+site = "{site}"
+direction = "in"
+timezone = "{timezone}"
+
+[storage]
+path = "{db}"
+
+[policy]
+guard_timeout_s = 120
+session_timeout_s = 5
+
+[status]
+listen = "127.0.0.1:{port}"
+guard_pin_hash = "{shared}"
+lockout_after = 3
+lockout_s = 60
+language = "zh-CN"
+
+[status.guards]
+G01 = "{g01}"
+
+[card]
+driver = "sim"
+
+[thermometer]
+driver = "sim"
+
+[turnstile]
+driver = "sim"
+open_s = {open_s}
+
+[prompter]
+driver = "sim"
+
+[sim]
+scenario = "{scenario}"
+"""
+
+COLUMNS = "person_id,name,id_number,unit,household,category,color,verified,card_uid"
+#: Registry CSV rows (SPEC §3): Zhang Wei is green, Li Na yellow (a guard decides).
+PEOPLE = (
+    "P1,Zhang Wei,320623199001011234,1-101,H1,resident,green,0,0A1B2C3D4E",
+    "P2,Li Na,320623198502022345,1-102,H2,resident,yellow,0,1122334455",
+)
+
+
+def arrival(t: float, temp: float | None, card: str | None, passage: bool = False) -> list[Any]:
+    """Scenario lines for one person: a temperature, then the card, then (maybe) the passage."""
+    lines: list[dict[str, Any]] = []
+    if temp is not None:
+        lines.append({"t": t, "temp": temp})
+    if card is not None:
+        lines.append({"t": t + 0.3, "card": card})
+    if passage:
+        lines.append({"t": t + 1.0, "passage": True})
+    return lines
+
+
+class GateProcess:
+    """One gate's config, registry and scenario in ``tmp_path``; started and stopped at will."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        people: Sequence[str] = PEOPLE,
+        site: str = "s1",
+        gate: str = "g1",
+        timezone: str = "Asia/Shanghai",
+        open_s: float = 2.0,
+    ):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.db = tmp_path / "gated.db"
+        self.scenario = tmp_path / "scenario.jsonl"
+        self.config = tmp_path / "gated.toml"
+        self.config.write_text(
+            CONFIG.format(
+                gate=gate,
+                site=site,
+                timezone=timezone,
+                db=self.db,
+                port=self.port,
+                shared=HASH_SHARED,
+                g01=HASH_G01,
+                open_s=open_s,
+                scenario=self.scenario,
+            )
+        )
+        self.play([])
+        registry = tmp_path / "registry.csv"
+        registry.write_text("".join(line + "\n" for line in (COLUMNS, *people)))
+        imported = Daemon("registry", "import", str(registry), "-c", str(self.config))
+        code = imported.finish(timeout=60)
+        assert code == 0, imported.output()
+        self.daemon: Daemon | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def play(self, lines: Sequence[dict[str, Any]]) -> None:
+        """What the sim drivers play from the next start, ``t`` in seconds from it."""
+        self.scenario.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    def start(self) -> GateProcess:
+        """``gated run`` until its screen answers ``/healthz``."""
+        assert self.daemon is None or self.daemon.proc.poll() is not None
+        daemon = self.daemon = Daemon("run", "-c", str(self.config))
+
+        def up() -> bool:
+            if daemon.proc.poll() is not None:
+                raise AssertionError("the daemon exited:\n" + daemon.output())
+            try:
+                return self.get("/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, what="the daemon's status screen")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM; it must exit 0."""
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            code = self.daemon.stop()
+            assert code == 0, self.daemon.output()
+
+    def close(self) -> None:
+        """Stop whatever still runs (teardown)."""
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.stop()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every committed event, read from the SQLite file."""
+        if not self.db.exists():
+            return []
+        conn = sqlite3.connect(self.db)
+        try:
+            return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+        finally:
+            conn.close()
+
+    def wait_event(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """The first ledger event that ``match`` accepts, waited for."""
+        found: dict[str, Any] = wait_until(
+            lambda: next((e for e in self.ledger() if match(e)), None), what=what
+        )
+        return found
