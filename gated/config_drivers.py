@@ -171,7 +171,7 @@ class StrictModel(BaseModel):
 
 # ---- card readers ------------------------------------------------------------------
 
-_CARD_DRIVER = "Card reader: rdm6300, wiegand, hid, sim or none."
+_CARD_DRIVER = "Card reader: rdm6300, wiegand, hid, osdp, sim or none."
 
 
 class Rdm6300CardConfig(StrictModel):
@@ -211,6 +211,41 @@ class HidCardConfig(StrictModel):
     )
 
 
+class OsdpCardConfig(StrictModel):
+    """An OSDP reader on RS-485, polled by gated as the Control Panel (libosdp)."""
+
+    driver: Literal["osdp"] = Field(default="osdp", description=_CARD_DRIVER)
+    port: str = Field(
+        min_length=1, description="Serial port of the RS-485 adapter the reader is wired to."
+    )
+    baud: int = Field(
+        default=9600, gt=0, description="Serial speed in baud, as set on the reader (OSDP: 9600)."
+    )
+    address: int = Field(
+        default=0, ge=0, le=126, description="OSDP address of the reader, 0 to 126, as set on it."
+    )
+    scbk_file: OptionalFile = Field(
+        default=None,
+        description=(
+            "File holding the reader's secure channel key (SCBK) as 32 hex digits;"
+            " none = no secure channel."
+        ),
+    )
+    install_mode: bool = Field(
+        default=False,
+        description=(
+            "Let a reader still on the default key (SCBK-D) connect and be given the key in"
+            " scbk_file; turn it off once the reader has it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _install_needs_key(self) -> OsdpCardConfig:
+        if self.install_mode and self.scbk_file is None:
+            raise KeyProblem("scbk_file", "required when install_mode = true (the key to give)")
+        return self
+
+
 class SimCardConfig(StrictModel):
     """Cards come from the [sim] scenario."""
 
@@ -224,7 +259,12 @@ class NoneCardConfig(StrictModel):
 
 
 CardConfig = Annotated[
-    Rdm6300CardConfig | WiegandCardConfig | HidCardConfig | SimCardConfig | NoneCardConfig,
+    Rdm6300CardConfig
+    | WiegandCardConfig
+    | HidCardConfig
+    | OsdpCardConfig
+    | SimCardConfig
+    | NoneCardConfig,
     Field(discriminator="driver"),
 ]
 
@@ -454,6 +494,7 @@ DRIVER_MODELS: tuple[type[BaseModel], ...] = (
     Rdm6300CardConfig,
     WiegandCardConfig,
     HidCardConfig,
+    OsdpCardConfig,
     SimCardConfig,
     NoneCardConfig,
     CameraQrConfig,

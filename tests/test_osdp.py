@@ -1,5 +1,5 @@
-"""OSDP: the card-read decoder, the key file, and the driver as the Control Panel of a
-real libosdp Peripheral Device on a pty pair.
+"""OSDP: the card-read decoder, the key file, the config, and the driver as the Control
+Panel of a real libosdp Peripheral Device on a pty pair.
 
 The reader is libosdp's own ``PeripheralDevice`` at the master end of a pty: the wire.
 The driver opens the slave through a symlink, as it would a udev name; closing the
@@ -35,6 +35,9 @@ from drivers.osdp import (
     read_scbk,
 )
 from drivers.wiegand import decode_bits, encode_bits
+from gated.config_drivers import OsdpCardConfig
+from gated.errors import ConfigError
+from tests.conftest import make_config
 from tests.test_serialport import REPLUG_S, PtyPort, Readings, stopper
 from tests.waiting import wait_until
 
@@ -141,6 +144,40 @@ def test_the_key_file_is_32_hex_digits(tmp_path: Path):
         with pytest.raises(ValueError, match="32 hex digits") as info:
             read_scbk(path)
         assert bad not in str(info.value) or not bad  # a secret is never echoed
+
+
+# ---- the config --------------------------------------------------------------------
+
+
+def test_the_config_takes_the_defaults(tmp_path: Path):
+    config = make_config(tmp_path, card={"driver": "osdp", "port": "/dev/ttyUSB0"})
+    card = config.card
+    assert isinstance(card, OsdpCardConfig)
+    assert (card.port, card.baud, card.address) == ("/dev/ttyUSB0", 9600, 0)
+    assert (card.scbk_file, card.install_mode) == (None, False)
+
+
+def test_the_key_file_is_resolved_and_must_exist(tmp_path: Path):
+    (tmp_path / "osdp.scbk").write_text(KEY.hex())
+    card = {"driver": "osdp", "port": "/dev/ttyUSB0", "scbk_file": "osdp.scbk", "address": 126}
+    config = make_config(tmp_path, card=card)
+    assert isinstance(config.card, OsdpCardConfig)
+    assert config.card.scbk_file == tmp_path / "osdp.scbk"
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, card={**card, "scbk_file": "missing.scbk"})
+    assert any("card.scbk_file" in p and "no such file" in p for p in info.value.problems)
+
+
+def test_install_mode_needs_the_key_to_give_and_bad_values_name_their_key(tmp_path: Path):
+    for card, key in (
+        ({"install_mode": True}, "card.scbk_file"),
+        ({"address": 127}, "card.address"),
+        ({"baud": 0}, "card.baud"),
+        ({"scbk": KEY.hex()}, "card.scbk"),  # a secret inline is an unknown key
+    ):
+        with pytest.raises(ConfigError) as info:
+            make_config(tmp_path, card={"driver": "osdp", "port": "/dev/ttyUSB0", **card})
+        assert any(key in p for p in info.value.problems), (card, info.value.problems)
 
 
 # ---- the driver without a reader -------------------------------------------------
