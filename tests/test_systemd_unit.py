@@ -261,6 +261,9 @@ def test_gatedctl_runs_for_its_user_with_the_units_credentials() -> None:
     for cred in values("LoadCredential"):
         assert f"--property=LoadCredential={cred}" in script, cred
     assert f'"SupplementaryGroups={one("SupplementaryGroups")}"' in script
+    # Files it creates in the state directory look like the service's own.
+    for key in ("StateDirectory", "StateDirectoryMode", "UMask", "WorkingDirectory"):
+        assert f"--property={key}={one(key)} " in script, key
     assert "chmod 0755 /usr/local/bin/gatedctl" in guide
     # The config names the service's credentials; $CREDENTIALS_DIRECTORY maps them.
     assert "$CREDENTIALS_DIRECTORY" in guide
