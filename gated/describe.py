@@ -44,7 +44,13 @@ def describe_event(event: dict[str, Any]) -> str:
             return f"{head} {event['detail']} ({event.get('by')}); mode {event['mode']}"
         return f"{head} {event.get('previous')} -> {event['mode']} by {event.get('by')}"
     if kind in ("guard_on", "guard_off"):
-        return f"{head} guard {event.get('guard')}"
+        why = f" ({event['detail']})" if event.get("detail") else ""
+        return f"{head} guard {event.get('guard')}{why}"
+    if kind == "ack":
+        alarm = str(event.get("alarm") or "alarm").upper()
+        return f"{head} {alarm} acknowledged by {event.get('guard')}"
+    if kind == "purge":
+        return f"{head} {event.get('events', 0)} events before {event.get('before')} purged"
     if kind == "device":
         state = "ok" if event.get("ok") else "FAILED"
         return f"{head} {event.get('device')} {state} {event.get('detail', '')}".rstrip()

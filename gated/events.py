@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-KINDS = ("decision", "passage", "alarm", "mode", "guard_on", "guard_off", "device", "purge")
+KINDS = (
+    "decision",
+    "passage",
+    "alarm",
+    "mode",
+    "guard_on",
+    "guard_off",
+    "device",
+    "purge",
+    "ack",
+)
 DECISIONS = ("granted", "denied", "needs_guard", "guard_granted", "guard_denied")
 ALARMS = ("fever", "tailgate", "device", "unattended", "fire", "tamper")
 MODES = ("normal", "locked", "free", "guard_only")

@@ -63,7 +63,7 @@ def reduce_event(event: dict[str, Any], pii: str) -> dict[str, Any]:
                 "household": person.get("household"),
                 "category": person.get("category"),
             }
-        for key in ("temperature_c", "readings_c"):
+        for key in ("temperature_c", "readings_c", "confirm_temp_c"):
             if key in out:
                 out[key] = None
     cred = out.get("credential")

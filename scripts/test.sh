@@ -10,4 +10,6 @@ echo "== ruff" >&2
 echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2
+# setup.sh installed chromium: a browser test that cannot start it fails, never skips.
+export GATED_REQUIRE_BROWSER=1
 exec .venv/bin/pytest -q "$@"
