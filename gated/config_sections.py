@@ -145,6 +145,10 @@ class MqttConfig(StrictModel):
                 "key_file" if self.key_file is None else "cert_file",
                 "cert_file and key_file go together",
             )
+        tls_files = [k for k in ("ca_file", "cert_file") if getattr(self, k) is not None]
+        if tls_files and self.urls and not any(u.startswith("mqtts://") for u in self.urls):
+            # A CA given for a plain connection would silently not be used.
+            raise KeyProblem(tls_files[0], "set, but no url is mqtts://: TLS would not be used")
         return self
 
 

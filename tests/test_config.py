@@ -541,3 +541,13 @@ def test_a_two_way_gate_refuses_checks_that_need_the_way(tmp_path: Path):
     ]
     ok = write(tmp_path / "ok", quota.replace("max = 1", 'max = 1, direction = "both"'))
     assert load_config(ok).policy.household_quota is not None
+
+
+def test_tls_files_with_only_plain_urls_are_refused(tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    plain = f'[mqtt]\nurls = ["mqtt://broker:1883"]\nca_file = "{ca}"\n'
+    problem = only_problem(tmp_path / "plain", plain)
+    assert problem.endswith("mqtt.ca_file: set, but no url is mqtts://: TLS would not be used")
+    tls = write(tmp_path / "tls", MINIMAL + plain.replace("mqtt://broker", "mqtts://broker"))
+    assert load_config(tls).mqtt.ca_file is not None
