@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from drivers.base import Reading
+from drivers.gpio import pin_factory
 from drivers.sim import SimPrompter, SimTurnstile
 from gated.clock import FakeClock
 from gated.config import Config, config_from_dict
@@ -130,6 +131,15 @@ def _no_stray_log_handlers() -> Iterator[None]:
     for handler in root.handlers[:]:
         if type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
+
+
+@pytest.fixture
+def factory() -> Iterator[Any]:
+    """gpiozero's MockFactory, with no pin left over from another test."""
+    f = pin_factory("mock")
+    f.reset()
+    yield f
+    f.reset()
 
 
 @pytest.fixture

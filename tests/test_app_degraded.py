@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from gpiozero import DigitalInputDevice
 
-from drivers.gpio import pin_factory
 from drivers.rdm6300 import encode_frame
 from tests.conftest import make_config
 from tests.running_app import RunningApp, register_residents
@@ -18,14 +17,6 @@ from tests.test_serialport import PtyPort
 from tests.waiting import wait_until
 
 RELAY, PIR = 17, 4
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 @pytest.fixture

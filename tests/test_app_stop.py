@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from drivers.gpio import pin_factory
 from gated.app import App
 from tests.conftest import CARDS, ZHANG, make_config
 from tests.test_turnstile import FIRE, RELAY, closed_fire_contact
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 def test_a_stop_during_an_open_grant_leaves_the_relay_de_energised(

@@ -21,7 +21,6 @@ from gpiozero.pins.mock import MockPin
 
 from drivers import driver_class
 from drivers.base import DeviceHealth, DriverContext, Prompter, Reading
-from drivers.gpio import pin_factory
 from drivers.prompter import GpioPrompter, dfplayer_play_frame, in_hours, track_number
 from tests.waiting import wait_until
 
@@ -54,14 +53,6 @@ def hours_around_now(inside: bool) -> tuple[str, str]:
     else:
         a, b = now + datetime.timedelta(hours=2), now + datetime.timedelta(hours=4)
     return (a.strftime("%H:%M"), b.strftime("%H:%M"))
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drivers.base import Prompter
-from drivers.gpio import pin_factory
 from gated.cli import main
 from gated.selftest import run_selftest
 from tests.conftest import make_config
@@ -49,14 +47,6 @@ def test_simulated_devices_are_reported_and_pass(tmp_path: Path) -> None:
     assert lines[0].split() == ["device", "driver", "result", "detail"]
     assert any(line.split()[:3] == ["card", "sim", "ok"] for line in lines)
     assert any(line.split()[:3] == ["turnstile", "sim", "ok"] for line in lines)
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 def rows(out: str) -> dict[str, tuple[str, str, str]]:

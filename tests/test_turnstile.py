@@ -14,7 +14,6 @@ from gpiozero.pins.mock import MockPin
 
 from drivers import driver_class
 from drivers.base import DeviceHealth, DriverContext, Reading
-from drivers.gpio import pin_factory
 from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, GpioTurnstile
 from drivers.wiegand import encode_bits
 from tests.waiting import wait_until
@@ -31,14 +30,6 @@ class ContactPin(MockPin):
         super()._set_pull(value)
         if self.closed:
             self.drive_low()
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 def closed_fire_contact(factory: Any) -> None:

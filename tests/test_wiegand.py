@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from hypothesis import strategies as st
 
 from drivers import driver_class
 from drivers.base import DeviceHealth, DriverContext, Reading
-from drivers.gpio import pin_factory
 from drivers.wiegand import (
     WiegandCardReader,
     WiegandDecoder,
@@ -214,14 +212,6 @@ def test_garbage_never_raises_and_a_uid_only_comes_from_a_whole_good_frame(scrip
 # ---- the driver on MockFactory pins ------------------------------------------------
 
 D0, D1 = 5, 6
-
-
-@pytest.fixture
-def factory() -> Iterator[Any]:
-    f = pin_factory("mock")
-    f.reset()
-    yield f
-    f.reset()
 
 
 class Rig:
