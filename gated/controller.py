@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from gated.clock import Clock
 from gated.events import MODES
 from gated.ledger import Effects, Ledger
 from gated.passes import PassVerifier
-from gated.policy import Facts, History, PassFacts, Verdict, decide
+from gated.policy import Facts, History, PassFacts, Verdict, decide, identify
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
 
@@ -56,7 +57,7 @@ class PendingGuard:
 class FeverCheck(PendingGuard):
     """A fever denial a guard may re-check with a clinical reading until ``deadline``."""
 
-    facts: Facts
+    session: Session
 
 
 @dataclass
@@ -133,7 +134,10 @@ class Controller:
 
     def run(self, stop: threading.Event, exit_when_done: bool = False) -> None:
         """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
-        self.end_stale_shifts()
+        try:
+            self.end_stale_shifts()
+        except sqlite3.Error as exc:  # the gate runs on; the screen shows who logs in next
+            log.error("could not end the shifts left open by the last run: %s", exc)
         while not stop.is_set():
             try:
                 item = self.queue.get(timeout=self._wait())
@@ -291,12 +295,11 @@ class Controller:
         """Look up everything the policy needs for session ``s``."""
         card = self.registry.card(s.card) if s.card else None
         qr = self._pass_facts(s.qr) if s.qr else None
-        household = None
-        person_id = None
-        if card is not None and card.person is not None:
-            household, person_id = card.person.household, card.person.id
-        elif qr is not None and qr.problem is None:
-            household, person_id = qr.household, qr.sub
+        # The same person the policy will decide on, so quota and anti-passback are
+        # counted under the household that the grant is recorded under.
+        person = identify(Facts(card=card, qr=qr))
+        household = person.household if person is not None else None
+        person_id = person.id if person is not None else None
         history = History()
         quota = self.policy.household_quota
         if quota is not None and household:
@@ -339,16 +342,18 @@ class Controller:
             )
         self._act(event, verdict, effects)
         if verdict.decision == "denied" and "fever" in verdict.reasons:
-            self._offer_fever_check(event, facts, effects)
+            self._offer_fever_check(event, s, facts, effects)
 
-    def _offer_fever_check(self, event: dict[str, Any], facts: Facts, effects: Effects) -> None:
+    def _offer_fever_check(
+        self, event: dict[str, Any], s: Session, facts: Facts, effects: Effects
+    ) -> None:
         # Only when nothing but the fever denied: at a normal temperature the verdict would
         # be a grant or a guard's call, so a clinical reading can decide it.
         normal = replace(facts, temperature=self.policy.valid_temp_c[0])
         if decide(normal, self.policy).decision == "denied":
             return
         deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-        self.fever_checks[event["id"]] = FeverCheck(event, deadline, effects, facts)
+        self.fever_checks[event["id"]] = FeverCheck(event, deadline, effects, s)
 
     def _decision_event(
         self, s: Session, facts: Facts, v: Verdict, decide_ms: float
@@ -552,7 +557,9 @@ class Controller:
             return False
         if reading is None:
             raise ValueError("a clinical reading (confirm_temp_c) is needed to grant after a fever")
-        now = replace(check.facts, temperature=reading, mode=self.mode, fire=self.fire)
+        # Looked up again: since the denial the pass may have been used, the card revoked,
+        # the quota spent or the person let through the other way.
+        now = replace(self.facts(check.session), temperature=reading)
         verdict = decide(now, self.policy)
         if verdict.decision == "denied":
             raise ValueError(f"still denied: {', '.join(verdict.reasons)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gated.registry import Person
 from tests.conftest import ZHANG, Rig
 
@@ -105,3 +107,31 @@ def test_a_fever_is_announced_once(rig: Rig) -> None:
     assert reasons(rig) == [["fever"]]
     assert rig.prompter.played.count("fever") == 1
     assert rig.prompter.played[-1] == "fever"
+
+
+def test_a_fever_recheck_looks_the_pass_up_again(rig: Rig) -> None:
+    token = rig.issue(sub="V1", hh="H9", otp=True)
+    rig.feed("temp", 38.2)
+    rig.feed("temp", 38.1)
+    rig.feed("qr", token)
+    (denial,) = rig.decisions()
+    assert denial["reasons"] == ["fever"] and denial["id"] in rig.controller.fever_checks
+    # Measured again, normal: the one-time pass is used by a second session.
+    rig.feed("temp", 36.6)
+    rig.feed("qr", token)
+    rig.feed("passage", True)
+    assert rig.decisions()[-1]["decision"] == "granted"
+    with pytest.raises(ValueError, match="pass_replayed"):
+        rig.controller.guard_decide(denial["id"], True, "G1", confirm_temp_c=36.7)
+    assert [e["decision"] for e in rig.decisions()] == ["denied", "granted"]
+
+
+def test_a_registered_pass_holder_uses_the_registry_households_quota(tmp_path: Path) -> None:
+    quota = {"max": 1, "window_h": 72, "direction": "in"}
+    rig = Rig(tmp_path, policy={"household_quota": quota})
+    rig.feed("temp", 36.6)
+    rig.feed("card", "0A1B2C3D4E")  # P1 of household H1
+    rig.feed("passage", True)
+    rig.feed("temp", 36.6)
+    rig.feed("qr", rig.issue(sub="P1", hh="OTHER"))  # the pass names another household
+    assert reasons(rig) == [[], ["quota_exceeded"]]
