@@ -11,8 +11,10 @@ What is purged, and what never is:
 - ``pass_uses`` (one-time passes already used) older than a year or
   ``retention_days``, whichever is longer: a replayed pass must still be caught.
 - ``presence``, the registry and revoked passes are state, not history: never purged.
-  Nor is ``card_first_use`` (a card uid and its first decision's stamp and ``seq``),
-  so the daily report still knows a card's first use once its events are gone.
+  Nor is ``card_first_use`` (a card uid and its first decision's stamp and ``seq``)
+  for a card in the registry, so the daily report still knows a card's first use once
+  its events are gone; the first use of a uid the registry does not hold (a stranger's
+  card) goes with the events, so no uid outlives ``retention_days`` unregistered.
 
 Each purge that removed anything is itself a ledger event, ``kind: "purge"``. The
 work is split into short steps that run on the controller thread (the only writer),
@@ -55,6 +57,7 @@ class PurgePlan:
     events: int = 0
     quota_use: int = 0
     pass_uses: int = 0
+    card_first_use: int = 0
     kept_undelivered: int = 0
     pages_freed: int = 0
 
@@ -68,6 +71,7 @@ class PurgePlan:
             "events": self.events,
             "quota_use": self.quota_use,
             "pass_uses": self.pass_uses,
+            "card_first_use": self.card_first_use,
             "kept_undelivered": self.kept_undelivered,
         }
 
@@ -138,6 +142,10 @@ class Retention:
             plan.pass_uses += c.execute(
                 "DELETE FROM pass_uses WHERE ts < ?", (plan.now - pass_keep_s,)
             ).rowcount
+            plan.card_first_use += c.execute(
+                "DELETE FROM card_first_use WHERE seq <= ? AND uid NOT IN (SELECT uid FROM cards)",
+                (plan.upto_seq,),
+            ).rowcount
         plan.kept_undelivered = int(
             self.conn.execute(
                 "SELECT COUNT(*) FROM outbox WHERE seq <= ?", (plan.upto_seq,)
@@ -174,7 +182,7 @@ def purge_now(retention: Retention, record: Callable[[dict[str, Any]], Any]) -> 
 
 
 def _record(retention: Retention, plan: PurgePlan, record: Callable[[dict[str, Any]], Any]) -> None:
-    if plan.events or plan.quota_use or plan.pass_uses:
+    if plan.events or plan.quota_use or plan.pass_uses or plan.card_first_use:
         record(plan.event(retention.retention_days))
         log.info(
             "purged %d events before %s (%d undelivered kept), %d quota rows, %d pass uses",

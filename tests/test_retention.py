@@ -248,11 +248,16 @@ def test_purge_event_is_a_known_kind() -> None:
     assert "purge" in KINDS and topic_for("purge") == "event"
 
 
-def test_the_first_uses_of_cards_are_never_purged(rig: Rig) -> None:
+def test_registered_cards_first_uses_outlive_the_purge_and_strangers_do_not(rig: Rig) -> None:
     one_arrival(rig)
+    rig.feed("temp", 36.5)
+    rig.feed("card", "DEADBEEF00")  # nobody's card: its uid must not outlive retention
     rig.wait(40 * DAY_S)
+    rig.feed("temp", 36.5)
+    rig.feed("card", "C0FFEE0000")  # a stranger's card of today stays with today's events
     deliver(rig.conn, 100)
     plan = purge_now(Retention(rig.conn, rig.clock, retention_days=30), rig.controller._record)
-    assert plan is not None and plan.events == 2 and seqs(rig.conn) == [3]
-    rows = rig.conn.execute("SELECT uid, seq FROM card_first_use").fetchall()
-    assert rows == [("0A1B2C3D4E", 1)]
+    assert plan is not None and plan.events == 3 and plan.card_first_use == 1
+    rows = rig.conn.execute("SELECT uid, seq FROM card_first_use ORDER BY seq").fetchall()
+    assert rows == [("0A1B2C3D4E", 1), ("C0FFEE0000", 4)]
+    assert rig.events[-1]["kind"] == "purge" and rig.events[-1]["card_first_use"] == 1
