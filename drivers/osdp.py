@@ -52,8 +52,10 @@ log = logging.getLogger(__name__)
 #: try again for 5 minutes).
 SILENCE_S = 1.0
 #: Seconds an open waits for the reader to come online: identification, capabilities
-#: and the secure channel handshake take ~0.25 s at 9600 baud.
-ONLINE_WAIT_S = 1.0
+#: and the secure channel handshake take ~0.25 s at 9600 baud, but OSDP lets a reader
+#: take 200 ms per reply, so a slow one may need over 1 s. A silent line still fails
+#: after SILENCE_S.
+ONLINE_WAIT_S = 3.0
 #: Seconds one event wait blocks at most, so ``stop()`` is answered promptly.
 READ_TIMEOUT_S = 0.1
 #: Seconds one serial write may block: a line that takes longer is a failed device.
