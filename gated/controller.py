@@ -17,17 +17,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from drivers.base import DeviceHealth, Prompter, Reading, Turnstile
 from gated.actions import prompt_for
 from gated.clock import Clock
 from gated.events import MODES
+from gated.facts import FactFinder
 from gated.ledger import Effects, Ledger
 from gated.passes import PassVerifier
-from gated.policy import Facts, History, PassFacts, Verdict, decide, identify
+from gated.policy import Facts, Verdict, decide
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
 
@@ -95,7 +94,15 @@ class Controller:
         self.clock = clock
         self.queue: queue.Queue[Reading | Callable[[], None]] = queue.Queue()
         self.sessions = SessionMachine(self.policy, config.gate.direction)
-        self.tz = ZoneInfo(config.gate.timezone)
+        self.finder = FactFinder(
+            self.policy,
+            config.gate.id,
+            config.gate.timezone,
+            ledger,
+            registry,
+            verifier,
+            clock,
+        )
         self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
@@ -275,51 +282,9 @@ class Controller:
         if step.ready is not None:
             self._conclude(step.ready)
 
-    def _pass_facts(self, text: str) -> PassFacts:
-        check = self.verifier.verify(text, self.clock.time(), self.config.gate.id)
-        if not check.ok:
-            return PassFacts(problem=check.reason, jti=check.jti)
-        c = check.claims
-        jti = str(c["jti"])
-        otp = bool(c.get("otp", False))
-        problem = None
-        if self.registry.pass_revoked(jti):
-            problem = "pass_revoked"
-        elif otp and self.ledger.pass_used(jti):
-            problem = "pass_replayed"
-        sub = str(c["sub"])
-        holder = self.registry.person(sub)
-        return PassFacts(problem, jti, sub, str(c["hh"]), str(c["col"]), otp, holder)
-
     def facts(self, s: Session) -> Facts:
         """Look up everything the policy needs for session ``s``."""
-        card = self.registry.card(s.card) if s.card else None
-        qr = self._pass_facts(s.qr) if s.qr else None
-        # The same person the policy will decide on, so quota and anti-passback are
-        # counted under the household that the grant is recorded under.
-        person = identify(Facts(card=card, qr=qr))
-        household = person.household if person is not None else None
-        person_id = person.id if person is not None else None
-        history = History()
-        quota = self.policy.household_quota
-        if quota is not None and household:
-            since = self.clock.time() - quota.window_h * 3600
-            direction = None if quota.direction == "both" else quota.direction
-            history = History(household_grants=self.ledger.quota_used(household, since, direction))
-        if person_id and self.policy.antipassback != "off":
-            history = History(history.household_grants, self.ledger.last_direction(person_id))
-        return Facts(
-            mode=self.mode,
-            fire=self.fire,
-            direction=s.direction,
-            local_time=datetime.fromtimestamp(self.clock.time(), self.tz),
-            temperature=s.temperature,
-            readings=tuple(s.readings),
-            temp_invalid_seen=bool(s.invalid_readings),
-            card=card,
-            qr=qr,
-            history=history,
-        )
+        return self.finder.facts(s, self.mode, self.fire)
 
     def _conclude(self, s: Session) -> None:
         started = time.perf_counter()

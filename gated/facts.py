@@ -1,0 +1,87 @@
+"""The look-ups behind a verdict: the registry, the pass check and the ledger's history.
+
+The policy is pure; :class:`FactFinder` is what gathers, for one session, every fact
+it decides on. It reads and never writes, so it runs on the controller's thread
+between two commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gated.clock import Clock
+from gated.ledger import Ledger
+from gated.passes import PassVerifier
+from gated.policy import Facts, History, PassFacts, identify
+from gated.registry import Registry
+from gated.session import Session
+
+
+class FactFinder:
+    """Gathers the :class:`Facts` of a session for the gate ``gate_id``."""
+
+    def __init__(
+        self,
+        policy: Any,
+        gate_id: str,
+        timezone: str,
+        ledger: Ledger,
+        registry: Registry,
+        verifier: PassVerifier,
+        clock: Clock,
+    ):
+        self.policy = policy
+        self.gate_id = gate_id
+        self.tz = ZoneInfo(timezone)
+        self.ledger = ledger
+        self.registry = registry
+        self.verifier = verifier
+        self.clock = clock
+
+    def pass_facts(self, text: str) -> PassFacts:
+        """A QR text verified offline, then checked against revocations and past uses."""
+        check = self.verifier.verify(text, self.clock.time(), self.gate_id)
+        if not check.ok:
+            return PassFacts(problem=check.reason, jti=check.jti)
+        c = check.claims
+        jti = str(c["jti"])
+        otp = bool(c.get("otp", False))
+        problem = None
+        if self.registry.pass_revoked(jti):
+            problem = "pass_revoked"
+        elif otp and self.ledger.pass_used(jti):
+            problem = "pass_replayed"
+        sub = str(c["sub"])
+        holder = self.registry.person(sub)
+        return PassFacts(problem, jti, sub, str(c["hh"]), str(c["col"]), otp, holder)
+
+    def facts(self, s: Session, mode: str, fire: bool) -> Facts:
+        """Everything the policy needs for session ``s`` in gate ``mode``."""
+        card = self.registry.card(s.card) if s.card else None
+        qr = self.pass_facts(s.qr) if s.qr else None
+        # The same person the policy will decide on, so quota and anti-passback are
+        # counted under the household that the grant is recorded under.
+        person = identify(Facts(card=card, qr=qr))
+        history = History()
+        quota = self.policy.household_quota
+        if quota is not None and person is not None and person.household:
+            since = self.clock.time() - quota.window_h * 3600
+            direction = None if quota.direction == "both" else quota.direction
+            used = self.ledger.quota_used(person.household, since, direction)
+            history = History(household_grants=used)
+        if person is not None and self.policy.antipassback != "off":
+            history = History(history.household_grants, self.ledger.last_direction(person.id))
+        return Facts(
+            mode=mode,
+            fire=fire,
+            direction=s.direction,
+            local_time=datetime.fromtimestamp(self.clock.time(), self.tz),
+            temperature=s.temperature,
+            readings=tuple(s.readings),
+            temp_invalid_seen=bool(s.invalid_readings),
+            card=card,
+            qr=qr,
+            history=history,
+        )
