@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from gated.ledger import Ledger
 from gated.passes import PassVerifier, generate_keypair, issue_pass
 from gated.registry import Person, Registry
 from gated.storage import connect
+from tests.ledger_file import ledger_events
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -105,11 +104,7 @@ class Rig:
 
     def stored(self) -> list[dict[str, Any]]:
         """Every event as committed in the ledger file (read through a new connection)."""
-        conn = sqlite3.connect(self.config.storage.path)
-        try:
-            return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
-        finally:
-            conn.close()
+        return ledger_events(self.config.storage.path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.daemon import Daemon
+from tests.ledger_file import ledger_events, wait_for_event
 from tests.test_status_api import HASH_G01, HASH_SHARED, free_port
 from tests.waiting import wait_until
 
@@ -163,17 +163,8 @@ class GateProcess:
 
     def ledger(self) -> list[dict[str, Any]]:
         """Every committed event, read from the SQLite file."""
-        if not self.db.exists():
-            return []
-        conn = sqlite3.connect(self.db)
-        try:
-            return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
-        finally:
-            conn.close()
+        return ledger_events(self.db)
 
     def wait_event(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
         """The first ledger event that ``match`` accepts, waited for."""
-        found: dict[str, Any] = wait_until(
-            lambda: next((e for e in self.ledger() if match(e)), None), what=what
-        )
-        return found
+        return wait_for_event(self.db, match, what)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from drivers.base import Reading
 from gated.app import App
 from gated.status.auth import hash_pin
 from tests.conftest import CARDS, LI, ZHANG, make_config
+from tests.ledger_file import ledger_events, wait_for_event
 from tests.waiting import wait_until
 
 PIN_G01 = "4321"
@@ -136,17 +136,10 @@ class Gate:
         return status, json.loads(raw) if raw else None
 
     def ledger(self) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(self.config.storage.path)
-        try:
-            return [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
-        finally:
-            conn.close()
+        return ledger_events(self.config.storage.path)
 
     def wait_event(self, match: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        found: dict[str, Any] = wait_until(
-            lambda: next((e for e in self.ledger() if match(e)), None), what=what
-        )
-        return found
+        return wait_for_event(self.config.storage.path, match, what)
 
     def stop(self) -> None:
         self.app.stop_event.set()
