@@ -216,8 +216,12 @@ class GuardActions:
             confirm = float(confirm)
         c = self.controller
 
+        recheck = False
+
         def answer() -> dict[str, Any]:
+            nonlocal recheck
             # A fever denial open to a re-check: the controller weighs the clinical reading.
+            recheck = event_id in c.fever_checks
             pending = c.pending.get(event_id)
             if pending is None and event_id not in c.fever_checks:
                 raise KeyError(event_id)
@@ -238,7 +242,7 @@ class GuardActions:
         log.info(
             "status screen: guard %s answered a %s with %s",
             s.guard,
-            "fever re-check" if event.get("confirm_temp_c") is not None else "pending verdict",
+            "fever re-check" if recheck else "pending verdict",
             event["decision"],
         )
         return await self._done(event)
@@ -292,6 +296,8 @@ class GuardActions:
         c = self.controller
         try:
             event = await self.run(lambda: c.acknowledge(event_id, str(alarm.get("alarm")), guard))
+        except web.HTTPServiceUnavailable:
+            raise  # the ack still reaches the controller; its event closes the alarm everywhere
         except BaseException:
             alarms.setdefault(event_id, alarm)  # not recorded: still open
             raise
