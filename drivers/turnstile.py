@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from drivers.base import DeviceHealth, Reading, Turnstile
@@ -31,6 +32,97 @@ SIGNALS: dict[str, tuple[str, float, int, float]] = {
     "denied": ("red", 2.0, 2, 0.15),
     "guard": ("red", 3.0, 3, 0.3),
 }
+
+
+class LatchedContact:
+    """A contact input to ground (the Pi's pull-up) that is active at once, clear slowly.
+
+    It turns active at the first edge that makes it so and clear only once it has read
+    clear for ``clear_s``: a bouncing contact raises once and clears once. With ``nc``
+    (normally closed) an open circuit, a cut wire included, is active. ``on_change``
+    is called with the new state, under ``lock``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        device: Any,
+        nc: bool,
+        clear_s: float,
+        lock: threading.RLock,
+        on_change: Callable[[bool], None],
+    ):
+        self.what = what
+        self.device = device
+        self.nc = nc
+        self.clear_s = clear_s
+        self.active = False
+        self._lock = lock
+        self._on_change = on_change
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        """Follow the input's edges, and report it at once if it is active already."""
+        self.device.when_activated = self._changed
+        self.device.when_deactivated = self._changed
+        self._changed()  # active (or a cut wire) already at start
+
+    def cancel(self) -> None:
+        """Stop following the input (before its device is closed); forget its state."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            self.device = None
+            self.active = False
+
+    def _reads_active(self, device: Any) -> bool:
+        # Wired to ground with a pull-up: a closed contact reads active (low).
+        closed = bool(device.is_active)
+        return not closed if self.nc else closed
+
+    def _changed(self) -> None:
+        device = self.device
+        if device is None:
+            return
+        try:
+            active = self._reads_active(device)
+        except Exception as exc:  # a closed device during stop
+            log.debug("%s not read: %s", self.what, exc)
+            return
+        with self._lock:
+            if self.device is None:
+                return
+            if active:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                if not self.active:
+                    self._set(True)
+            elif self.active and self._timer is None:
+                timer = threading.Timer(self.clear_s, self._maybe_clear)
+                timer.daemon = True
+                self._timer = timer
+                timer.start()
+
+    def _maybe_clear(self) -> None:
+        with self._lock:
+            if threading.current_thread() is not self._timer:
+                return  # cancelled: the contact turned active again, or stop
+            self._timer = None
+            if self.device is None:
+                return
+            try:
+                active = self._reads_active(self.device)
+            except Exception as exc:
+                log.debug("%s not read: %s", self.what, exc)
+                return
+            if not active and self.active:
+                self._set(False)
+
+    def _set(self, active: bool) -> None:
+        self.active = active
+        self._on_change(active)
 
 
 class GpioTurnstile(Turnstile):
@@ -53,14 +145,13 @@ class GpioTurnstile(Turnstile):
         self._relay: Any = None
         self._logged_energised = False
         self._passage: Any = None
-        self._fire_in: Any = None
+        self._fire_in: LatchedContact | None = None
         self._lamps: dict[str, Any] = {}
         self._buzzer: Any = None
         self._fire = False  # the fire input as this driver last reported it
         self._free = False  # the controller's free(): mode free or fire
         self._open_until: float | None = None  # monotonic end of a grant's release
         self._timer: threading.Timer | None = None
-        self._fire_clear_timer: threading.Timer | None = None
         self._passage_clear_at = -math.inf
         self.passages_merged = 0
 
@@ -101,10 +192,18 @@ class GpioTurnstile(Turnstile):
                 return None
             return device
 
-        self._fire_in = optional(
-            "fire input",
-            "fire_pin",
-            lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory),
+        def contact(
+            what: str, key: str, nc: bool, clear_s: float, on: Callable[[bool], None]
+        ) -> LatchedContact | None:
+            device = optional(
+                what, key, lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory)
+            )
+            if device is None:
+                return None
+            return LatchedContact(what, device, nc, clear_s, self._lock, on)
+
+        self._fire_in = contact(
+            "fire input", "fire_pin", self.fire_nc, FIRE_CLEAR_S, self._set_fire
         )
         self._passage = optional(
             "passage sensor",
@@ -123,20 +222,20 @@ class GpioTurnstile(Turnstile):
             "buzzer", "buzzer_pin", lambda p: Buzzer(p, initial_value=False, pin_factory=factory)
         )
         if self._fire_in is not None:
-            self._fire_in.when_activated = self._fire_changed
-            self._fire_in.when_deactivated = self._fire_changed
-            self._fire_changed()  # fire (or a cut wire) already at start
+            self._fire_in.start()  # fire (or a cut wire) already at start: reported now
         if self._passage is not None:
             self._passage.when_activated = self._beam_broken
             self._passage.when_deactivated = self._beam_clear
 
     def stop(self) -> None:
         """De-energise the relay (locked, fail-secure) and release every pin."""
+        fire_in = self._fire_in.device if self._fire_in is not None else None
         with self._lock:
-            for timer in (self._timer, self._fire_clear_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._timer = self._fire_clear_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            if self._fire_in is not None:
+                self._fire_in.cancel()
             self._open_until = None
             self._free = False
             self._fire = False
@@ -145,10 +244,11 @@ class GpioTurnstile(Turnstile):
                     self._relay.off()
                 except Exception as exc:  # still release the pins below
                     log.error("relay not de-energised on stop: %s", describe(exc))
-        for device in (self._fire_in, self._passage, self._buzzer, *self._lamps.values()):
+        for device in (fire_in, self._passage, self._buzzer, *self._lamps.values()):
             close_quietly(device)
         close_quietly(self._relay)
-        self._relay = self._fire_in = self._passage = self._buzzer = None
+        self._relay = self._passage = self._buzzer = None
+        self._fire_in = None
         self._lamps = {}
 
     def health(self) -> DeviceHealth:
@@ -244,43 +344,6 @@ class GpioTurnstile(Turnstile):
                     log.debug("relay %s", "energised" if want else "de-energised")
 
     # -- fire input --------------------------------------------------------------------
-
-    def _fire_active(self) -> bool:
-        # Wired to ground with a pull-up: a closed contact reads active (low).
-        closed = bool(self._fire_in.is_active)
-        return not closed if self.fire_nc else closed
-
-    def _fire_changed(self) -> None:
-        try:
-            active = self._fire_active()
-        except Exception as exc:  # a closed device during stop
-            log.debug("fire input not read: %s", exc)
-            return
-        with self._lock:
-            if active:
-                if self._fire_clear_timer is not None:
-                    self._fire_clear_timer.cancel()
-                    self._fire_clear_timer = None
-                if not self._fire:
-                    self._set_fire(True)
-            elif self._fire and self._fire_clear_timer is None:
-                timer = threading.Timer(FIRE_CLEAR_S, self._fire_maybe_clear)
-                timer.daemon = True
-                self._fire_clear_timer = timer
-                timer.start()
-
-    def _fire_maybe_clear(self) -> None:
-        with self._lock:
-            self._fire_clear_timer = None
-            if self._fire_in is None:
-                return
-            try:
-                active = self._fire_active()
-            except Exception as exc:
-                log.debug("fire input not read: %s", exc)
-                return
-            if not active and self._fire:
-                self._set_fire(False)
 
     def _set_fire(self, active: bool) -> None:
         with self._lock:
