@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 Observer = Callable[[dict[str, Any]], None]
 
+#: What a ``tamper`` alarm says, by the device (the reading's source) that reported it.
+TAMPER_DETAIL = {"turnstile": "turnstile enclosure opened", "card": "card reader tampered"}
+
 
 @dataclass
 class OpenGrant:
@@ -106,6 +109,8 @@ class Controller:
         self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
+        #: Devices whose tamper is active, with the id of the alarm it raised.
+        self.tampered: dict[str, str] = {}
         self.guards_on_duty: set[str] = set()
         self.grants: list[OpenGrant] = []
         self.pending: dict[str, PendingGuard] = {}
@@ -196,6 +201,8 @@ class Controller:
                 self._passage()
         elif kind == "fire":
             self._fire(bool(item.value), item.source)
+        elif kind == "tamper":
+            self._tamper(bool(item.value), item.source)
         elif kind == "device":
             self._device(item.source, item.value)
         elif kind == "done":
@@ -429,6 +436,29 @@ class Controller:
                     "detail": "fire input cleared",
                 }
             )
+
+    def _tamper(self, active: bool, source: str) -> None:
+        # An alarm, nothing more: the gate neither opens (an intruder must not gain a
+        # free gate by opening a box) nor locks (no one is locked in by a loose lid).
+        if active == (source in self.tampered):
+            return  # one alarm per tamper, however often the device repeats it
+        if active:
+            detail = TAMPER_DETAIL.get(source, f"{source} tampered")
+            self.tampered[source] = self._alarm("tamper", detail, device=source)["id"]
+            return
+        # The clear is the device back to normal: a ``device`` event (``mode`` is for
+        # what changes passage, as fire does), ``ok`` its health as known now.
+        health = self.health.get(source, DeviceHealth(True, ""))
+        detail = "tamper cleared" + ("" if health.ok else f"; {health.detail}")
+        self._record(
+            {
+                "kind": "device",
+                "device": source,
+                "ok": health.ok,
+                "detail": detail,
+                "ref": self.tampered.pop(source),
+            }
+        )
 
     def _device(self, name: str, health: Any) -> None:
         if not isinstance(health, DeviceHealth):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from drivers.base import DeviceHealth, Reading
 from tests.conftest import Rig
 
 
@@ -214,3 +215,64 @@ def test_garbage_qr_text_is_a_denial_not_a_crash(rig: Rig) -> None:
         rig.feed("qr", text)
     assert [d["reasons"] for d in rig.decisions()] == [["pass_invalid"]] * 4
     assert rig.turnstile.history == []
+
+
+def tamper(rig: Rig, active: bool, source: str = "turnstile") -> None:
+    """A ``tamper`` reading from ``source``, as its driver emits it."""
+    rig.clock.advance(0.1)
+    rig.controller.handle(Reading("tamper", active, source))
+    rig.controller.tick()
+
+
+def test_a_tamper_raises_one_alarm_and_its_clear_is_a_device_event(rig: Rig) -> None:
+    tamper(rig, True)
+    (alarm,) = rig.events
+    assert (alarm["kind"], alarm["alarm"]) == ("alarm", "tamper")
+    assert (alarm["detail"], alarm["device"]) == ("turnstile enclosure opened", "turnstile")
+    tamper(rig, True)  # the driver says it again: still the same tamper
+    assert len(rig.events) == 1
+    tamper(rig, False)
+    clear = rig.events[-1]
+    assert (clear["kind"], clear["device"], clear["ref"]) == ("device", "turnstile", alarm["id"])
+    assert (clear["ok"], clear["detail"]) == (True, "tamper cleared")
+    tamper(rig, False)
+    assert len(rig.events) == 2
+    assert [(e["kind"], e["seq"]) for e in rig.stored()] == [("alarm", 1), ("device", 2)]
+    assert rig.controller.counters.events == 2
+    tamper(rig, True)  # opened again later: a new alarm
+    assert [e.get("alarm") for e in rig.events] == ["tamper", None, "tamper"]
+    assert rig.turnstile.history == []  # a tamper neither opens nor locks the gate
+
+
+def test_each_device_has_its_own_tamper(rig: Rig) -> None:
+    tamper(rig, True)
+    tamper(rig, True, "card")
+    tamper(rig, True, "qr")
+    assert [e["detail"] for e in rig.events] == [
+        "turnstile enclosure opened",
+        "card reader tampered",
+        "qr tampered",
+    ]
+    tamper(rig, False, "card")
+    assert rig.events[-1]["device"] == "card" and rig.events[-1]["ref"] == rig.events[1]["id"]
+    tamper(rig, True)  # the turnstile's tamper is still on
+    assert len(rig.events) == 4
+
+
+def test_the_gate_works_as_before_while_tampered(rig: Rig) -> None:
+    tamper(rig, True)
+    rig.feed("temp", 36.5)
+    rig.feed("card", "0A1B2C3D4E")
+    assert rig.decisions()[-1]["decision"] == "granted" and rig.turnstile.state == "open"
+    rig.feed("passage", True)
+    assert rig.turnstile.state == "locked"
+    tamper(rig, False)
+    assert rig.turnstile.history == ["open", "locked"]
+
+
+def test_a_tamper_clear_on_a_failing_device_says_it_still_fails(rig: Rig) -> None:
+    rig.controller.handle(Reading("device", DeviceHealth(False, "relay: I/O error"), "turnstile"))
+    tamper(rig, True)
+    tamper(rig, False)
+    clear = rig.events[-1]
+    assert clear["ok"] is False and clear["detail"] == "tamper cleared; relay: I/O error"
