@@ -1,10 +1,11 @@
-"""A turnstile on GPIO: release relay, passage sensor, fire input, lamps and buzzer.
+"""A turnstile on GPIO: release relay, passage sensor, fire and tamper inputs, lamps, buzzer.
 
 The relay is energised while any of three things asks for it: a grant (``open``, a
 pulse of ``pulse_ms`` or held for ``open_s`` until ``lock``), the controller's
 ``free`` (mode ``free`` or fire), or the fire input as this driver sees it. The
 driver energises the relay on fire itself, in the GPIO callback, so egress does not
-wait for the controller's queue.
+wait for the controller's queue. The tamper input (an enclosure or reader tamper
+switch) only reports: it never moves the relay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 #: Seconds the fire input must stay clear before the fire counts as over: a
 #: bouncing contact must not raise and clear the alarm several times.
 FIRE_CLEAR_S = 0.5
+#: Seconds the tamper contact must stay closed before the tamper counts as over
+#: (a lid pressed shut bounces like any contact).
+TAMPER_CLEAR_S = FIRE_CLEAR_S
 #: Seconds within which a beam broken again is the same person (legs, a bag).
 PASSAGE_MERGE_S = 0.3
 #: What each verdict shows: (lamp, seconds lit, beeps, seconds per beep).
@@ -130,8 +134,10 @@ class GpioTurnstile(Turnstile):
 
     Options (``[turnstile] driver = "gpio"``): ``relay_pin``, ``active_high``,
     ``pulse_ms`` (ms, or None to hold), ``open_s`` (s), ``passage_pin``, ``fire_pin``,
-    ``fire_nc``, ``buzzer_pin``, ``green_led_pin``, ``red_led_pin``. Inputs are wired
-    to ground with the Pi's pull-up: active low.
+    ``fire_nc``, ``tamper_pin``, ``tamper_nc``, ``buzzer_pin``, ``green_led_pin``,
+    ``red_led_pin``. Inputs are wired to ground with the Pi's pull-up: active low.
+    Emits ``passage``, ``fire`` and ``tamper`` readings (True when the tamper contact
+    opens, False once it has been closed for :data:`TAMPER_CLEAR_S`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -140,12 +146,14 @@ class GpioTurnstile(Turnstile):
         pulse_ms = o.get("pulse_ms")
         self.pulse_s: float | None = pulse_ms / 1000.0 if pulse_ms else None
         self.fire_nc = bool(o.get("fire_nc", True))
+        self.tamper_nc = bool(o.get("tamper_nc", True))
         self.health_tracker = HealthTracker(self.name, self.emit)
         self._lock = threading.RLock()
         self._relay: Any = None
         self._logged_energised = False
         self._passage: Any = None
         self._fire_in: LatchedContact | None = None
+        self._tamper_in: LatchedContact | None = None
         self._lamps: dict[str, Any] = {}
         self._buzzer: Any = None
         self._fire = False  # the fire input as this driver last reported it
@@ -205,6 +213,9 @@ class GpioTurnstile(Turnstile):
         self._fire_in = contact(
             "fire input", "fire_pin", self.fire_nc, FIRE_CLEAR_S, self._set_fire
         )
+        self._tamper_in = contact(
+            "tamper input", "tamper_pin", self.tamper_nc, TAMPER_CLEAR_S, self._set_tamper
+        )
         self._passage = optional(
             "passage sensor",
             "passage_pin",
@@ -221,21 +232,23 @@ class GpioTurnstile(Turnstile):
         self._buzzer = optional(
             "buzzer", "buzzer_pin", lambda p: Buzzer(p, initial_value=False, pin_factory=factory)
         )
-        if self._fire_in is not None:
-            self._fire_in.start()  # fire (or a cut wire) already at start: reported now
+        for latched in (self._fire_in, self._tamper_in):
+            if latched is not None:
+                latched.start()  # fire, tamper (or a cut wire) already at start: reported now
         if self._passage is not None:
             self._passage.when_activated = self._beam_broken
             self._passage.when_deactivated = self._beam_clear
 
     def stop(self) -> None:
         """De-energise the relay (locked, fail-secure) and release every pin."""
-        fire_in = self._fire_in.device if self._fire_in is not None else None
+        inputs = [c.device for c in (self._fire_in, self._tamper_in) if c is not None]
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = None
-            if self._fire_in is not None:
-                self._fire_in.cancel()
+            for latched in (self._fire_in, self._tamper_in):
+                if latched is not None:
+                    latched.cancel()
             self._open_until = None
             self._free = False
             self._fire = False
@@ -244,11 +257,11 @@ class GpioTurnstile(Turnstile):
                     self._relay.off()
                 except Exception as exc:  # still release the pins below
                     log.error("relay not de-energised on stop: %s", describe(exc))
-        for device in (fire_in, self._passage, self._buzzer, *self._lamps.values()):
+        for device in (*inputs, self._passage, self._buzzer, *self._lamps.values()):
             close_quietly(device)
         close_quietly(self._relay)
         self._relay = self._passage = self._buzzer = None
-        self._fire_in = None
+        self._fire_in = self._tamper_in = None
         self._lamps = {}
 
     def health(self) -> DeviceHealth:
@@ -343,7 +356,7 @@ class GpioTurnstile(Turnstile):
                     self._logged_energised = want
                     log.debug("relay %s", "energised" if want else "de-energised")
 
-    # -- fire input --------------------------------------------------------------------
+    # -- fire and tamper inputs -------------------------------------------------------
 
     def _set_fire(self, active: bool) -> None:
         with self._lock:
@@ -351,6 +364,13 @@ class GpioTurnstile(Turnstile):
             self._apply()  # energise first: egress must not wait for anyone
         log.warning("fire input %s", "active: gate freed" if active else "cleared")
         self.emit(Reading("fire", active, self.name))
+
+    def _set_tamper(self, active: bool) -> None:
+        # An alarm only: an opened enclosure neither frees nor locks the gate.
+        log.warning(
+            "tamper input %s", "open: enclosure opened or wire cut" if active else "cleared"
+        )
+        self.emit(Reading("tamper", active, self.name))
 
     # -- passage sensor ----------------------------------------------------------------
 

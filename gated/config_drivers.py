@@ -422,6 +422,15 @@ class GpioTurnstileConfig(StrictModel):
     fire_nc: bool = Field(
         default=True, description="The fire contact is normally closed: an open circuit means fire."
     )
+    tamper_pin: OptionalPin = Field(
+        default=None,
+        description="GPIO input of the enclosure or reader tamper switch:"
+        " an alarm while it is active.",
+    )
+    tamper_nc: bool = Field(
+        default=True,
+        description="The tamper contact is normally closed: an open circuit means tamper.",
+    )
     buzzer_pin: OptionalPin = Field(default=None, description="GPIO output of a buzzer.")
     green_led_pin: OptionalPin = Field(default=None, description="GPIO output of the green lamp.")
     red_led_pin: OptionalPin = Field(default=None, description="GPIO output of the red lamp.")

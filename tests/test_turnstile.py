@@ -14,11 +14,12 @@ from gpiozero.pins.mock import MockPin
 
 from drivers import driver_class
 from drivers.base import DeviceHealth, DriverContext, Reading
-from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, GpioTurnstile
+from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, TAMPER_CLEAR_S, GpioTurnstile
 from drivers.wiegand import encode_bits
+from tests.ledger_file import ledger_events, wait_for_event
 from tests.waiting import wait_until
 
-RELAY, PASSAGE, FIRE, BUZZER, GREEN, RED = 17, 27, 22, 23, 24, 25
+RELAY, PASSAGE, FIRE, BUZZER, GREEN, RED, TAMPER = 17, 27, 22, 23, 24, 25, 26
 
 
 class ContactPin(MockPin):
@@ -35,6 +36,11 @@ class ContactPin(MockPin):
 def closed_fire_contact(factory: Any) -> None:
     """Wire the normally closed fire contact, closed: no fire."""
     factory.pin(FIRE, pin_class=ContactPin)
+
+
+def closed_tamper_contact(factory: Any) -> None:
+    """Wire the normally closed tamper contact, closed: the enclosure is shut."""
+    factory.pin(TAMPER, pin_class=ContactPin)
 
 
 class Rig:
@@ -197,6 +203,89 @@ def test_normally_open_fire_contact(factory: Any):
         r.t.stop()
 
 
+@pytest.fixture
+def tamper_rig(factory: Any) -> Iterator[Rig]:
+    closed_fire_contact(factory)
+    closed_tamper_contact(factory)
+    r = Rig(factory, tamper_pin=TAMPER)
+    r.t.start()
+    yield r
+    r.t.stop()
+
+
+def test_a_tamper_contact_that_opens_reports_tamper_and_clears_once_closed_stably(
+    tamper_rig: Rig,
+):
+    rig = tamper_rig
+    tamper = rig.pin(TAMPER)
+    assert rig.drained() == []  # closed at start: no tamper
+    tamper.drive_high()  # the NC contact opens: the enclosure lid is lifted
+    assert rig.next("tamper").value is True
+    for _ in range(5):  # the lid pressed shut bounces
+        tamper.drive_low()
+        tamper.drive_high()
+    tamper.drive_low()
+    cleared = rig.next("tamper", timeout=10 + TAMPER_CLEAR_S)
+    assert cleared.value is False and cleared.source == "turnstile"
+    assert [r for r in rig.drained() if r.kind == "tamper"] == []  # one raise, one clear
+    # A tamper is an alarm only: the relay never moved, nor did the fire input report.
+    assert [s.state for s in rig.pin(RELAY).states] == [False]
+    assert rig.t.health() == DeviceHealth(True, "")
+
+
+def test_a_tamper_does_not_hold_a_grant_open_nor_keep_it_shut(tamper_rig: Rig):
+    rig = tamper_rig
+    rig.pin(TAMPER).drive_high()
+    assert rig.next("tamper").value is True
+    rig.t.open(5.0)
+    assert rig.relay is True
+    rig.t.lock()
+    assert rig.relay is False
+
+
+def test_a_cut_tamper_wire_at_start_is_a_tamper(factory: Any):
+    closed_fire_contact(factory)
+    # Nothing drives the tamper pin: the pull-up reads an open circuit, i.e. tamper.
+    r = Rig(factory, tamper_pin=TAMPER)
+    r.t.start()
+    try:
+        assert r.next("tamper").value is True
+        assert r.relay is False  # and the gate stays locked
+    finally:
+        r.t.stop()
+
+
+def test_normally_open_tamper_contact(factory: Any):
+    closed_fire_contact(factory)
+    r = Rig(factory, tamper_pin=TAMPER, tamper_nc=False)
+    r.t.start()
+    try:
+        assert r.drained() == []  # open at start: normal for an NO contact
+        factory.pin(TAMPER).drive_low()  # the NO contact closes: tamper
+        assert r.next("tamper").value is True
+        factory.pin(TAMPER).drive_high()
+        assert r.next("tamper", timeout=10 + TAMPER_CLEAR_S).value is False
+    finally:
+        r.t.stop()
+
+
+def test_a_broken_tamper_input_is_reported_and_the_rest_works(factory: Any):
+    from gpiozero import OutputDevice
+
+    closed_fire_contact(factory)
+    squatter = OutputDevice(TAMPER, pin_factory=factory)  # the tamper pin is taken
+    r = Rig(factory, tamper_pin=TAMPER)
+    try:
+        r.t.start()
+        health = r.next("device").value
+        assert not health.ok and "tamper input" in health.detail
+        r.t.open(5.0)
+        assert r.relay is True
+    finally:
+        r.t.stop()
+        squatter.close()
+
+
 def test_stop_de_energises_whatever_was_asked(rig: Rig):
     rig.t.open(5.0)
     rig.t.free(True)
@@ -356,3 +445,45 @@ def test_daemon_on_mock_pins_grants_a_wiegand_card_opens_and_locks(factory: Any,
         runner.join(timeout=10)
     assert not runner.is_alive()
     assert factory.pin(RELAY).states[-1].state is False  # stopped: locked
+
+
+def test_daemon_on_mock_pins_records_a_tamper_alarm_and_its_clear(factory: Any, tmp_path: Path):
+    from gated.app import App
+    from gated.config import config_from_dict
+
+    closed_fire_contact(factory)
+    closed_tamper_contact(factory)
+    db = tmp_path / "gated.db"
+    config = config_from_dict(
+        {
+            "gate": {"id": "g1", "site": "s1", "direction": "in", "timezone": "Asia/Shanghai"},
+            "storage": {"path": str(db)},
+            "hardware": {"pin_factory": "mock"},
+            "turnstile": {
+                "driver": "gpio",
+                "relay_pin": RELAY,
+                "fire_pin": FIRE,
+                "tamper_pin": TAMPER,
+            },
+        },
+        tmp_path / "gated.toml",
+    )
+    app = App(config)
+    runner = threading.Thread(target=app.run, daemon=True)
+    runner.start()
+    try:
+        app.controller.submit(lambda: None).result(timeout=10)  # every device started
+        factory.pin(TAMPER).drive_high()
+        alarm = wait_for_event(db, lambda e: e.get("alarm") == "tamper", "the tamper alarm")
+        assert alarm["kind"] == "alarm" and alarm["detail"] == "turnstile enclosure opened"
+        assert alarm["device"] == "turnstile"
+        factory.pin(TAMPER).drive_low()
+        clear = wait_for_event(db, lambda e: e.get("ref") == alarm["id"], "the tamper's clear")
+        assert clear["kind"] == "device" and clear["device"] == "turnstile"
+        assert clear["ok"] is True and clear["detail"] == "tamper cleared"
+    finally:
+        app.stop_event.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert [e["kind"] for e in ledger_events(db)] == ["alarm", "device"]
+    assert all(s.state is False for s in factory.pin(RELAY).states)  # never released
