@@ -17,6 +17,12 @@ speak the protocol; :class:`PortChannel` gives them the serial port, and
   rounded up: the same 26-bit card sent as "unspecified" is ``2F6350A`` (7 digits).
 - ASCII format: the text, stripped, in uppercase.
 
+A local status report (OSDP ``osdp_LSTATR``: the reader's own tamper switch and power)
+becomes a ``tamper`` reading when its tamper byte changes: True when the reader reports
+tamper, False when it reports normal again (:func:`decode_local_status`). A power
+failure it reports is logged. A clear outside the secure channel a key asks for is not
+trusted (it could hide a tamper); a tamper is taken however it comes.
+
 Health: healthy once the reader has answered the CP's identification and capability
 requests (and, with an ``scbk_file``, the secure channel is up). Unhealthy, each a
 ``device`` event, when the port cannot be opened or vanishes, when no byte has come
@@ -70,8 +76,12 @@ FORMAT_RAW = 0
 FORMAT_WIEGAND = 1
 FORMAT_ASCII = 2
 EVENT_CARDREAD = 1
+# libosdp's event type of a status report and the report type of the PD's local
+# status (enum osdp_status_report_type): report[0] is tamper, report[1] power.
+EVENT_STATUS = 4
+STATUS_REPORT_LOCAL = 2
 
-#: Counters of card reads that were dropped.
+#: Counters of card reads (and local status reports) that were dropped.
 DROPS = ("parity", "bad_data", "format", "insecure")
 
 
@@ -109,6 +119,27 @@ def decode_card(fmt: object, length: object, data: object) -> CardData:
         frame = decode_bits([(value >> (length - 1 - i)) & 1 for i in range(length)])
         return CardData(uid=frame.uid) if frame.uid is not None else CardData(problem="parity")
     return CardData(uid=f"{value:0{(length + 3) // 4}X}")
+
+
+@dataclass(frozen=True)
+class LocalStatus:
+    """The reader's own status: its tamper switch tripped, its power failed."""
+
+    tamper: bool
+    power_failure: bool
+
+
+def decode_local_status(report_type: object, report: object) -> LocalStatus | None:
+    """The reader's status from a libosdp status report: type, then the report's bytes.
+
+    None for a report of another type (inputs, outputs, remote readers) or one without
+    its tamper byte; a missing power byte reads as normal. Any non-zero byte is active.
+    """
+    if isinstance(report_type, bool) or report_type != STATUS_REPORT_LOCAL:
+        return None
+    if not isinstance(report, bytes | bytearray) or not report:
+        return None
+    return LocalStatus(tamper=report[0] != 0, power_failure=len(report) > 1 and report[1] != 0)
 
 
 def read_scbk(path: str | Path) -> bytes:
@@ -314,14 +345,17 @@ class OsdpLink(ReconnectingReader):
 
 
 class OsdpCardReader(ReaderDriver):
-    """An OSDP reader on RS-485: emits one ``card`` reading per card read it reports.
+    """An OSDP reader on RS-485: emits one ``card`` reading per card read it reports,
+    and a ``tamper`` reading when its tamper status changes.
 
     Options (``[card] driver = "osdp"``): ``port``, ``baud`` (9600), ``address`` (0),
     ``scbk_file`` (the secure channel key; none = no secure channel) and
     ``install_mode`` (let a reader on the default key connect and be given that key).
     ``stats`` adds ``cards``, the dropped reads (``parity``, ``bad_data``, ``format``
-    and ``insecure``: read while the secure channel a key asks for was down) and
-    ``other_events`` (keypad, status and other reports, ignored).
+    and ``insecure``: read while the secure channel a key asks for was down),
+    ``status`` (local status reports taken; a malformed one is ``bad_data``, an
+    untrusted clear ``insecure``) and ``other_events`` (keypad, other status reports and
+    the rest, ignored).
     """
 
     DEFAULT_BAUD = 9600
@@ -335,7 +369,9 @@ class OsdpCardReader(ReaderDriver):
         ctx: DriverContext | None = None,
     ):
         super().__init__(name, emit, options, ctx)
-        self.counts: dict[str, int] = dict.fromkeys(("cards", *DROPS, "other_events"), 0)
+        self.counts: dict[str, int] = dict.fromkeys(("cards", *DROPS, "status", "other_events"), 0)
+        self.tamper = False  # the reader's tamper as last reported to the controller
+        self.power_failure = False
         self.reader = OsdpLink(
             self.name,
             self.emit,
@@ -381,8 +417,13 @@ class OsdpCardReader(ReaderDriver):
         self.reader.start()
 
     def on_event(self, event: Mapping[str, Any], secure: bool) -> None:
-        """Emit the uid of a card read, or count why it was dropped; other events are counted."""
-        if event.get("event") != EVENT_CARDREAD:
+        """Emit the uid of a card read, or count why it was dropped; a tamper change is
+        emitted too; other events are counted."""
+        kind = event.get("event")
+        if kind == EVENT_STATUS and event.get("type") == STATUS_REPORT_LOCAL:
+            self._local_status(event.get("report"), secure)
+            return
+        if kind != EVENT_CARDREAD:
             with self._lock:
                 self.counts["other_events"] += 1
             return
@@ -395,3 +436,26 @@ class OsdpCardReader(ReaderDriver):
             self.reader.log_drops(self.counts, DROPS)
             return
         self.emit(Reading("card", card.uid, self.name))
+
+    def _local_status(self, report: object, secure: bool) -> None:
+        # Only the reader's thread calls this: ``tamper`` needs no lock, the counters do.
+        status = decode_local_status(STATUS_REPORT_LOCAL, report)
+        problem = None
+        if status is None:
+            problem = "bad_data"
+        elif self.tamper and not status.tamper and not secure:
+            problem = "insecure"  # a clear nobody can vouch for must not hide a tamper
+        with self._lock:
+            self.counts[problem or "status"] += 1
+        if status is None or problem is not None:
+            self.reader.log_drops(self.counts, DROPS)
+            return
+        if status.power_failure != self.power_failure:
+            self.power_failure = status.power_failure
+            what = "a power failure" if status.power_failure else "its power back"
+            log.warning("%s: the reader reports %s", self.name, what)
+        if status.tamper != self.tamper:
+            self.tamper = status.tamper
+            what = "tamper" if status.tamper else "its tamper cleared"
+            log.warning("%s: the reader reports %s", self.name, what)
+            self.emit(Reading("tamper", status.tamper, self.name))

@@ -26,12 +26,16 @@ from hypothesis import strategies as st
 from drivers import driver_class
 from drivers.osdp import (
     EVENT_CARDREAD,
+    EVENT_STATUS,
     FORMAT_ASCII,
     FORMAT_RAW,
     FORMAT_WIEGAND,
+    STATUS_REPORT_LOCAL,
     CardData,
+    LocalStatus,
     OsdpCardReader,
     decode_card,
+    decode_local_status,
     read_scbk,
 )
 from drivers.wiegand import decode_bits, encode_bits
@@ -107,6 +111,23 @@ def test_the_numbers_match_libosdp():
     theirs = (osdp.CardFormat.Unspecified, osdp.CardFormat.Wiegand, osdp.CardFormat.ASCII)
     assert theirs == (FORMAT_RAW, FORMAT_WIEGAND, FORMAT_ASCII)
     assert osdp.Event.CardRead == EVENT_CARDREAD
+
+
+def test_the_status_numbers_match_libosdp():
+    osdp = pytest.importorskip("osdp")
+    assert (osdp.Event.Status, osdp.StatusReportType.Local) == (EVENT_STATUS, STATUS_REPORT_LOCAL)
+
+
+def test_a_local_status_report_gives_tamper_and_power():
+    local = STATUS_REPORT_LOCAL
+    assert decode_local_status(local, b"\x01\x00") == LocalStatus(tamper=True, power_failure=False)
+    assert decode_local_status(local, b"\x00\x01") == LocalStatus(tamper=False, power_failure=True)
+    assert decode_local_status(local, b"\x00\x00") == LocalStatus(False, False)
+    assert decode_local_status(local, bytearray(b"\x02")) == LocalStatus(True, False)
+    for report_type in (0, 1, 3, None, True, "2"):  # inputs, outputs, remote readers...
+        assert decode_local_status(report_type, b"\x01\x00") is None
+    for bad in (b"", None, "1", [1, 0]):
+        assert decode_local_status(local, bad) is None
 
 
 @settings(max_examples=500, deadline=None)
@@ -283,6 +304,15 @@ class Reader:
         }
         self.pd.submit_event(event)
 
+    def status(self, tamper: bool, power_failure: bool = False) -> None:
+        """Report the reader's own status (OSDP osdp_LSTATR): its tamper switch, its power."""
+        event = {
+            "event": self.osdp.Event.Status,
+            "type": self.osdp.StatusReportType.Local,
+            "report": bytes([int(tamper), int(power_failure)]),
+        }
+        assert self.pd.submit_event(event)
+
     def garbage(self, data: bytes) -> None:
         with self._lock:
             assert self.port.master is not None
@@ -369,6 +399,47 @@ def test_bad_parity_and_other_events_emit_nothing(wire, stopper):
     assert (driver.stats["parity"], driver.stats["dropped"]) == (1, 1)
 
 
+def tampers(readings: Readings) -> list[bool]:
+    readings.drain()
+    return [r.value for r in readings.seen if r.kind == "tamper"]
+
+
+def test_a_reader_reporting_tamper_gives_tamper_readings(wire, stopper):
+    reader = wire()
+    readings = Readings()
+    driver = start(reader, stopper, readings)
+    readings.wait_health(True)
+    reader.status(tamper=True)
+    r = readings.wait(lambda r: r.kind == "tamper")
+    assert (r.value, r.source) == (True, "card")
+    reader.status(tamper=True)  # said again: no second reading
+    reader.status(tamper=True, power_failure=True)  # a power failure alone: logged only
+    wait_until(lambda: driver.stats["status"] == 3, "three status reports taken")
+    assert tampers(readings) == [True]
+    reader.status(tamper=False)
+    assert readings.wait(lambda r: r.kind == "tamper").value is False
+    reader.card(CARD_26)  # cards still read
+    assert readings.wait(lambda r: r.kind == "card").value == "7B1A85"
+    assert tampers(readings) == [True, False]
+    assert driver.stats["dropped"] == 0 and driver.health().ok
+
+
+def test_a_clear_outside_the_secure_channel_is_not_trusted():
+    readings = Readings()
+    driver = OsdpCardReader("card", readings, {"port": "/dev/null"})
+    local = {"event": EVENT_STATUS, "type": STATUS_REPORT_LOCAL}
+    driver.on_event({**local, "report": b"\x01\x00"}, False)  # a tamper is taken anyhow
+    driver.on_event({**local, "report": b"\x00\x00"}, False)  # its clear is not
+    assert tampers(readings) == [True]
+    driver.on_event({**local, "report": b"\x00\x00"}, True)
+    driver.on_event({**local, "report": b""}, True)  # no tamper byte: dropped
+    inputs = {"event": EVENT_STATUS, "type": 0, "report": b"\x01"}  # its inputs, not its own
+    driver.on_event(inputs, True)
+    assert tampers(readings) == [True, False]
+    assert (driver.stats["status"], driver.stats["insecure"], driver.stats["bad_data"]) == (2, 1, 1)
+    assert driver.stats["other_events"] == 1
+
+
 def test_the_secure_channel_with_the_key_from_a_file(tmp_path, wire, stopper):
     reader = wire(scbk=KEY)
     readings = Readings()
@@ -377,6 +448,10 @@ def test_the_secure_channel_with_the_key_from_a_file(tmp_path, wire, stopper):
     assert reader.pd.is_sc_active()
     reader.card(CARD_26)
     assert readings.wait(lambda r: r.kind == "card").value == "7B1A85"
+    reader.status(tamper=True)  # in the secure channel, the clear is trusted too
+    assert readings.wait(lambda r: r.kind == "tamper").value is True
+    reader.status(tamper=False)
+    assert readings.wait(lambda r: r.kind == "tamper").value is False
 
 
 def test_a_reader_with_another_key_is_never_healthy_and_reads_nothing(tmp_path, wire, stopper):
