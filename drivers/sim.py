@@ -32,6 +32,7 @@ INPUT_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "qr": ("qr", (str,)),
     "passage": ("passage", (bool,)),
     "fire": ("fire", (bool,)),
+    "tamper": ("tamper", (bool,)),
 }
 
 
@@ -201,9 +202,12 @@ class SimThermometer(_SimDevice):
 
 
 class SimTurnstile(_SimDevice, Turnstile):
-    """A turnstile that records its state and reports the scenario's passages and fire."""
+    """A turnstile that records its state and reports the scenario's passages, fire, tamper.
 
-    KEYS = ("passage", "fire")
+    ``{"t": 12, "tamper": true}`` is its enclosure opened, ``false`` closed again.
+    """
+
+    KEYS = ("passage", "fire", "tamper")
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
