@@ -11,10 +11,20 @@ from typing import Any
 #: Kinds of reading a driver may emit, and the type of ``Reading.value`` for each.
 #: ``motion`` bool, ``temp`` float (degrees Celsius, already offset-corrected),
 #: ``card`` str (uid as the registry stores it), ``qr`` str (raw decoded text),
-#: ``passage`` bool, ``fire`` bool (True = fire input active),
-#: ``device`` DeviceHealth (a driver's health changed), ``done`` None (a simulated
-#: driver has played its last input).
-READING_KINDS = ("motion", "temp", "card", "qr", "passage", "fire", "device", "done")
+#: ``passage`` bool, ``fire`` bool (True = fire input active), ``tamper`` bool (True =
+#: an enclosure or reader tamper switch is open), ``device`` DeviceHealth (a driver's
+#: health changed), ``done`` None (a simulated driver has played its last input).
+READING_KINDS = (
+    "motion",
+    "temp",
+    "card",
+    "qr",
+    "passage",
+    "fire",
+    "tamper",
+    "device",
+    "done",
+)
 
 
 def describe(exc: BaseException) -> str:
