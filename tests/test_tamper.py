@@ -46,5 +46,8 @@ def test_the_screen_shows_a_tamper_in_the_alarm_banner(browser: Any, gate: GateP
     assert (clear["kind"], clear["detail"]) == ("device", "tamper cleared")
     page.click("#lang")
     page.wait_for_selector("#alarmbar:has-text('Tamper')")  # open until a guard acknowledges
+    # The event list names where the tamper was, and its clear.
+    page.wait_for_selector("#events li:has-text('Tamper · Turnstile')")
+    page.wait_for_selector("#events li:has-text('Turnstile: ok · tamper cleared')")
     screen.shot("alarm-tamper-en")
     screen.close()

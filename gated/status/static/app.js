@@ -251,12 +251,18 @@
       return s;
     }
     if (e.kind === "passage") return e.ref ? (e.passed ? t("passed") : t("not_passed")) : t("no_grant");
-    if (e.kind === "alarm") return t(e.alarm) + (e.person && e.person.name ? " · " + e.person.name : "");
+    if (e.kind === "alarm") {
+      const where = e.alarm === "tamper" && e.device ? " · " + t(e.device) : "";
+      return t(e.alarm) + where + (e.person && e.person.name ? " · " + e.person.name : "");
+    }
     if (e.kind === "ack") return t(e.alarm || "alarm") + (e.guard ? " · " + t("by", { g: e.guard }) : "");
     if (e.kind === "mode") return t(e.mode) + (e.by ? " · " + t("by", { g: e.by }) : "");
     if (e.kind === "guard_on") return e.guard || "";
     if (e.kind === "guard_off") return (e.guard || "") + (e.detail === "restart" ? " · " + t("off_restart") : "");
-    if (e.kind === "device") return t(e.device) + ": " + (e.ok ? t("dev_ok") : t("dev_bad"));
+    if (e.kind === "device") {
+      const cleared = e.ref && String(e.detail || "").startsWith("tamper cleared") ? " · " + t("tamper_cleared") : "";
+      return t(e.device) + ": " + (e.ok ? t("dev_ok") : t("dev_bad")) + cleared;
+    }
     if (e.kind === "purge") return t("purged", { n: e.events || 0 });
     return "";
   }
