@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gated.errors import GatedError
+from gated.events import card_ref
 from gated.ledger import ensure_card_first_use
 from gated.report import daily_report, day_bounds, format_text
 from gated.storage import connect
@@ -35,9 +36,10 @@ def day_events(conn: sqlite3.Connection, start: str, end: str) -> list[dict[str,
 def cards_seen_before(conn: sqlite3.Connection, cards: set[str], first_seq: int) -> set[str]:
     """Those of ``cards`` first used before the event ``first_seq``.
 
-    From ``card_first_use``, which retention never purges: a card used months ago is
-    not new today because the events of its first use are gone. By ``seq``, not by
-    stamp, so an event stamped by an unsynchronised clock cannot reorder them.
+    From ``card_first_use``, which retention keeps for registered cards: a card used
+    months ago is not new today because the events of its first use are gone. By
+    ``seq``, not by stamp, so an event stamped by an unsynchronised clock cannot
+    reorder them.
     """
     out: set[str] = set()
     todo = sorted(cards)
@@ -79,14 +81,7 @@ def build_report(config: Any, conn: sqlite3.Connection, day: date) -> dict[str, 
         for e in events
         if e.get("kind") in ("passage", "decision") and e.get("ref") and e["ref"] not in ids
     }
-    cards = {
-        str(e["credential"]["ref"])
-        for e in events
-        if e.get("kind") == "decision"
-        and isinstance(e.get("credential"), dict)
-        and e["credential"].get("kind") == "card"
-        and e["credential"].get("ref")
-    }
+    cards = {uid for e in events if e.get("kind") == "decision" and (uid := card_ref(e))}
     ensure_card_first_use(conn)  # a database the daemon has not opened since the upgrade
     first_seq = min((int(e["seq"]) for e in events), default=0)
     return daily_report(

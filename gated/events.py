@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 KINDS = (
     "decision",
     "passage",
@@ -46,3 +49,11 @@ REASONS = (
 def topic_for(kind: str) -> str:
     """The topic suffix an event of ``kind`` is published on (``alarm`` or ``event``)."""
     return "alarm" if kind == "alarm" else "event"
+
+
+def card_ref(event: Mapping[str, Any]) -> str | None:
+    """The card uid an event's credential names (as stored: masked only on the way out)."""
+    cred = event.get("credential")
+    if isinstance(cred, Mapping) and cred.get("kind") == "card" and cred.get("ref"):
+        return str(cred["ref"])
+    return None

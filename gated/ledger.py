@@ -7,8 +7,8 @@ and purges.
 
 ``card_first_use`` keeps, for every card uid, the stamp and ``seq`` of the first
 decision it was presented at, written in that decision's transaction. Retention
-never purges it, so the daily report can tell a card's first use after the events
-of that day are long gone.
+keeps it for cards in the registry (and drops a stranger's uid with its events), so
+the daily report can tell a card's first use after the events of that day are gone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gated.clock import Clock
-from gated.events import topic_for
+from gated.events import card_ref, topic_for
 from gated.storage import Transaction
 
 
@@ -68,14 +68,6 @@ def ensure_card_first_use(conn: sqlite3.Connection) -> None:
             " WHERE kind = 'decision' AND json_extract(body, '$.credential.kind') = 'card'"
             " AND json_extract(body, '$.credential.ref') IS NOT NULL ORDER BY seq"
         )
-
-
-def _card_uid(event: dict[str, Any]) -> str | None:
-    cred = event.get("credential")
-    if event["kind"] != "decision" or not isinstance(cred, dict) or cred.get("kind") != "card":
-        return None
-    uid = cred.get("ref")
-    return str(uid) if uid else None
 
 
 class Ledger:
@@ -147,7 +139,7 @@ class Ledger:
                 ),
             )
             c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
-            card = _card_uid(event)
+            card = card_ref(event) if kind == "decision" else None
             if card is not None:
                 c.execute(
                     "INSERT OR IGNORE INTO card_first_use(uid, ts, seq) VALUES (?, ?, ?)",

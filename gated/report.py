@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gated.events import card_ref
 from gated.ledger import iso_utc
 from gated.privacy import mask_name, mask_uid
 
@@ -180,13 +181,6 @@ def daily_report(
     }
 
 
-def _card_ref(e: Mapping[str, Any]) -> str | None:
-    cred = e.get("credential")
-    if isinstance(cred, Mapping) and cred.get("kind") == "card" and cred.get("ref"):
-        return str(cred["ref"])
-    return None
-
-
 def _who(e: Mapping[str, Any]) -> dict[str, Any] | None:
     person = e.get("person")
     if not isinstance(person, Mapping):
@@ -226,7 +220,7 @@ def _decision(
         who = str(e.get("guard") or cred.get("ref") or "?")
         d.overrides.setdefault(who, Counter())["remote_open"] += 1
     ts = str(e.get("ts", ""))
-    card = _card_ref(e)
+    card = card_ref(e)
     if card is None:
         return
     if card not in seen:

@@ -108,23 +108,20 @@ def test_check_config_by_hand_with_the_units_credentials(tmp_path: Path, credent
     # credentials directory is not gated.service's.
     config = gate_config(tmp_path, f'username = "g1"\npassword_file = "{SERVICE_PASSWORD}"\n')
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials), "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "gated.cli", "check-config", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=REPO,
-    )
+
+    def check_config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gated.cli", "check-config", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=REPO,
+        )
+
+    result = check_config()
     assert result.returncode == 0, result.stderr
     env.pop("CREDENTIALS_DIRECTORY")
-    result = subprocess.run(
-        [sys.executable, "-m", "gated.cli", "check-config", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=REPO,
-    )
+    result = check_config()
     assert result.returncode == 2
     assert "mqtt.password_file: no such file" in result.stderr
