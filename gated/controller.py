@@ -8,6 +8,7 @@ turnstile moves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -24,11 +25,12 @@ from gated.actions import prompt_for
 from gated.clock import Clock
 from gated.events import MODES
 from gated.facts import FactFinder
-from gated.ledger import Effects, Ledger
+from gated.ledger import Effects, Ledger, iso_utc
 from gated.passes import PassVerifier
 from gated.policy import Facts, Verdict, decide
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
+from gated.storage_watch import STORAGE, CommitFailed, StorageWatch, is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Counters:
     events: int = 0
     rejected: int = 0
     errors: int = 0
+    #: Events that could not be committed (and so were not acted on).
+    not_committed: int = 0
 
 
 class Controller:
@@ -116,12 +120,17 @@ class Controller:
         self.pending: dict[str, PendingGuard] = {}
         self.fever_checks: dict[str, FeverCheck] = {}
         self.health: dict[str, DeviceHealth] = {}
+        #: Whether events can be committed: ``storage`` in the health map.
+        self.storage = StorageWatch(clock)
+        self.health[STORAGE] = self.storage.health()
         self.counters = Counters()
         self.observers: list[Observer] = []
         self.waiting_done: set[str] = set()
         self.last_verdict: dict[str, Any] | None = None
         #: Called once per loop turn (at least every 0.2 s): the systemd watchdog ping.
         self.heartbeat: Callable[[], None] | None = None
+        #: Called when the state changes with no event to tell of it (storage fails).
+        self.state_watchers: list[Callable[[], None]] = []
 
     # -- from other threads ------------------------------------------------------------
 
@@ -148,7 +157,8 @@ class Controller:
         """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
         try:
             self.end_stale_shifts()
-        except sqlite3.Error as exc:  # the gate runs on; the screen shows who logs in next
+        except (sqlite3.Error, CommitFailed) as exc:
+            # The gate runs on; the screen shows who logs in next.
             log.error("could not end the shifts left open by the last run: %s", exc)
         while not stop.is_set():
             try:
@@ -159,6 +169,8 @@ class Controller:
                 if item is not None:
                     self.handle(item)
                 self.tick()
+            except CommitFailed:
+                pass  # nothing acted on it; the storage watch counts and logs it
             except Exception:
                 # Nothing was acted on without its commit; log, count and keep the gate alive.
                 self.counters.errors += 1
@@ -263,6 +275,7 @@ class Controller:
                 "events": self.counters.events,
                 "rejected": self.counters.rejected,
                 "errors": self.counters.errors,
+                "not_committed": self.counters.not_committed,
             },
         }
 
@@ -305,13 +318,15 @@ class Controller:
         else:
             self._record(event)
         if verdict.alarm:
-            self._alarm(
-                verdict.alarm,
-                f"session ended {verdict.decision}",
-                ref=event["id"],
-                person=event["person"],
-                temperature_c=event["temperature_c"],
-            )
+            # The decision is committed: it is acted on even if its alarm cannot be.
+            with contextlib.suppress(CommitFailed):
+                self._alarm(
+                    verdict.alarm,
+                    f"session ended {verdict.decision}",
+                    ref=event["id"],
+                    person=event["person"],
+                    temperature_c=event["temperature_c"],
+                )
         self._act(event, verdict, effects)
         if verdict.decision == "denied" and "fever" in verdict.reasons:
             self._offer_fever_check(event, s, facts, effects)
@@ -374,11 +389,12 @@ class Controller:
             self.pending[event["id"]] = PendingGuard(event, deadline, effects)
             self.turnstile.signal("guard")
             if not self.guards_on_duty:
-                self._alarm(
-                    "unattended",
-                    "a guard decision is needed and no guard is on duty",
-                    ref=event["id"],
-                )
+                with contextlib.suppress(CommitFailed):
+                    self._alarm(
+                        "unattended",
+                        "a guard decision is needed and no guard is on duty",
+                        ref=event["id"],
+                    )
         else:
             self.turnstile.signal("denied")
         self._play(prompt_for(v.decision, v.reasons))
@@ -479,10 +495,11 @@ class Controller:
         """Change the gate mode; recorded as a ``mode`` event by ``by``."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
-        previous, self.mode = self.mode, mode
+        previous = self.mode
         event = self._record(
             {"kind": "mode", "mode": mode, "previous": previous, "by": by}, Effects(mode=mode)
         )
+        self.mode = mode  # only once committed: a mode the ledger does not know is no mode
         self.turnstile.free(self._free())
         return event
 
@@ -600,7 +617,13 @@ class Controller:
         return self._record({"kind": "alarm", "alarm": alarm, "detail": detail, **fields})
 
     def _record(self, event: dict[str, Any], effects: Effects | None = None) -> dict[str, Any]:
-        event = self.ledger.append(event, effects)
+        try:
+            event = self.ledger.append(event, effects)
+        except sqlite3.Error as exc:
+            if not is_storage_failure(exc):
+                raise
+            self._not_committed(event, exc)
+            raise CommitFailed(f"event not committed: {exc}") from exc
         self.counters.events += 1
         if event["kind"] == "decision":
             d = event["decision"]
@@ -613,7 +636,54 @@ class Controller:
                 observe(event)
             except Exception:  # an observer must never stop the gate
                 log.exception("event observer failed")
+        if self.storage.failing:
+            self._storage_works_again()
         return event
+
+    def _not_committed(self, event: dict[str, Any], exc: sqlite3.Error) -> None:
+        """Fail secure on an event that is not in the ledger: nothing acts on it, the
+        turnstile locks unless a committed grant is open, the person waits for the guard."""
+        self.counters.not_committed += 1
+        first = self.storage.failed(exc)
+        self.health[STORAGE] = self.storage.health()
+        if not self.grants and not self._free():
+            self.turnstile.lock()
+        if event.get("kind") == "decision":
+            self.turnstile.signal("guard")
+            self._play("wait_guard")
+        if first:
+            for watch in self.state_watchers:
+                try:
+                    watch()
+                except Exception:  # a watcher must never stop the gate
+                    log.exception("state watcher failed")
+
+    def _storage_works_again(self) -> None:
+        outage = self.storage.ended()
+        if outage is None:
+            return
+        self.health[STORAGE] = self.storage.health()
+        try:
+            alarm = self._alarm(
+                "device",
+                f"storage: no event could be committed from {iso_utc(outage.since)} to"
+                f" {iso_utc(self.clock.time())}, {outage.failures} not written: {outage.error}",
+                device=STORAGE,
+                since=iso_utc(outage.since),
+                not_written=outage.failures,
+            )
+            self._record(
+                {
+                    "kind": "device",
+                    "device": STORAGE,
+                    "ok": True,
+                    "detail": "storage works again",
+                    "ref": alarm["id"],
+                }
+            )
+        except CommitFailed:
+            self.storage.resume(outage)  # failing again: one alarm for the whole outage
+            self.health[STORAGE] = self.storage.health()
 
     def _play(self, prompt: str | None) -> None:
         if prompt and self.prompter is not None:

@@ -9,6 +9,7 @@ its few fixed statements with sqlite3 directly.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -113,7 +114,18 @@ class Transaction:
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
             self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            self._rollback()  # a COMMIT that failed may leave the transaction open
+            raise
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a full disk): a ROLLBACK would then fail
+        # and hide the error that says why.
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")

@@ -111,6 +111,7 @@ class StatusServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.url = ""
         controller.observers.append(self._observe)
+        controller.state_watchers.append(self._state_changed)
 
     # -- lifecycle (any thread) -------------------------------------------------------
 
@@ -192,7 +193,15 @@ class StatusServer:
         with contextlib.suppress(RuntimeError):  # the screen is stopped; the gate goes on
             self.loop.call_soon_threadsafe(self._on_event, event)
 
+    def _state_changed(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._on_state_changed)
+
     # -- on the server loop ------------------------------------------------------------
+
+    def _on_state_changed(self) -> None:
+        self._events_seen += 1  # no cached snapshot: the state moved on without an event
+        self.schedule_refresh()
 
     def _on_event(self, event: dict[str, Any]) -> None:
         shown = self.history.add(event)
@@ -439,18 +448,23 @@ class StatusServer:
         )
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """``GET /healthz``: 200 while the controller answers, else 503."""
+        """``GET /healthz``: 200 while the controller answers and events can be
+        committed, else 503."""
         started = time.perf_counter()
         try:
             snap = await self.snapshot()
         except (TimeoutError, RuntimeError):
             return web.json_response({"ok": False, "error": "controller not answering"}, status=503)
+        storage = (snap.get("devices") or {}).get("storage") or {}
+        ok = storage.get("ok") is not False
         return web.json_response(
             {
-                "ok": True,
+                "ok": ok,
+                **({} if ok else {"error": f"storage: {storage.get('detail')}"}),
                 "boot": self.history.boot,
                 "seq": self.history.last_seq,
                 "mode": snap.get("mode"),
                 "controller_ms": round((time.perf_counter() - started) * 1000, 2),
-            }
+            },
+            status=200 if ok else 503,
         )

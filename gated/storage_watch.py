@@ -1,0 +1,112 @@
+"""Whether events can be committed: the ``storage`` device in the controller's health map.
+
+A commit that fails (a full or read-only SD card, an I/O error, a damaged file) must
+not become a traceback per session. The controller acts on nothing it could not
+commit; this watch turns the failures into one health entry, a log line at most once
+a minute with the count, and, once a commit works again, the outage that the
+controller records as one ``device`` alarm (from when to when, how many events lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+
+from drivers.base import DeviceHealth
+from gated.clock import Clock
+from gated.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+#: The device name of the database in health, ``/api/state``, ``T/status`` and ``/metrics``.
+STORAGE = "storage"
+#: Seconds between two log lines while commits keep failing.
+LOG_EVERY_S = 60.0
+
+
+class CommitFailed(StorageError):
+    """An event could not be committed: nothing may act on it."""
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether a SQLite error says the database takes no commit now (full, read-only,
+    I/O error, busy, damaged) rather than that the statement itself is wrong."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _error_text(exc: BaseException) -> str:
+    # One line, printable: it goes to the journal, the screen and the alarm.
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.encode("ascii", "backslashreplace").decode()[:200]
+
+
+@dataclass
+class Outage:
+    """Commits failing since ``since`` (unix time): how many, the last error."""
+
+    since: float
+    failures: int
+    error: str
+    logged_at: float  # monotonic time of the last log line
+
+
+class StorageWatch:
+    """Follows commit failures and successes on the controller thread."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.outage: Outage | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last commit failed."""
+        return self.outage is not None
+
+    def health(self) -> DeviceHealth:
+        """The ``storage`` entry of the health map."""
+        o = self.outage
+        if o is None:
+            return DeviceHealth(True, "")
+        return DeviceHealth(
+            False, f"no event can be committed: {o.error} ({o.failures} not written)"
+        )
+
+    def failed(self, exc: BaseException) -> bool:
+        """Count one failed commit; True for the first of an outage."""
+        now = self.clock.monotonic()
+        error = _error_text(exc)
+        o = self.outage
+        if o is None:
+            self.outage = Outage(self.clock.time(), 1, error, now)
+            log.error(
+                "storage: an event could not be committed (%s); the gate stays locked and"
+                " asks people to wait for the guard until a commit works again",
+                error,
+            )
+            return True
+        o.failures += 1
+        o.error = error
+        if now - o.logged_at >= LOG_EVERY_S:
+            o.logged_at = now
+            log.error(
+                "storage: still failing (%s): %d events not committed so far", error, o.failures
+            )
+        return False
+
+    def ended(self) -> Outage | None:
+        """A commit worked: the outage it ends, if there was one (the watch is clear again)."""
+        o, self.outage = self.outage, None
+        if o is not None:
+            log.warning(
+                "storage works again: %d events could not be committed (%s)", o.failures, o.error
+            )
+        return o
+
+    def resume(self, outage: Outage) -> None:
+        """The outage's alarm could not be committed: it goes on, with the new failures."""
+        new = self.outage
+        if new is not None:
+            outage.failures += new.failures
+            outage.error = new.error
+        self.outage = outage
