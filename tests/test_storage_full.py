@@ -303,3 +303,67 @@ def test_gated_run_on_a_full_card_stays_up_locked_and_503_and_recovers_when_room
     finally:
         gp.stop()
     assert "Traceback" not in gp.daemon.output()
+
+
+@pytest.fixture
+def ext4_card(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """An 8 MB ext4 file system on a loop device, mounted ``errors=remount-ro`` as Raspberry
+    Pi OS mounts its root; with the file that makes the kernel take it for a failing card."""
+    image, mnt = tmp_path / "card.img", tmp_path / "card"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no mkfs.ext4 here: {made.stderr.strip()}")
+    mounted = subprocess.run(
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()}")
+    try:
+        source = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True, text=True
+        ).stdout.strip()
+        trigger = Path("/sys/fs/ext4") / Path(source).name / "trigger_fs_error"
+        if not trigger.exists():
+            pytest.skip("this kernel has no ext4 trigger_fs_error")
+        yield mnt, trigger
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_gated_run_on_a_card_gone_read_only_stays_up_locked_and_503(
+    ext4_card: tuple[Path, Path],
+) -> None:
+    mnt, trigger = ext4_card
+    gp = GateProcess(mnt)
+    lines: list[dict[str, Any]] = []
+    for i in range(240):
+        lines += arrival(i * 0.5, 36.5, GREEN, passage=True)
+    gp.play(lines)
+    gp.start()
+    try:
+        gp.wait_event(lambda e: e["kind"] == "decision" and e["seq"] >= 3, "three decisions")
+        trigger.write_text("gated test: the card fails\n")  # ext4 error: remounted read-only
+
+        def unhealthy() -> dict[str, Any] | None:
+            status, body = gp.get("/healthz")
+            health: dict[str, Any] = json.loads(body)
+            return health if status == 503 else None
+
+        health = wait_until(unhealthy, what="/healthz 503")
+        assert health["error"].startswith("storage: no event can be committed")
+        wait_until(
+            lambda: (h := unhealthy()) and int(h["error"].split("(")[-1].split()[0]) >= 3,
+            what="three sessions not committed",
+        )
+        assert gp.daemon is not None
+        out = gp.daemon.output()
+        assert "Traceback" not in out and "controller step failed" not in out
+        assert out.count("storage: an event could not be committed") == 1, out
+    finally:
+        gp.stop()
+    assert "Traceback" not in gp.daemon.output()
