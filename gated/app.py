@@ -25,7 +25,7 @@ from gated.passes import PassVerifier
 from gated.publisher import Publisher
 from gated.registry import Registry
 from gated.retention import Retention, RetentionService
-from gated.storage import connect
+from gated.storage import open_checked
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class App:
         self.init_publisher()
 
     def init_storage(self) -> None:
-        """Open the database and count this start."""
-        self.conn = connect(self.config.storage.path)
+        """Open the database (checked: a damaged one ends the start) and count this start."""
+        self.conn = open_checked(self.config.storage.path, self.config.source)
         self.ledger = Ledger(
             self.conn,
             site=self.config.gate.site,

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import __version__, cli_data, cli_pass, cli_report, cli_status
+from gated import __version__, cli_data, cli_db, cli_pass, cli_report, cli_status
 from gated.errors import ConfigError, GatedError, RegistryImportError
 from gated.notify import JournalFormatter, stderr_is_journal
 
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_pass.register(sub)
     cli_data.register(sub)
+    cli_db.register(sub)
     cli_report.register(sub)
     cli_status.register(sub)
     return parser

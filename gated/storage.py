@@ -98,6 +98,45 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+def problems(path: Path | str, quick: bool = False, limit: int = 100) -> list[str]:
+    """What SQLite's ``integrity_check`` (or ``quick_check``) finds wrong with the file
+    at ``path``: [] when it is sound. Read-only: a damaged file is never written to."""
+    pragma = "quick_check" if quick else "integrity_check"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            rows = conn.execute(f"PRAGMA {pragma}({int(limit)})").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # not a database at all, or unreadable
+        return [str(exc)]
+    # One problem a line; SQLite heads a report with "*** in database main ***".
+    found = [
+        line.strip()
+        for r in rows
+        for line in str(r[0]).splitlines()
+        if line.strip() and not line.startswith("*** ")
+    ]
+    return [] if found == ["ok"] else found
+
+
+def open_checked(path: Path | str, config_path: Path | str) -> sqlite3.Connection:
+    """:func:`connect` after SQLite's ``quick_check``: a damaged file is not opened for
+    writing, and the error says which commands repair it."""
+    path = Path(path)
+    if str(path) != ":memory:" and path.exists():
+        found = problems(path, quick=True, limit=1)
+        if found:
+            raise StorageError(
+                f"the database {path} is damaged ({found[0]}): run `gated db check -c"
+                f" {config_path}`, then, with the gate stopped (systemctl stop gated),"
+                f' `gated db recover -c {config_path}` (docs/install.md, "The database is'
+                ' damaged")'
+            )
+    return connect(path)
+
+
 def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
     """The sqlite-utils view of a connection opened by :func:`connect`."""
     return sqlite_utils.Database(conn)
