@@ -26,6 +26,7 @@ from gated.ledger import Ledger, iso_utc
 from gated.storage_watch import CommitFailed
 from tests.conftest import Rig
 from tests.gate_process import GateProcess, arrival
+from tests.test_commands import Remote
 from tests.test_status_api import Gate
 from tests.waiting import wait_until
 
@@ -367,3 +368,45 @@ def test_gated_run_on_a_card_gone_read_only_stays_up_locked_and_503(
     finally:
         gp.stop()
     assert "Traceback" not in gp.daemon.output()
+
+
+# ---- T/status over a real broker --------------------------------------------------------
+
+
+def test_t_status_lists_storage_and_says_when_no_event_can_be_committed(tmp_path: Path) -> None:
+    remote = Remote(tmp_path)
+    try:
+        ctl = remote.rig.controller
+
+        def storage_is(ok: bool) -> Any:
+            return lambda m: any(
+                s.get("devices", {}).get("storage", {}).get("ok") is ok for s in remote.statuses()
+            )
+
+        remote.col.wait_for(storage_is(True), 10)
+        ctl.submit(lambda: fill(remote.rig.ledger)).result(timeout=30)
+        refused = remote.send("mode", {"req": "m1", "mode": "free"})
+        assert refused["ok"] is False and "not committed" in refused["error"]
+        assert ctl.mode == "normal" and remote.rig.turnstile.state == "locked"
+        assert remote.send("ping", {"req": "p1"})["ok"] is True  # the status follows it
+        remote.col.wait_for(storage_is(False), 10)
+        ctl.submit(lambda: make_room(remote.rig.conn)).result(timeout=30)
+        assert remote.send("mode", {"req": "m2", "mode": "locked"})["ok"] is True
+        remote.col.wait_for(
+            lambda m: any(
+                s.get("mode") == "locked" and s["devices"]["storage"]["ok"]
+                for s in remote.statuses()
+            ),
+            10,
+        )
+
+        def alarms() -> list[dict[str, Any]]:
+            with remote.col.cond:
+                found = [json.loads(p) for t, p, _ in remote.col.messages if t.endswith("/alarm")]
+            return [a for a in found if a["alarm"] == "device"]
+
+        remote.col.wait_for(lambda m: alarms(), 10)
+        (alarm,) = alarms()
+        assert alarm["device"] == "storage" and alarm["not_written"] == 1
+    finally:
+        remote.close()
