@@ -29,10 +29,16 @@ class CommitFailed(StorageError):
     """An event could not be committed: nothing may act on it."""
 
 
+#: SQLite's primary result codes that say the file takes no commit now: BUSY, LOCKED,
+#: NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+STORAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
 def is_storage_failure(exc: BaseException) -> bool:
     """Whether a SQLite error says the database takes no commit now (full, read-only,
     I/O error, busy, damaged) rather than that the statement itself is wrong."""
-    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in STORAGE_CODES
 
 
 def _error_text(exc: BaseException) -> str:
