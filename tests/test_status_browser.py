@@ -10,6 +10,10 @@ Arrivals in a scenario start a few seconds after the daemon does, so the page is
 before the first verdict; the page records every verdict its banner shows
 (``RECORD``), so a test sees the order in which they came.
 
+In each state that matters (idle, login, verdicts, pending decisions, alarms, a phone),
+in zh-CN and English, axe-core (``tests/vendor/``) is run in the page and any serious or
+critical WCAG 2.1 A/AA violation fails the test (SPEC §8).
+
 On a fresh machine ``scripts/setup.sh`` installs chromium and Playwright. Where they
 are missing the tests are skipped, except under ``CI=true`` or
 ``GATED_REQUIRE_BROWSER=1``, where a missing browser fails them.
@@ -47,6 +51,10 @@ ARGS = [
 ]
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
+#: Deque's axe-core from npm (tests/vendor/README.md says which, and where from).
+AXE = REPO / "tests" / "vendor" / "axe-core-4.14.1.min.js"
+#: The rules of WCAG 2.0 and 2.1, levels A and AA (SPEC §8).
+WCAG21AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 WAIT_MS = 20_000
 START = 4.0  # scenario seconds before the first arrival: time to open the page
 
@@ -147,6 +155,44 @@ class Screen:
             )
         )
 
+    def accessible(self, what: str) -> None:
+        """Fail on any serious or critical WCAG 2.1 A/AA violation axe-core finds on the
+        page as it is now, naming each rule, its impact and the elements that break it."""
+        if not self.page.evaluate("typeof window.axe === 'object'"):
+            self.page.evaluate(AXE.read_text())  # from the test, past the page's CSP
+        result = self.page.evaluate(
+            "tags => axe.run(document, { runOnly: { type: 'tag', values: tags },"
+            " resultTypes: ['violations'] })",
+            WCAG21AA,
+        )
+        problems = [
+            f"{v['id']} ({v['impact']}, {v['help']}): "
+            + ", ".join(" ".join(n["target"]) for n in v["nodes"])
+            for v in result["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        assert not problems, (
+            f"{what} in {self.page.evaluate('document.documentElement.lang')}:\n"
+            + "\n".join(problems)
+        )
+
+    def cut_off(self) -> list[str]:
+        """The lines of the verdict card that are not wholly inside the card and the viewport."""
+        return list(
+            self.page.evaluate(
+                """(() => {
+                    const card = document.getElementById("verdict").getBoundingClientRect();
+                    return [...document.querySelectorAll("#verdict > *")].filter(e => {
+                        const r = e.getBoundingClientRect();
+                        return r.height > 0 && (r.top < card.top - 0.5
+                            || r.bottom > card.bottom + 0.5 || r.left < card.left - 0.5
+                            || r.right > card.right + 0.5
+                            || r.bottom > innerHeight || r.right > innerWidth);
+                    }).map(e => e.id || e.className);
+                })()"""
+            )
+        )
+
     def until(self, expression: str, what: str) -> None:
         """Wait until a script expression holds (the page's CSP forbids the eval that
         ``wait_for_function`` polls with)."""
@@ -180,12 +226,13 @@ def test_the_verdict_banner_follows_the_scenario(browser: Any, gate: GateProcess
     assert page.inner_text("#v-word") == "通行"  # zh-CN by default
     assert "Z**** W**" in page.inner_text("#v-name")
     assert page.inner_text("#v-temp") == "36.5\xa0°C"
+    screen.accessible("a granted verdict")
     screen.shot("verdict-granted-zh")
     screen.verdict("denied")
     assert screen.shown() == ["granted", "denied"]
     assert "体温异常（发热）" in page.inner_text("#v-reasons")
     color = page.eval_on_selector("#verdict", "e => getComputedStyle(e).backgroundColor")
-    assert color == "rgb(211, 47, 47)"
+    assert color == "rgb(198, 40, 40)"
     page.click("#lang")
     expect(page.locator("html")).to_have_attribute("lang", "en")
     assert page.inner_text("#v-word") == "DENIED"
@@ -195,6 +242,7 @@ def test_the_verdict_banner_follows_the_scenario(browser: Any, gate: GateProcess
     assert page.locator("#events li").count() >= 4
     content = page.content()  # no personal data beyond the masked name reaches the page
     assert "Zhang Wei" not in content and "320623199001011234" not in content
+    screen.accessible("a denied verdict, a fever to re-check, nobody logged in")
     screen.shot("verdict-denied-en")
     screen.close()
 
@@ -213,6 +261,7 @@ def test_a_guard_approves_a_pending_decision_with_a_click(browser: Any, gate: Ga
     # On the booth's 1024x600 screen, in English, every guard button is in sight.
     for selector in ("#open", "#modes button", ".pend .approve", ".pend .deny", "#loginbtn"):
         assert screen.in_view(selector), selector
+    screen.accessible("a decision pending")
     screen.shot("pending-decision-en")
     page.click(f".pend[data-event='{event_id}'] .approve")
     done = gate.wait_event(lambda e: e.get("decision") == "guard_granted", "the guard's grant")
@@ -220,6 +269,7 @@ def test_a_guard_approves_a_pending_decision_with_a_click(browser: Any, gate: Ga
     screen.verdict("guard_granted")
     page.wait_for_selector("#pending .empty")
     page.wait_for_selector("#events li.guard_granted")
+    screen.accessible("a guard's grant")
     # The grant opened the turnstile; nobody went through before the window ran out.
     passage = gate.wait_event(lambda e: e["kind"] == "passage", "the passage after the grant")
     assert passage["ref"] == done["id"]
@@ -256,6 +306,7 @@ def test_a_fever_is_re_checked_with_a_clinical_reading(browser: Any, gate: GateP
     gate.wait_event(lambda e: e["kind"] == "ack", "the ack")
     page.wait_for_selector("#alarmbar", state="hidden")
     assert page.input_value(".pend.recheck .confirm") == "36.8"
+    screen.accessible("a fever re-check on a phone")
     screen.shot("phone-fever-recheck")
     page.click(".pend.recheck .approve")
     done = gate.wait_event(lambda e: e.get("decision") == "guard_granted", "the grant")
@@ -281,6 +332,8 @@ def test_an_alarm_blinks_and_sounds_until_acknowledged(browser: Any, gate: GateP
     assert animation == "blink"
     booth.until("(window.gatedBeeps || 0) > 0", "a beep")
     phone.page.wait_for_selector("#alarmbar:not([hidden])")
+    booth.accessible("an alarm")
+    phone.accessible("an alarm on a phone")
     booth.shot("alarm-blinking")
     alarm = gate.wait_event(lambda e: e.get("alarm") == "tailgate", "the alarm")
     booth.page.click("#ack")
@@ -326,6 +379,81 @@ def test_the_page_recovers_after_a_daemon_restart(browser: Any, gate: GateProces
     assert "尾随通过" in page.inner_text("#alarmbar")
     screen.verdict("needs_guard")
     assert page.locator("#events li").count() >= 5  # the ledger from before the restart
+    screen.close()
+
+
+def test_the_idle_screen_and_the_login_meet_wcag_21_aa(browser: Any, gate: GateProcess) -> None:
+    """axe-core finds no serious or critical violation, in zh-CN and English: the idle
+    screen, the login dialog, and the guard's bar once logged in."""
+    gate.start()  # nobody comes
+    screen = Screen(browser, gate)
+    page = screen.page
+    page.wait_for_selector("#verdict.idle")
+    assert page.get_by_role("heading", level=1).inner_text() == "s1 / g1"
+    for lang in ("zh-CN", "en"):
+        expect(page.locator("html")).to_have_attribute("lang", lang)
+        screen.accessible("the idle screen")
+        page.click("#loginbtn")
+        page.wait_for_selector("#logindlg[open]")
+        screen.accessible("the login dialog")
+        page.click("#logincancel")
+        page.wait_for_selector("#logindlg:not([open])", state="attached")
+        page.click("#lang")
+    screen.login()
+    screen.accessible("a guard logged in")
+    screen.close()
+
+
+def test_the_busy_booth_screen_reads_in_full(browser: Any, gate: GateProcess) -> None:
+    """1024x600 with an alarm bar, two decisions pending and a guard's bar: every line of
+    the verdict card is in sight, the alarm is announced from a landmark, the event list
+    scrolls from the keyboard, and axe-core finds nothing serious, in both languages."""
+    gate.play(
+        [
+            *arrival(START, 36.5, "0A1B2C3D4E", passage=True),
+            {"t": START + 2, "passage": True},  # tailgating: the alarm bar
+            *fever(START + 4, "0A1B2C3D4E"),
+            *arrival(START + 6, 36.7, "1122334455"),  # GUARD NEEDED, two lines in English
+        ]
+    )
+    gate.start()
+    screen = Screen(browser, gate, lang="en")
+    page = screen.page
+    screen.login()
+    screen.verdict("needs_guard")
+    expect(page.locator(".pend")).to_have_count(2)
+    alarm = page.get_by_role("region", name="ALARM")
+    expect(alarm.get_by_role("alert")).to_contain_text("Fever")
+    page.wait_for_selector("#v-ago:has-text('s ago')")
+    assert screen.cut_off() == []
+    screen.accessible("an alarm, two decisions pending, a guard logged in")
+    # The last events, scrolled with the keyboard alone.
+    events = page.get_by_role("region", name="Last events")
+    assert events.evaluate("e => e.scrollHeight > e.clientHeight"), "the list is not full"
+    for _ in range(30):
+        if events.evaluate("e => e === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    expect(events).to_be_focused()
+    page.keyboard.press("End")
+    screen.until(
+        "(e => e.scrollTop + e.clientHeight >= e.scrollHeight - 1)"
+        "(document.querySelector('.events-scroll'))",
+        "scrolling the events to the end",
+    )
+    # The guard's grant: "GUARD GRANTED", and by whom, still in the card.
+    page.click(".pend:not(.recheck) .approve")
+    screen.verdict("guard_granted")
+    page.wait_for_selector("#v-ago:has-text('by G01')")
+    assert screen.cut_off() == []
+    screen.shot("busy-booth-en")
+    page.click("#lang")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    page.wait_for_selector("#v-ago:has-text('操作人 G01')")
+    assert screen.cut_off() == []
+    expect(page.get_by_role("region", name="警报").get_by_role("alert")).to_contain_text("发热")
+    screen.accessible("an alarm, a fever to re-check, a guard's grant")
+    screen.shot("busy-booth-zh")
     screen.close()
 
 

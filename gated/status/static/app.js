@@ -78,6 +78,7 @@
       $("v-ago").textContent = "";
       color.hidden = true;
       box.dataset.decision = "";
+      fitVerdict(box);
       return;
     }
     box.classList.add(v.decision);
@@ -99,6 +100,18 @@
     let ago = t("ago", { s: Math.max(0, Math.round(age)) });
     if (v.guard) ago += " · " + t("by", { g: v.guard });
     $("v-ago").textContent = ago;
+    fitVerdict(box);
+  }
+
+  // The card's words shrink (down to half size) until every line, "12 s ago" too, is in
+  // the card: a two-line verdict under an alarm bar fills a 1024x600 booth screen.
+  function fitVerdict(box) {
+    let fit = 1;
+    box.style.setProperty("--fit", "1");
+    while (box.scrollHeight > box.clientHeight && fit > 0.5) {
+      fit -= 0.05;
+      box.style.setProperty("--fit", fit.toFixed(2));
+    }
   }
 
   // What a guard typed into a clinical-reading field survives the re-renders of live updates.
@@ -498,6 +511,7 @@
   // Browsers start audio only after a gesture: the first touch anywhere enables it.
   document.addEventListener("pointerdown", ensureAudio, { once: true });
   document.addEventListener("keydown", ensureAudio, { once: true });
+  window.addEventListener("resize", renderVerdict);
 
   setLink(true);
   applyLang();
