@@ -115,6 +115,7 @@ class App:
             self.devices.get("prompter"),  # type: ignore[arg-type]
             self.clock,
         )
+        self.controller.expect_devices(self.devices)
         if self.config.sim.exit_when_done:
             self.controller.waiting_done = {
                 name
@@ -227,16 +228,21 @@ class App:
         signal.signal(signal.SIGINT, handler)
 
     def close(self) -> None:
-        """Stop services and devices, de-energise the relay, close the database."""
-        for service in reversed(self.services):
-            try:
-                service.stop()
-            except Exception as exc:  # stopping must go on for the others
-                log.warning("%s did not stop cleanly: %s", type(service).__name__, exc)
+        """Stop the inputs and lock, drain the outbox, stop the services, close the database.
+
+        By now the controller's loop has ended, so what it decided is committed; the
+        devices stop first (no more input, the relay de-energised), then the publisher
+        drains the outbox for up to 2 s before its ``offline`` status (SPEC §4).
+        """
         for name, device in reversed(list(self.devices.items())):
             try:
                 device.stop()
             except Exception as exc:  # stopping must go on for the others
                 log.warning("%s did not stop cleanly: %s", name, exc)
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception as exc:  # stopping must go on for the others
+                log.warning("%s did not stop cleanly: %s", type(service).__name__, exc)
         self.conn.close()
         log.info("stopped; relay de-energised, database closed")

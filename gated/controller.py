@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -119,10 +119,14 @@ class Controller:
         self.grants: list[OpenGrant] = []
         self.pending: dict[str, PendingGuard] = {}
         self.fever_checks: dict[str, FeverCheck] = {}
+        #: Every configured device's health (see :meth:`expect_devices`), and what else
+        #: reports one; the screen and ``T/status.devices`` list all of it.
         self.health: dict[str, DeviceHealth] = {}
         #: Whether events can be committed: ``storage`` in the health map.
         self.storage = StorageWatch(clock)
         self.health[STORAGE] = self.storage.health()
+        #: Devices that reported their health at least once (a seeded entry is a guess).
+        self.reported: set[str] = set()
         self.counters = Counters()
         self.observers: list[Observer] = []
         self.waiting_done: set[str] = set()
@@ -476,10 +480,17 @@ class Controller:
             }
         )
 
+    def expect_devices(self, names: Iterable[str]) -> None:
+        """Seed the health with every configured device: working until it reports."""
+        for name in names:
+            self.health.setdefault(name, DeviceHealth(True, ""))
+
     def _device(self, name: str, health: Any) -> None:
         if not isinstance(health, DeviceHealth):
             return
-        before = self.health.get(name)
+        # A first report that says "working" is no news, whatever the seed's detail.
+        before = self.health.get(name) if name in self.reported else None
+        self.reported.add(name)
         self.health[name] = health
         if before == health or (before is None and health.ok):
             return

@@ -8,16 +8,27 @@ batched transactions. After any reconnect it starts again from the lowest row st
 in the outbox, so delivery is at least once (a consumer dedupes by ``id``) and a
 consumer sees ``seq`` in order.
 
+The loop sleeps in one ``select`` over paho's socket and a wake socket of its own: a
+commit (the controller's observer), a command result or a status to send writes a
+byte there, so an event leaves for the broker as soon as it is committed, not at the
+next poll. On stop it drains the outbox for up to ``drain_s`` (SPEC §4) before its
+``offline`` status.
+
 The retained status follows the gate: it is published on connect, every
 ``status_interval_s``, and within a second of an applied command or of an event
 that changes what it says (mode, device health, the turnstile opening or closing).
+Its first one waits (briefly) for the gate's state, so it lists every device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
+import select
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +56,21 @@ Snapshot = Callable[[], "Future[dict[str, Any]]"]
 #: Event kinds after which the status is published again (soon, at most once a second).
 STATUS_KINDS = frozenset({"mode", "device", "alarm", "decision", "passage"})
 
+#: How long the first connection waits for the gate's state (normally a few ms).
+FIRST_STATE_WAIT_S = 2.0
+
+
+class _Outgoing(queue.SimpleQueue[tuple[str, bytes, bool]]):
+    """Messages other threads hand to the loop (command results); each one wakes it."""
+
+    def __init__(self, wake: Callable[[], None]):
+        self._wake = wake
+
+    def put(self, item: tuple[str, bytes, bool], block: bool = True, timeout: Any = None) -> None:
+        """Queue ``item`` and wake the loop."""
+        super().put(item, block, timeout)
+        self._wake()
+
 
 class Publisher:
     """A service (``start``/``stop``) that keeps the broker up to date with the outbox."""
@@ -61,6 +87,8 @@ class Publisher:
         status_interval_s: float = 30.0,
         stable_s: float = 10.0,
         wall: Callable[[], float] = time.time,
+        poll_s: float = 0.1,
+        drain_s: float = 2.0,
     ):
         self.config = config
         self.mq = config.mqtt
@@ -79,15 +107,25 @@ class Publisher:
         self.stable_s = stable_s
         #: Unix time of the status ``ts`` and of "today": the controller's clock.
         self.wall = wall
+        #: The longest the loop sleeps with nothing due: it looks at the outbox then even
+        #: if no commit woke it (a plain publisher polls; one for a controller is woken).
+        self.poll_s = poll_s
+        #: On stop, how long the outbox may take to drain before the ``offline`` status.
+        self.drain_s = drain_s
+        self._drain_until = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self.link = Link(self.mq, self.client_id, self._will(), backoff=backoff, window=window)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.conn: Any = None
         self.connected = threading.Event()
-        self._outgoing: queue.SimpleQueue[tuple[str, bytes, bool]] = queue.SimpleQueue()
+        self._outgoing = _Outgoing(self.wake)
         self._acks: list[tuple[int, Any]] = []
         self._state: dict[str, Any] = {}
-        self._status_due = False
+        self._state_ready = threading.Event()
+        self._status_wanted = False
         self._state_stale = False
         #: Counters for the screen, metrics and tests.
         self.published = 0
@@ -95,6 +133,10 @@ class Publisher:
         self.refused = 0
         self.bad_rows = 0
         self.sessions = 0
+        #: Loop turns ended by a wake-up (a commit, a command result, a status to send).
+        self.wakeups = 0
+        #: Events still in the outbox when the last stop's drain ran out of time.
+        self.left_at_stop = 0
 
     @classmethod
     def for_app(cls, app: Any) -> Publisher:
@@ -110,14 +152,32 @@ class Publisher:
             return {**ctl.snapshot(), "turnstile": "open" if held or ctl.grants else "locked"}
 
         options.setdefault("wall", ctl.clock.time)
+        options.setdefault("poll_s", 1.0)  # every commit wakes it: the poll is a backstop
         pub = cls(config, commands=Commands(ctl), snapshot=lambda: ctl.submit(state), **options)
         ctl.observers.append(pub.observe)
         return pub
 
     def observe(self, event: dict[str, Any]) -> None:
-        """Controller observer: an event that changes the status asks for a new one."""
+        """Controller observer (after the commit): send it now; a new status if it says so."""
         if event.get("kind") in STATUS_KINDS:
             self._state_stale = True
+        self.wake()
+
+    def wake(self) -> None:
+        """End the loop's wait now (any thread): something is there to send."""
+        with contextlib.suppress(OSError):  # full: a wake-up is pending; closed: stopped
+            self._wake_w.send(b"\0")
+
+    @property
+    def _status_due(self) -> bool:
+        return self._status_wanted
+
+    @_status_due.setter
+    def _status_due(self, due: bool) -> None:
+        # Set from the controller's thread (a new state, a registry applied): wake the loop.
+        self._status_wanted = due
+        if due:
+            self.wake()
 
     # -- service ----------------------------------------------------------------------
 
@@ -129,14 +189,19 @@ class Publisher:
         self.thread.start()
 
     def stop(self) -> None:
-        """Publish ``offline``, disconnect, close the connection; safe to call twice."""
+        """Drain the outbox (up to ``drain_s``), publish ``offline``, disconnect, close the
+        connection; safe to call twice."""
+        self._drain_until = time.monotonic() + self.drain_s
         self.stop_event.set()
+        self.wake()
         if self.thread is not None:
             self.thread.join(timeout=15)
             self.thread = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        self._wake_r.close()
+        self._wake_w.close()
 
     def backlog(self) -> int:
         """Events still waiting in the outbox."""
@@ -145,6 +210,13 @@ class Publisher:
     # -- the thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.snapshot is not None:
+            # The first status says what the gate is (mode, every device): wait for it.
+            deadline = time.monotonic() + FIRST_STATE_WAIT_S
+            while not self._state_ready.wait(0.05) and not self.stop_event.is_set():
+                if time.monotonic() > deadline:
+                    log.warning("no state from the controller yet; the first status lacks it")
+                    break
         while not self.stop_event.is_set():
             client = self.link.connect(self.stop_event)
             if client is None:
@@ -168,13 +240,14 @@ class Publisher:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         cursor = 0
-        self._outgoing = queue.SimpleQueue()
+        self._outgoing = _Outgoing(self.wake)
         self._birth(client)
         self.connected.set()
         last_flush = last_status = last_asked = connected_at = time.monotonic()
         proven = False
         try:
-            while not self.stop_event.is_set():
+            while True:
+                rows: list[tuple[int, str, str]] = []
                 more = False
                 if len(inflight) < self.window:
                     rows = self._rows(cursor, self.window - len(inflight))
@@ -191,7 +264,35 @@ class Publisher:
                         self.published += 1
                 if not self._take_acks(inflight, acked):
                     return
-                if client.loop(timeout=0.0 if more else 0.1) != mqtt.MQTT_ERR_SUCCESS:
+                stopping = self.stop_event.is_set()
+                if stopping and not rows and not inflight:
+                    break  # drained: nothing is left that the broker could take
+                now = time.monotonic()
+                if stopping and now >= self._drain_until:
+                    self.left_at_stop = self.backlog() - len(acked)
+                    log.warning(
+                        "stopping with %d events not confirmed by the broker; they stay in"
+                        " the outbox for the next start",
+                        self.left_at_stop,
+                    )
+                    break
+                if more:
+                    timeout = 0.0
+                else:
+                    due = [
+                        now + min(self.poll_s, self.mq.keepalive_s / 4),
+                        last_status + self.status_interval_s,
+                    ]
+                    if acked:
+                        due.append(last_flush + 0.05)
+                    if self._state_stale:
+                        due.append(last_asked + 1.0)
+                    if not proven:
+                        due.append(connected_at + self.stable_s)
+                    if stopping:
+                        due.append(self._drain_until)
+                    timeout = max(0.0, min(due) - now)
+                if self._turn(client, timeout) != mqtt.MQTT_ERR_SUCCESS:
                     return
                 if not self._take_acks(inflight, acked):
                     return
@@ -201,11 +302,13 @@ class Publisher:
                     # broker. A CONNACK alone proves nothing (it may refuse every message).
                     proven = True
                     self.link.backoff.reset()
-                if len(acked) >= self.batch or (acked and now - last_flush > 0.05):
+                if len(acked) >= self.batch or (acked and now - last_flush >= 0.05):
                     self._delete(acked)
                     last_flush = now
                 self._send_outgoing(client)
-                if now - last_status > self.status_interval_s:
+                if stopping:
+                    continue  # the controller has stopped: no new state to ask for
+                if now - last_status >= self.status_interval_s:
                     last_status = now
                     self._ask_state()
                 elif self._state_stale and now - last_asked >= 1.0:
@@ -218,6 +321,38 @@ class Publisher:
         finally:
             self._delete(acked)  # what the broker confirmed leaves the outbox, whatever happened
         self._goodbye(client)
+
+    def _turn(self, client: mqtt.Client, timeout: float) -> mqtt.MQTTErrorCode:
+        """One turn of paho's network loop, in a ``select`` a wake-up also ends.
+
+        paho's ``loop()`` selects on its socket and a socketpair only its own
+        ``publish()`` writes to; this is that loop (``loop_read``, ``loop_write``,
+        ``loop_misc``) with the publisher's wake socket in the same ``select``.
+        """
+        sock = client.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0  # TLS, already read
+        writing = [sock] if client.want_write() else []
+        try:
+            readable, _, _ = select.select(
+                [sock, self._wake_r], writing, [], 0.0 if pending else timeout
+            )
+        except (OSError, ValueError, TypeError):  # the socket closed under us
+            return mqtt.MQTT_ERR_CONN_LOST
+        if self._wake_r in readable:
+            self.wakeups += 1
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        if sock in readable or pending:
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+        if client.socket() is not None and client.want_write():
+            rc = client.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+        return client.loop_misc()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         if rc is not None and getattr(rc, "is_failure", False):
@@ -297,6 +432,7 @@ class Publisher:
         client.publish(f"{self.root}/status", self._status("online"), qos=1, retain=True)
 
     def _goodbye(self, client: mqtt.Client) -> None:
+        self._send_outgoing(client)
         info = client.publish(f"{self.root}/status", self._status("offline"), qos=1, retain=True)
         deadline = time.monotonic() + 2.0
         while not info.is_published() and time.monotonic() < deadline:
@@ -311,6 +447,7 @@ class Publisher:
         def done(fut: Future[dict[str, Any]]) -> None:
             if fut.exception() is None:
                 self._state = fut.result()
+                self._state_ready.set()
                 self._status_due = True
 
         self.snapshot().add_done_callback(done)

@@ -90,6 +90,7 @@ class GateProcess:
         gate: str = "g1",
         timezone: str = "Asia/Shanghai",
         open_s: float = 2.0,
+        mqtt_url: str | None = None,
     ):
         self.tmp_path = tmp_path
         self.port = free_port()
@@ -108,6 +109,7 @@ class GateProcess:
                 open_s=open_s,
                 scenario=self.scenario,
             )
+            + (f'\n[mqtt]\nurls = ["{mqtt_url}"]\n' if mqtt_url else "")
         )
         self.play([])
         registry = tmp_path / "registry.csv"

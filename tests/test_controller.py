@@ -276,3 +276,19 @@ def test_a_tamper_clear_on_a_failing_device_says_it_still_fails(rig: Rig) -> Non
     tamper(rig, False)
     clear = rig.events[-1]
     assert clear["ok"] is False and clear["detail"] == "tamper cleared; relay: I/O error"
+
+
+def test_every_expected_device_is_in_the_health_before_it_reports(rig: Rig) -> None:
+    ctl = rig.controller
+    ctl.expect_devices(["turnstile", "prompter", "card", "thermometer"])
+    devices = ctl.snapshot()["devices"]
+    # storage is always there: whether events can be committed
+    assert set(devices) == {"turnstile", "prompter", "card", "thermometer", "storage"}
+    assert devices["card"] == {"ok": True, "detail": ""}
+    # a first report that says "working" is no news, as before any seeding
+    ctl.handle(Reading("device", DeviceHealth(True, "connected to /dev/ttyS0"), "card"))
+    assert not [e for e in rig.events if e["kind"] == "device"]
+    assert ctl.snapshot()["devices"]["card"]["detail"] == "connected to /dev/ttyS0"
+    ctl.handle(Reading("device", DeviceHealth(False, "unplugged"), "card"))
+    device = [e for e in rig.events if e["kind"] == "device"]
+    assert [(e["device"], e["ok"]) for e in device] == [("card", False)]

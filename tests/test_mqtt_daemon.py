@@ -1,7 +1,9 @@
-"""The whole gate against a real broker: an outage while 10,000 events happen, kill -9 mid-drain."""
+"""The whole gate against a real broker: an outage while 10,000 events happen, kill -9
+mid-drain, the devices in the first status."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import threading
@@ -17,6 +19,7 @@ from gated.mqtt_link import Backoff
 from gated.storage import connect
 from tests.conftest import make_config
 from tests.daemon import Daemon
+from tests.gate_process import GateProcess
 from tests.mosquitto import Collector, Door, Mosquitto
 from tests.test_publisher import check_complete, has_seq, wait_until
 
@@ -138,5 +141,29 @@ def test_kill_9_mid_drain_then_restart(tmp_path: Path) -> None:
         if daemon.proc.poll() is None:
             daemon.proc.send_signal(signal.SIGTERM)
             daemon.finish(20)
+        col.close()
+        broker.kill()
+
+
+def test_the_first_status_lists_every_configured_device(tmp_path: Path) -> None:
+    """SPEC §4: ``T/status.devices`` lists every configured device from the first status,
+    before any of them reported anything; the screen lists the same ones."""
+    broker = Mosquitto(tmp_path).start()
+    col = Collector(broker.port, ["gated/s1/g1/status"])
+    gate = GateProcess(tmp_path, mqtt_url=broker.url)  # turnstile, prompter, card, thermometer
+    try:
+        gate.start()
+        col.wait_for(lambda m: len(m) >= 1, timeout=30)
+        first = json.loads(col.messages[0][1])
+        assert first["state"] == "online"
+        devices = first["devices"]
+        assert set(devices) == {"turnstile", "prompter", "card", "thermometer", "storage"}
+        for health in devices.values():
+            assert isinstance(health["ok"], bool) and isinstance(health["detail"], str)
+        assert devices["card"]["ok"] is True
+        screen = json.loads(gate.get("/api/state")[1])
+        assert set(screen["devices"]) == set(devices)
+    finally:
+        gate.close()
         col.close()
         broker.kill()

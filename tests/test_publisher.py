@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from gated.ledger import Ledger
 from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from gated.storage import connect
-from tests.conftest import make_config
+from tests.conftest import Rig, make_config
 from tests.fake_broker import FakeBroker
 from tests.mosquitto import Collector, Door, Mosquitto, free_port
 from tests.waiting import wait_until
@@ -346,3 +347,33 @@ def test_qos_0_is_refused_by_the_config(tmp_path: Path) -> None:
         make_config(tmp_path, mqtt={"urls": ["mqtt://127.0.0.1:1883"], "qos": 0})
     assert any("mqtt.qos" in p and "1 or 2" in p for p in info.value.problems)
     assert make_config(tmp_path, mqtt={"qos": 2}).mqtt.qos == 2
+
+
+def test_a_commit_wakes_the_publisher_that_would_sleep_an_hour(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Nothing is due for an hour (poll, status, keepalive): a committed event still
+    leaves at once, because the controller's commit wakes the publisher's select."""
+    rig = Rig(tmp_path, mqtt={"urls": [broker.url], "keepalive_s": 65535})
+    ctl = rig.controller
+    stop = threading.Event()
+    thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
+    thread.start()
+    col = Collector(broker.port, ["gated/s1/g1/#"])
+    pub = Publisher.for_controller(
+        rig.config, ctl, poll_s=3600, status_interval_s=3600, stable_s=3600
+    )
+    pub.start()
+    try:
+        col.wait_for(lambda m: any(t.endswith("/status") for t, _, _ in m))  # its birth
+        woken = pub.wakeups
+        ctl.submit(lambda: ctl.guard_on("G01")).result(timeout=10)
+        col.wait_for(lambda m: any(e["kind"] == "guard_on" for e in col.events()), timeout=60)
+        assert pub.wakeups > woken
+        wait_until(lambda: pub.backlog() == 0, "the PUBACKed event deleted")
+    finally:
+        pub.stop()
+        stop.set()
+        thread.join(10)
+        col.close()
+        rig.conn.close()
