@@ -137,6 +137,10 @@ class MqttConfig(StrictModel):
         default=False, description="Publish Home Assistant MQTT discovery (homeassistant/...)."
     )
     keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keepalive in seconds.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description='MQTT version: "auto" (5, else 3.1.1 where 5 is refused), "5" or "3.1.1".',
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> MqttConfig:

@@ -13,6 +13,10 @@ the node level is the gate id alone, so the broker ACL can grant it by user name
 (``homeassistant/+/%u/+/config``), and the site in the object id keeps two sites'
 gates of the same id apart. Home Assistant accepts only letters, digits, ``_`` and
 ``-`` at those levels: a gate id with a ``.`` cannot be discovered.
+
+Each entity's id is given twice: ``default_entity_id`` (``sensor.gated_s1_g1_mode``,
+Home Assistant 2025.10 and later) and ``object_id`` (``gated_s1_g1_mode``, for older
+versions; 2026.4 and later drop it as an unknown key).
 """
 
 from __future__ import annotations
@@ -118,6 +122,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", text)
 
 
+def _entity_slug(text: str) -> str:
+    """The object id part of an entity id: ``[a-z0-9_]``, no ``__``, no ``_`` at the ends.
+
+    It is what Home Assistant's own slugify makes of ``object_id`` (an ASCII id), so the
+    entity id is the same whichever of the two keys a Home Assistant version reads.
+    """
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def discovery_messages(
     prefix: str, site: str, gate: str, pii: str = "masked"
 ) -> list[tuple[str, bytes]]:
@@ -144,6 +157,9 @@ def discovery_messages(
         config: dict[str, Any] = {
             "name": name,
             "unique_id": f"{node}_{entity}",
+            # Home Assistant 2025.10+ reads the entity id from default_entity_id (object_id
+            # is deprecated there and ignored from 2026.4); older versions read object_id.
+            "default_entity_id": f"{component}.{_entity_slug(f'{node}_{entity}')}",
             "object_id": f"{node}_{entity}",
             "availability_topic": f"{root}/status",
             "availability_template": "{{ value_json.state }}",

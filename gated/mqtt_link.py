@@ -1,13 +1,18 @@
 """One connection to the central broker: URLs tried in turn, TLS, secrets from files.
 
 A :class:`Link` makes a fresh paho client for every attempt (so paho never replays
-a stale in-memory session: the outbox is the only source of truth), tries MQTT 5
-first and falls back to 3.1.1 only for a broker whose CONNACK says "unsupported
-protocol version" (a CONNACK that never comes is a dead broker, not an old one),
-and walks the configured URLs in order with exponential backoff and jitter between
-rounds. The backoff is reset by the publisher once a connection has proved good,
-not by a bare CONNACK: a broker that accepts and then refuses every message must
-not be hammered.
+a stale in-memory session: the outbox is the only source of truth) and walks the
+configured URLs in order with exponential backoff and jitter between rounds. The
+backoff is reset by the publisher once a connection has proved good, not by a bare
+CONNACK: a broker that accepts and then refuses every message must not be hammered.
+
+``mqtt.protocol = "auto"`` tries MQTT 5 and falls back to 3.1.1 for a broker that
+refuses 5: a CONNACK that says "unsupported protocol version", or a close of the
+connection after the CONNECT was sent and before any CONNACK (RabbitMQ 3.x does
+that). A refused TCP connection, a failed TLS handshake or a CONNACK that never
+comes is an outage, not an old broker: no fallback. A URL where 3.1.1 worked after
+MQTT 5 was refused starts with 3.1.1 from then on, until an attempt there fails;
+then MQTT 5 is tried first again. ``"5"`` and ``"3.1.1"`` speak only that protocol.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ _OLD_PROTOCOL = {132, 1}
 
 #: How the status payload names a protocol.
 PROTOCOL_NAMES = {MQTTProtocolVersion.MQTTv5: "5.0", MQTTProtocolVersion.MQTTv311: "3.1.1"}
+
+V5 = MQTTProtocolVersion.MQTTv5
+V311 = MQTTProtocolVersion.MQTTv311
+
+_CLOSED_ON_V5 = "closed the connection to an MQTT 5 CONNECT before any CONNACK"
+
+#: What to tell a user whose broker refuses MQTT 5 while ``mqtt.protocol = "5"``.
+_ONLY_5_HINT = 'mqtt.protocol = "5": set "auto" or "3.1.1" for a broker that speaks only 3.1.1'
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,11 @@ class Link:
         self.connected_url: BrokerUrl | None = None
         self.last_error = ""
         self.attempts = 0
+        #: URLs that refused MQTT 5 and then accepted 3.1.1 (``protocol = "auto"``): their
+        #: next attempt starts with 3.1.1; an attempt there that fails removes the URL.
+        self.remembered: dict[BrokerUrl, MQTTProtocolVersion] = {}
+        #: Why the last attempt's broker turned MQTT 5 down, or None.
+        self._v5_refused: str | None = None
         self._warn_plain_tls_files()
 
     def _warn_plain_tls_files(self) -> None:
@@ -151,53 +169,109 @@ class Link:
             )
         return client
 
+    def _first_protocol(self, url: BrokerUrl) -> MQTTProtocolVersion:
+        choice = self.config.protocol
+        if choice == "3.1.1":
+            return V311
+        if choice == "5":
+            return V5
+        return self.remembered.get(url, V5)
+
     def _try(self, url: BrokerUrl, stop: threading.Event) -> mqtt.Client | None:
         """One attempt at ``url``: a client whose CONNACK accepted us, or None.
 
-        MQTT 5 first, every time (a broker upgraded since is picked up); 3.1.1 only
-        after a CONNACK that says the broker does not speak 5.
+        With ``protocol = "auto"``: MQTT 5 first (a broker upgraded since is picked up),
+        3.1.1 right after a refusal of 5; or 3.1.1 first where it is remembered.
         """
-        protocol = MQTTProtocolVersion.MQTTv5
-        while True:
-            try:
-                client = self._client(url, protocol)
-            except (OSError, ValueError, IndexError) as exc:
-                # a missing or empty secret file, an unreadable CA: say so, retry later
-                self.last_error = f"{url}: cannot set up the connection: {exc}"
-                return None
-            result: dict[str, Any] = {}
-            client.user_data_set(result)
-            client.on_connect = _record_connack
-            try:
-                if protocol == MQTTProtocolVersion.MQTTv5:
-                    client.connect(url.host, url.port, self.config.keepalive_s, clean_start=True)
-                else:
-                    client.connect(url.host, url.port, self.config.keepalive_s)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self.last_error = f"{url}: {exc}"
-                return None
-            deadline = time.monotonic() + self.connect_timeout_s
-            closed = False
-            while "rc" not in result and time.monotonic() < deadline and not stop.is_set():
-                if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                    closed = True
-                    break
-            rc = result.get("rc")
-            if rc is not None and not rc.is_failure:
-                self.protocol = protocol
-                return client
-            _close(client)
-            if rc is None:
-                # No CONNACK: a dead or black-holed broker, not an old one; do not downgrade.
-                why = "closed before its CONNACK" if closed else "no CONNACK"
-                self.last_error = f"{url}: {why} ({PROTOCOL_NAMES[protocol]})"
-                return None
-            if protocol == MQTTProtocolVersion.MQTTv5 and rc.value in _OLD_PROTOCOL:
-                log.info("%s does not speak MQTT 5 (%s); trying 3.1.1", url, rc)
-                protocol = MQTTProtocolVersion.MQTTv311
-                continue
-            self.last_error = f"{url}: {rc}"
+        protocol = self._first_protocol(url)
+        client = self._attempt(url, protocol, stop)
+        if client is not None:
+            self.protocol = protocol
+            return client
+        if self.remembered.pop(url, None) is not None:
+            # Whatever failed (an outage, a refusal, a broker that changed), it is no
+            # longer known that 3.1.1 is what works there: MQTT 5 first next time.
+            log.info("%s: MQTT 3.1.1 failed; the next attempt tries MQTT 5 first", url)
             return None
+        refused = self._v5_refused
+        if protocol != V5 or refused is None:
+            return None
+        if self.config.protocol == "5":
+            self.last_error = f"{url}: {refused}; {_ONLY_5_HINT}"
+            return None
+        log.info("%s %s; trying MQTT 3.1.1", url, refused)
+        client = self._attempt(url, V311, stop)
+        if client is None:
+            self.last_error += f", after MQTT 5: {refused}"
+            return None
+        self.protocol = V311
+        self.remembered[url] = V311
+        log.warning(
+            "%s %s and accepted MQTT 3.1.1: 3.1.1 there from now on, until an attempt there fails",
+            url,
+            refused,
+        )
+        return client
+
+    def _attempt(
+        self, url: BrokerUrl, protocol: MQTTProtocolVersion, stop: threading.Event
+    ) -> mqtt.Client | None:
+        """One CONNECT in ``protocol``: the accepted client, or None with ``last_error`` set.
+
+        ``_v5_refused`` says why, when the broker turned MQTT 5 down: its CONNACK said
+        "unsupported protocol version", or it closed the connection after the CONNECT
+        was sent and before any CONNACK.
+        """
+        self._v5_refused = None
+        name = PROTOCOL_NAMES[protocol]
+        try:
+            client = self._client(url, protocol)
+        except (OSError, ValueError, IndexError) as exc:
+            # a missing or empty secret file, an unreadable CA: say so, retry later
+            self.last_error = f"{url}: cannot set up the connection: {exc}"
+            return None
+        result: dict[str, Any] = {}
+        client.user_data_set(result)
+        client.on_connect = _record_connack
+        try:
+            # TCP connect and TLS handshake happen here: their failure is an outage.
+            if protocol == V5:
+                rc = client.connect(url.host, url.port, self.config.keepalive_s, clean_start=True)
+            else:
+                rc = client.connect(url.host, url.port, self.config.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self.last_error = f"{url}: {exc} (MQTT {name})"
+            return None
+        # The CONNECT is out once paho has nothing left to write; a close after that,
+        # and before a CONNACK, is the broker's answer to it.
+        sent = rc == mqtt.MQTT_ERR_SUCCESS and not client.want_write()
+        deadline = time.monotonic() + self.connect_timeout_s
+        closed = rc != mqtt.MQTT_ERR_SUCCESS
+        while not closed and "rc" not in result and time.monotonic() < deadline:
+            if stop.is_set():
+                break
+            sent = sent or not client.want_write()
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                closed = True
+        reason = result.get("rc")
+        if reason is not None and not reason.is_failure:
+            return client
+        _close(client)
+        if reason is None:
+            if closed and sent:
+                self.last_error = f"{url}: closed the connection before any CONNACK (MQTT {name})"
+                if protocol == V5:
+                    self._v5_refused = _CLOSED_ON_V5
+            elif closed:
+                self.last_error = f"{url}: connection lost before the CONNECT was out (MQTT {name})"
+            else:
+                # No CONNACK: a dead or black-holed broker, not an old one; do not downgrade.
+                self.last_error = f"{url}: no CONNACK (MQTT {name})"
+            return None
+        self.last_error = f"{url}: {reason} (MQTT {name})"
+        if protocol == V5 and reason.value in _OLD_PROTOCOL:
+            self._v5_refused = f"does not speak MQTT 5 ({reason})"
+        return None
 
     def connect(self, stop: threading.Event) -> mqtt.Client | None:
         """Walk the URLs until one accepts us; backoff between full rounds; None on stop."""
@@ -210,7 +284,7 @@ class Link:
                     self.connected_url = url
                     log.info("connected to %s (MQTT %s)", url, self.protocol_name)
                     return client
-                log.warning("broker %s not reachable: %s", url, self.last_error)
+                log.warning("no connection to broker %s: %s", url, self.last_error)
                 self.index = (self.index + 1) % len(self.urls)
                 if stop.is_set():
                     return None

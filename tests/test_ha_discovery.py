@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gated.ha_discovery import OPEN_COMMAND, discovery_messages
+from tests import ha_schema
 from tests.mosquitto import Collector
 from tests.test_commands import ROOT, Remote
 
@@ -95,9 +99,13 @@ def test_every_entity_config_over_the_broker_and_the_status_it_reads(tmp_path: P
             assert {k: config[k] for k in want} == want, topic
             assert {k: config[k] for k in AVAILABILITY} == AVAILABILITY, topic
             assert config["unique_id"] == config["object_id"] == f"{NODE}_{entity}"
+            component = topic.split("/")[1]
+            assert config["default_entity_id"] == f"{component}.{NODE}_{entity}"
             assert config["device"]["identifiers"] == [NODE]
+            assert ha_schema.problems(topic, config) == []
             assert set(config) - set(want) - set(AVAILABILITY) <= {
                 "unique_id",
+                "default_entity_id",
                 "object_id",
                 "device",
                 "icon",
@@ -144,3 +152,55 @@ def test_no_temperature_entity_when_temperatures_are_not_published() -> None:
     # an empty retained config removes the entity a "masked" gate had published before
     assert messages["homeassistant/sensor/g1/s1_last_temperature/config"] == b""
     assert all(p for t, p in messages.items() if "last_temperature" not in t)
+
+
+@pytest.mark.parametrize(
+    ("site", "gate", "pii"),
+    [("s1", "g1", "masked"), ("North-Gate", "in_2", "full"), ("x.y", "B-3", "none")],
+)
+def test_every_config_passes_home_assistants_discovery_schema(
+    site: str, gate: str, pii: str
+) -> None:
+    """Every key one Home Assistant knows for its platform (HA drops the others silently),
+    the required ones there, values of the right type, an entity id HA 2025.10+ takes."""
+    messages = [(t, p) for t, p in discovery_messages("gated", site, gate, pii=pii) if p]
+    assert messages
+    for topic, payload in messages:
+        config = json.loads(payload)
+        assert ha_schema.problems(topic, config) == [], topic
+        # 2026.4 and later read only default_entity_id: its object id is what older
+        # versions make of object_id (lower case, runs of other characters as one "_")
+        entity_id = config["default_entity_id"]
+        assert ha_schema.ENTITY_ID.match(entity_id), entity_id
+        slug = "_".join(filter(None, re.split(r"[^a-z0-9]+", config["object_id"].lower())))
+        assert entity_id == f"{topic.split('/')[1]}.{slug}"
+    ids = [json.loads(p)["default_entity_id"] for _, p in messages]
+    assert len(ids) == len(set(ids))
+
+
+def test_the_schema_check_finds_what_home_assistant_would_drop_or_refuse() -> None:
+    """The check is not a rubber stamp: abbreviations expand, and each kind of mistake shows."""
+    topic, payload = discovery_messages("gated", "s1", "g1")[3]  # the temperature sensor
+    good = json.loads(payload)
+    abbreviated = {"stat_t": good.pop("state_topic"), "dev_cla": good.pop("device_class"), **good}
+    assert ha_schema.problems(topic, abbreviated) == []
+    good = json.loads(payload)
+    del good["state_topic"]
+    bad = {
+        **good,
+        "unit_of_meas": "%",  # not a temperature unit
+        "statetopic": "gated/s1/g1/status",  # a typo HA would drop
+        "default_entity_id": "binary_sensor.gated_s1_g1_last_temperature",
+        "retain": "no",  # not a sensor key
+        "device": {"name": "Gate"},  # no identifiers
+    }
+    found = "\n".join(ha_schema.problems(topic, bad))
+    for expected in (
+        "state_topic: required",
+        "statetopic: not a key of sensor",
+        "its domain is not sensor",
+        "retain: not a key of sensor",
+        "unit '%' is not valid with device_class temperature",
+        "device: needs identifiers or connections",
+    ):
+        assert expected in found, found
