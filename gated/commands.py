@@ -175,12 +175,19 @@ class Commands:
         return run
 
     def _revoke(self, msg: dict[str, Any]) -> Any:
-        has_card, has_jti = "card" in msg, "jti" in msg
-        if has_card == has_jti:
-            raise CommandError("give exactly one of card or jti")
+        if sum(k in msg for k in ("card", "jti", "person")) != 1:
+            raise CommandError("give exactly one of card, jti or person")
         reg = self.controller.registry
         clock = self.controller.clock
-        if has_card:
+        if "person" in msg:
+            # The person's cards and every pass issued to them (``sub``), whatever its jti.
+            pid = _text(msg, "person")
+            return lambda: {
+                "cards": reg.revoke_person(
+                    pid, datetime.fromtimestamp(clock.time(), UTC).isoformat()
+                )
+            }
+        if "card" in msg:
             uid = _text(msg, "card")
 
             def revoke_card() -> dict[str, Any]:
