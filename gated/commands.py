@@ -65,6 +65,12 @@ class Commands:
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.refused = 0
         self.applied = 0
+        clock = controller.clock
+        self.snapshots = registry_sync.Snapshots(
+            controller.submit,
+            controller.ledger.conn,
+            lambda: datetime.fromtimestamp(clock.time(), UTC).isoformat(),
+        )
 
     def handle(self, name: str, payload: bytes, retained: bool = False) -> Future[dict[str, Any]]:
         """The future result ``{"req", "ok", "error", ...}`` of command ``name``.
@@ -160,6 +166,12 @@ class Commands:
         except registry_sync.RegistryMessageError as exc:
             raise CommandError(str(exc)) from None
         return self.registry_runner(change)
+
+    def apply_registry(self, change: registry_sync.Change) -> Future[dict[str, Any]]:
+        """Apply a checked change on the controller: a delta in one step, a snapshot in many."""
+        if change.kind == "snapshot":
+            return self.snapshots.apply(change)
+        return self.controller.submit(self.registry_runner(change))
 
     def registry_runner(self, change: registry_sync.Change) -> Any:
         """The controller-thread step that applies a checked registry change."""
