@@ -5,7 +5,7 @@ registry of ``--persons`` people at version 1. A feeder shows a temperature and 
 registered card every ``--every-ms``; the latency of each is from the card reading
 put on the queue to its decision event committed. Then snapshot 2 (every person,
 ``--changed`` of them with a new unit) is applied, in steps between verdicts
-(``registry_sync.Snapshots``, as the gate does) and, for comparison, in one
+(``registry_build.Snapshots``, as the gate does) and, for comparison, in one
 controller step as before. Printed: the JSON parse off the controller thread, the
 total apply time, and the worst and p99 verdict latency while each apply ran.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from drivers.base import Reading
 from drivers.sim import SimPrompter, SimTurnstile
-from gated import registry_sync
+from gated import registry_build, registry_sync
 from gated.clock import SystemClock
 from gated.config import config_from_dict
 from gated.controller import Controller
@@ -89,7 +89,7 @@ class Feeder(threading.Thread):
 
 def run_apply(
     ctl: Controller,
-    snaps: registry_sync.Snapshots,
+    snaps: registry_build.Snapshots,
     payload: bytes,
     chunked: bool,
     every_s: float,
@@ -154,7 +154,7 @@ def main() -> int:
     stop = threading.Event()
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)
     thread.start()
-    snaps = registry_sync.Snapshots(ctl.submit, conn, lambda: WHEN)
+    snaps = registry_build.Snapshots(ctl.submit, conn, lambda: WHEN)
     print(f"registry            {n} persons and cards, snapshot changes {changed} of them")
     version = 1
     for label, chunked in (("in steps", True), ("one step (before)", False)):

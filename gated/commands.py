@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import registry_sync
+from gated import registry_build, registry_sync
 from gated.events import MODES
 from gated.privacy import mask_uid
 
@@ -66,7 +66,7 @@ class Commands:
         self.refused = 0
         self.applied = 0
         clock = controller.clock
-        self.snapshots = registry_sync.Snapshots(
+        self.snapshots = registry_build.Snapshots(
             controller.submit,
             controller.ledger.conn,
             lambda: datetime.fromtimestamp(clock.time(), UTC).isoformat(),
