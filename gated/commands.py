@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import registry_sync
+from gated import registry_build, registry_sync
 from gated.events import MODES
 from gated.privacy import mask_uid
 
@@ -65,6 +65,12 @@ class Commands:
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.refused = 0
         self.applied = 0
+        clock = controller.clock
+        self.snapshots = registry_build.Snapshots(
+            controller.submit,
+            controller.ledger.conn,
+            lambda: datetime.fromtimestamp(clock.time(), UTC).isoformat(),
+        )
 
     def handle(self, name: str, payload: bytes, retained: bool = False) -> Future[dict[str, Any]]:
         """The future result ``{"req", "ok", "error", ...}`` of command ``name``.
@@ -161,6 +167,12 @@ class Commands:
             raise CommandError(str(exc)) from None
         return self.registry_runner(change)
 
+    def apply_registry(self, change: registry_sync.Change) -> Future[dict[str, Any]]:
+        """Apply a checked change on the controller: a delta in one step, a snapshot in many."""
+        if change.kind == "snapshot":
+            return self.snapshots.apply(change)
+        return self.controller.submit(self.registry_runner(change))
+
     def registry_runner(self, change: registry_sync.Change) -> Any:
         """The controller-thread step that applies a checked registry change."""
         conn = self.controller.ledger.conn
@@ -175,12 +187,19 @@ class Commands:
         return run
 
     def _revoke(self, msg: dict[str, Any]) -> Any:
-        has_card, has_jti = "card" in msg, "jti" in msg
-        if has_card == has_jti:
-            raise CommandError("give exactly one of card or jti")
+        if sum(k in msg for k in ("card", "jti", "person")) != 1:
+            raise CommandError("give exactly one of card, jti or person")
         reg = self.controller.registry
         clock = self.controller.clock
-        if has_card:
+        if "person" in msg:
+            # The person's cards and every pass issued to them (``sub``), whatever its jti.
+            pid = _text(msg, "person")
+            return lambda: {
+                "cards": reg.revoke_person(
+                    pid, datetime.fromtimestamp(clock.time(), UTC).isoformat()
+                )
+            }
+        if "card" in msg:
             uid = _text(msg, "card")
 
             def revoke_card() -> dict[str, Any]:

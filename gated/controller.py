@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from drivers.base import DeviceHealth, Prompter, Reading, Turnstile
+from gated import registry_sync
 from gated.actions import prompt_for
 from gated.clock import Clock
 from gated.events import MODES
@@ -272,6 +273,7 @@ class Controller:
             "fever_checks": [f.event for f in self.fever_checks.values()],
             "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
             "last_verdict": self.last_verdict,
+            "registry_version": registry_sync.applied_version(self.ledger.conn),
             "counters": {
                 "decisions": dict(self.counters.decisions),
                 "reasons": dict(self.counters.reasons),

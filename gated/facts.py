@@ -48,12 +48,12 @@ class FactFinder:
         c = check.claims
         jti = str(c["jti"])
         otp = bool(c.get("otp", False))
+        sub = str(c["sub"])
         problem = None
-        if self.registry.pass_revoked(jti):
-            problem = "pass_revoked"
+        if self.registry.pass_revoked(jti) or self.registry.person_revoked(sub):
+            problem = "pass_revoked"  # by its id, or every pass issued to a revoked person
         elif otp and self.ledger.pass_used(jti):
             problem = "pass_replayed"
-        sub = str(c["sub"])
         holder = self.registry.person(sub)
         return PassFacts(problem, jti, sub, str(c["hh"]), str(c["col"]), otp, holder)
 

@@ -528,8 +528,7 @@ class Publisher:
             else:
                 self._status_due = True
 
-        runner = self.commands.registry_runner(change)
-        self.commands.controller.submit(runner).add_done_callback(done)
+        self.commands.apply_registry(change).add_done_callback(done)
 
     def _send_outgoing(self, client: mqtt.Client) -> None:
         while True:

@@ -111,7 +111,8 @@ class Registry:
         uid = normalise_uid(uid)
         row = self.conn.execute(
             "SELECT p.id, p.name, p.id_number, p.unit, p.household, p.category, p.color,"
-            " p.verified, p.active, c.revoked_at FROM cards c JOIN persons p ON p.id = c.person"
+            " p.verified, p.active, coalesce(c.revoked_at, r.revoked_at) FROM cards c"
+            " JOIN persons p ON p.id = c.person LEFT JOIN revoked_persons r ON r.person = p.id"
             " WHERE c.uid = ?",
             (uid,),
         ).fetchone()
@@ -123,6 +124,18 @@ class Registry:
         """Whether a pass id is on the revocation list."""
         row = self.conn.execute("SELECT 1 FROM revoked_passes WHERE jti = ?", (jti,)).fetchone()
         return row is not None
+
+    def person_revoked(self, person_id: str) -> bool:
+        """Whether the person was revoked: every card of theirs and pass issued to them."""
+        row = self.conn.execute(
+            "SELECT 1 FROM revoked_persons WHERE person = ?", (person_id,)
+        ).fetchone()
+        return row is not None
+
+    def revoke_person(self, person_id: str, when: str) -> int:
+        """Revoke a person's cards and every pass issued to them; how many cards."""
+        with Transaction(self.conn) as c:
+            return revoke_persons(c, [person_id], when)
 
     def revoke_card(self, uid: str, when: str) -> bool:
         """Mark a card revoked; False if the uid is not registered."""
@@ -184,6 +197,21 @@ def upsert_persons(c: sqlite3.Connection, persons: Iterable[Person]) -> None:
     savepoint in it, so nothing is committed before the caller commits)."""
     rows = [{**asdict(p), "verified": int(p.verified), "active": int(p.active)} for p in persons]
     database(c).table("persons").upsert_all(rows, pk="id")
+
+
+def revoke_persons(c: sqlite3.Connection, person_ids: list[str], when: str) -> int:
+    """Revoke persons, inside the caller's transaction: their cards now (and any given them
+    later) and every pass whose ``sub`` they are; how many cards were revoked now."""
+    c.executemany(
+        "INSERT OR IGNORE INTO revoked_persons(person, revoked_at) VALUES (?, ?)",
+        [(p, when) for p in person_ids],
+    )
+    before = c.total_changes
+    c.executemany(
+        "UPDATE cards SET revoked_at = ? WHERE person = ? AND revoked_at IS NULL",
+        [(when, p) for p in person_ids],
+    )
+    return c.total_changes - before
 
 
 def upsert_cards(c: sqlite3.Connection, cards: dict[str, str], when: str) -> None:

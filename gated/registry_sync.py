@@ -1,32 +1,46 @@
 """Registry sync from the central side: snapshots and deltas with a monotonic ``version``.
 
-A message is checked whole before anything is written, then applied in ONE
-transaction together with the new version in ``meta`` (``registry_version``), on
-the controller thread: a half-applied snapshot never decides anybody's entry.
+A message is checked whole before anything is written (on the publisher's thread),
+then applied in ONE transaction together with the new version in ``meta``
+(``registry_version``), on the controller thread: a half-applied snapshot never
+decides anybody's entry. A delta is one short step; a snapshot is applied in
+steps between verdicts by :mod:`gated.registry_build`, still in one transaction.
 
 - ``{"type": "snapshot", "version": N, "persons": [...], "revoked_cards": [...],
-  "revoked_passes": [...]}`` replaces the registry: persons it does not name become
-  inactive, cards it does not name are removed. Applied when N > the applied version.
+  "revoked_passes": [...], "revoked_persons": [...]}`` replaces the registry: persons it
+  does not name become inactive, cards it does not name are removed. Applied when N >
+  the applied version.
 - ``{"type": "delta", "version": N, "persons": [...], "remove_persons": [...],
-  "remove_cards": [...], "revoked_cards": [...], "revoked_passes": [...]}`` is applied only
-  when N is exactly the applied version + 1; a stale one (N <= applied) or one after a
-  gap is refused (the gate waits for the next snapshot).
+  "remove_cards": [...], "revoked_cards": [...], "revoked_passes": [...],
+  "revoked_persons": [...]}`` is applied only when N is exactly the applied version + 1;
+  a stale one (N <= applied) or one after a gap is refused (the gate waits for the next
+  snapshot).
 
 A person is ``{"id", "name", "id_number", "unit", "household", "category", "color",
 "verified", "active", "cards": ["UID", ...]}`` (only ``id`` is required).
+
+``version`` is an integer from 1 to 2^53 - 1 (a JSON number a consumer in any
+language reads exactly): a larger one would freeze sync, every later snapshot
+looking stale. A ``revoked_persons`` id has its cards and every pass issued to it
+(``sub``) refused from then on, as ``cmd/revoke {"person"}`` does.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from gated.registry import Person, normalise_uid, upsert_cards, upsert_persons
+from gated.registry import Person, normalise_uid, revoke_persons, upsert_cards, upsert_persons
 from gated.storage import Transaction
+
+log = logging.getLogger(__name__)
 
 VERSION_KEY = "registry_version"
 MAX_ITEMS = 200_000
+#: Versions are below 2^53: exact as a JSON number everywhere (a double's integers).
+MAX_VERSION = 2**53 - 1
 
 _TEXT_FIELDS = ("name", "id_number", "unit", "household", "category", "color")
 
@@ -47,6 +61,7 @@ class Change:
     remove_cards: list[str] = field(default_factory=list)
     revoked_cards: list[str] = field(default_factory=list)
     revoked_passes: list[str] = field(default_factory=list)
+    revoked_persons: list[str] = field(default_factory=list)
 
 
 def _strings(msg: dict[str, Any], key: str) -> list[str]:
@@ -90,8 +105,10 @@ def parse(msg: Any) -> Change:
     if kind not in ("snapshot", "delta"):
         raise RegistryMessageError('type is not "snapshot" or "delta"')
     version = msg.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise RegistryMessageError("version is not a positive integer")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RegistryMessageError("version is not an integer")
+    if not 0 < version <= MAX_VERSION:
+        raise RegistryMessageError("version is not from 1 to 2^53-1")
     raw_persons = msg.get("persons", [])
     if not isinstance(raw_persons, list) or len(raw_persons) > MAX_ITEMS:
         raise RegistryMessageError("persons is not a list")
@@ -109,6 +126,7 @@ def parse(msg: Any) -> Change:
             change.cards[uid] = person.id
     change.revoked_cards = [normalise_uid(u) for u in _strings(msg, "revoked_cards")]
     change.revoked_passes = _strings(msg, "revoked_passes")
+    change.revoked_persons = _strings(msg, "revoked_persons")
     if kind == "delta":
         change.remove_persons = _strings(msg, "remove_persons")
         change.remove_cards = [normalise_uid(u) for u in _strings(msg, "remove_cards")]
@@ -118,9 +136,16 @@ def parse(msg: Any) -> Change:
 
 
 def applied_version(conn: sqlite3.Connection) -> int:
-    """The registry version last applied (0: none yet)."""
+    """The registry version last applied (0: none yet, or one out of range)."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (VERSION_KEY,)).fetchone()
-    return int(row[0]) if row else 0
+    if row is None:
+        return 0
+    value = str(row[0])
+    if value.isdigit() and len(value) <= 16 and 0 < int(value) <= MAX_VERSION:
+        return int(value)
+    # Written before versions were bounded: it froze sync; the next snapshot applies.
+    log.warning("stored registry version %.20r is out of range: taken as none", value)
+    return 0
 
 
 def apply(conn: sqlite3.Connection, change: Change, when: str) -> str:
@@ -175,3 +200,4 @@ def _write(c: sqlite3.Connection, ch: Change, when: str) -> None:
         "INSERT OR IGNORE INTO revoked_passes(jti, revoked_at) VALUES (?, ?)",
         [(j, when) for j in ch.revoked_passes],
     )
+    revoke_persons(c, ch.revoked_persons, when)

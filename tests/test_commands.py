@@ -15,6 +15,7 @@ from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from tests.conftest import Rig
 from tests.mosquitto import Collector, Door, Mosquitto, publish
+from tests.waiting import wait_until
 
 ROOT = "gated/s1/g1"
 
@@ -211,3 +212,37 @@ def test_status_follows_a_mode_command_and_a_device_failure(remote: Remote) -> N
         assert retained["turnstile"] == "locked" and retained["protocol"] == "5.0"
     finally:
         late.close()
+
+
+def test_revoking_a_person_voids_their_cards_and_passes_a_card_only_itself(
+    remote: Remote,
+) -> None:
+    rig = remote.rig
+
+    def verdict(kind: str, value: str) -> dict[str, Any]:
+        before = len(rig.decisions())
+        rig.controller.put(Reading("temp", 36.6, "temp"))
+        rig.controller.put(Reading(kind, value, kind))
+        wait_until(lambda: len(rig.decisions()) > before, what=f"a verdict on the {kind}")
+        rig.controller.submit(lambda: rig.clock.advance(10)).result(10)  # past the open window
+        return rig.decisions()[before]
+
+    p1_pass, p2_pass = rig.issue(sub="P1"), rig.issue(sub="P2", hh="H2")
+    # a lost card: only that card is refused, the owner's pass still lets them in
+    assert remote.send("revoke", {"req": "c", "card": "1122334455"})["ok"] is True
+    assert verdict("card", "1122334455")["reasons"] == ["card_revoked"]
+    assert verdict("qr", p2_pass)["decision"] == "granted"
+    # the person: every card of theirs and every pass issued to them, whatever its jti
+    result = remote.send("revoke", {"req": "p", "person": "P1"})
+    assert result["ok"] is True and result["cards"] == 1
+    assert verdict("card", "0A1B2C3D4E")["reasons"] == ["card_revoked"]
+    assert verdict("qr", p1_pass)["reasons"] == ["pass_revoked"]
+    assert verdict("qr", rig.issue(sub="P1"))["reasons"] == ["pass_revoked"]
+    assert verdict("qr", p2_pass)["decision"] == "granted"
+    # a visitor (no registry entry) can be revoked the same way: their passes
+    visitor = rig.issue(sub="V9", hh="H9")
+    assert remote.send("revoke", {"req": "v", "person": "V9"})["cards"] == 0
+    assert verdict("qr", visitor)["reasons"] == ["pass_revoked"]
+    both = remote.send("revoke", {"req": "b", "person": "P2", "card": "1122334455"})
+    assert both["ok"] is False and "exactly one of card, jti or person" in both["error"]
+    assert not rig.registry.person_revoked("P2")

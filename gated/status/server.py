@@ -342,6 +342,7 @@ class StatusServer:
                 for e in snap.get("fever_checks") or []
             ],
             "devices": self.devices(),
+            "registry_version": snap.get("registry_version"),
             "broker": {
                 "configured": bool(self.config.mqtt.urls),
                 "connected": self._broker_state(),

@@ -249,6 +249,7 @@
     else if (b.connected === false) { text += t("broker_down"); cls += " bad"; }
     else { text += t("broker_unknown"); cls += " warn"; }
     if (b.backlog) text += " · " + t("backlog", { n: b.backlog });
+    if (state.registry_version != null) text += " · " + t("registry_version", { n: state.registry_version });
     box.append(el("span", cls, text));
     if (state.clock_synced === false) box.append(el("span", "dev warn", t("clock_unsynced")));
   }
