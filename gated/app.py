@@ -61,15 +61,26 @@ class App:
         self.init_publisher()
 
     def init_storage(self) -> None:
-        """Open the database (checked: a damaged one ends the start) and count this start."""
+        """Open the database (checked: a damaged one ends the start) and count this start;
+        with no broker, drop the outbox."""
         self.conn = open_checked(self.config.storage.path, self.config.source)
+        broker = bool(self.config.mqtt.urls)
         self.ledger = Ledger(
             self.conn,
             site=self.config.gate.site,
             gate=self.config.gate.id,
             clock=self.clock,
             clock_synced=clock_synced,
+            outbox=broker,
         )
+        if not broker and (dropped := self.ledger.drop_outbox()):
+            # Rows of an earlier configuration with a broker: nothing would deliver
+            # them, and they would keep their events from the purge.
+            log.info(
+                "no broker configured ([mqtt] urls = []): dropped %d undelivered events"
+                " from the outbox (they stay in the ledger until the purge)",
+                dropped,
+            )
         self.ledger.start_boot()
         self.registry = Registry(self.conn)
 
@@ -132,6 +143,7 @@ class App:
             self.config.storage.retention_days,
             quota.window_h if quota is not None else None,
             clock_synced,
+            undelivered_max_days=self.config.storage.undelivered_max_days,
         )
         self.services.append(RetentionService(self.controller, retention))
 

@@ -77,6 +77,25 @@ class StorageConfig(StrictModel):
     retention_days: int = Field(
         default=30, ge=1, description="Days ledger events are kept before the daily purge."
     )
+    undelivered_max_days: int = Field(
+        default=90,
+        ge=1,
+        description=(
+            "Days an event the broker never had is kept at most (a broker configured but"
+            " unreachable); then purged with a device alarm. At least retention_days."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _undelivered_outlives_retention(self) -> StorageConfig:
+        if self.undelivered_max_days < self.retention_days:
+            raise KeyProblem(
+                "undelivered_max_days",
+                f"{self.undelivered_max_days} is below retention_days ({self.retention_days}):"
+                f" set it to {self.retention_days} or more (an undelivered event is kept at"
+                " least as long as a delivered one)",
+            )
+        return self
 
 
 def _check_broker_url(value: str) -> str:
@@ -109,7 +128,8 @@ class MqttConfig(StrictModel):
     """The central broker every event is reported to."""
 
     urls: list[Annotated[str, AfterValidator(_check_broker_url)]] = Field(
-        default=[], description="Brokers, tried in order; [] = none, events wait in the outbox."
+        default=[],
+        description="Brokers, tried in order; [] = none: events stay in the ledger, no outbox.",
     )
     client_id: str = Field(default="", description='MQTT client id; "" = gated-{site}-{id}.')
     username: str = Field(default="", description='User name at the broker ("" = anonymous).')

@@ -1,7 +1,9 @@
 """The in/out ledger: every event, its gap-free ``seq``, and its outbox row.
 
 An event is written to ``events`` and ``outbox`` in one transaction before
-anything acts on it (SPEC §4, §7). ``seq`` comes from a counter in ``meta``
+anything acts on it (SPEC §4, §7); with no broker configured there is nobody to
+deliver to, so no outbox row is written (one would keep its event from the purge
+for ``undelivered_max_days``). ``seq`` comes from a counter in ``meta``
 incremented in that same transaction, so it is gap-free and survives restarts
 and purges.
 
@@ -81,8 +83,10 @@ class Ledger:
         gate: str,
         clock: Clock,
         clock_synced: Any = None,
+        outbox: bool = True,
     ):
         self.conn = conn
+        self.outbox = outbox  # False: no broker configured, no outbox rows
         self.site = site
         self.gate = gate
         self.clock = clock
@@ -138,7 +142,8 @@ class Ledger:
                     json.dumps(event, ensure_ascii=False, separators=(",", ":")),
                 ),
             )
-            c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
+            if self.outbox:
+                c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
             card = card_ref(event) if kind == "decision" else None
             if card is not None:
                 c.execute(
@@ -206,6 +211,11 @@ class Ledger:
     def backlog(self) -> int:
         """How many events wait in the outbox."""
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def drop_outbox(self) -> int:
+        """Delete every outbox row (no broker to deliver them to); how many there were."""
+        with Transaction(self.conn) as c:
+            return int(c.execute("DELETE FROM outbox").rowcount)
 
 
 def iter_events(

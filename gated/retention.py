@@ -3,8 +3,12 @@
 What is purged, and what never is:
 
 - ``events`` older than the cutoff (now - ``retention_days``), except an event still
-  in the outbox: an undelivered event is kept until the publisher has delivered it.
-  The cutoff is found through the last event stamped with a *synchronised* clock
+  in the outbox: an undelivered event is kept until the publisher has delivered it,
+  but at most ``undelivered_max_days``; then it goes with its outbox row, the purge
+  event counts it (``undelivered_purged``) and a ``device`` alarm says how many the
+  broker never had. (With no broker configured there are no outbox rows at all: the
+  ledger writes none, and the start drops those of an earlier configuration.)
+  Each cutoff is found through the last event stamped with a *synchronised* clock
   before it; everything with a lower ``seq`` happened earlier, whatever its own
   (perhaps 1970) timestamp says. With an unsynchronised clock nothing is purged.
 - ``quota_use`` rows older than both the quota window and ``retention_days``.
@@ -43,18 +47,24 @@ log = logging.getLogger(__name__)
 DAY_S = 86_400.0
 PASS_USE_KEEP_DAYS = 366
 """One-time pass uses are kept at least this long (a pass may be valid for months)."""
+UNDELIVERED_MAX_DAYS = 90
+"""Days an event the broker never had is kept at most (``storage.undelivered_max_days``)."""
 
 T = TypeVar("T")
 
 
 @dataclass
 class PurgePlan:
-    """One purge: events up to ``upto_seq`` (stamped before ``cutoff``) go."""
+    """One purge: events up to ``upto_seq`` (stamped before ``cutoff``) go, undelivered
+    ones only up to ``undelivered_upto_seq`` (stamped before ``undelivered_cutoff``)."""
 
     now: float
     cutoff: str
     upto_seq: int
+    undelivered_cutoff: str = ""
+    undelivered_upto_seq: int = 0
     events: int = 0
+    undelivered_purged: int = 0
     quota_use: int = 0
     pass_uses: int = 0
     card_first_use: int = 0
@@ -73,6 +83,8 @@ class PurgePlan:
             "pass_uses": self.pass_uses,
             "card_first_use": self.card_first_use,
             "kept_undelivered": self.kept_undelivered,
+            "undelivered_before": self.undelivered_cutoff,
+            "undelivered_purged": self.undelivered_purged,
         }
 
 
@@ -88,10 +100,14 @@ class Retention:
         clock_synced: Callable[[], bool] = lambda: True,
         batch_rows: int = 500,
         vacuum_pages: int = 256,
+        undelivered_max_days: int = UNDELIVERED_MAX_DAYS,
     ):
         self.conn = conn
         self.clock = clock
         self.retention_days = retention_days
+        # Never below retention_days (the config refuses it): a delivered event must
+        # not outlive an undelivered one.
+        self.undelivered_max_days = max(undelivered_max_days, retention_days)
         self.quota_window_h = quota_window_h
         self.clock_synced = clock_synced
         self.batch_rows = batch_rows
@@ -110,23 +126,50 @@ class Retention:
         self._unsynced_said = False
         now = self.clock.time()
         cutoff = iso_utc(now - self.retention_days * DAY_S)
+        undelivered_cutoff = iso_utc(now - self.undelivered_max_days * DAY_S)
+        return PurgePlan(
+            now=now,
+            cutoff=cutoff,
+            upto_seq=self._last_seq_before(cutoff),
+            undelivered_cutoff=undelivered_cutoff,
+            undelivered_upto_seq=self._last_seq_before(undelivered_cutoff),
+        )
+
+    def _last_seq_before(self, cutoff: str) -> int:
         row = self.conn.execute(
             "SELECT MAX(seq) FROM events WHERE ts < ?"
             " AND json_extract(body, '$.clock_synced') IS NOT 0",
             (cutoff,),
         ).fetchone()
-        return PurgePlan(now=now, cutoff=cutoff, upto_seq=int(row[0] or 0))
+        return int(row[0] or 0)
 
     def delete_batch(self, plan: PurgePlan) -> int:
-        """Delete up to ``batch_rows`` purgeable events; the number deleted."""
+        """Delete up to ``batch_rows`` purgeable events; the number deleted.
+
+        An event up to ``undelivered_upto_seq`` goes whether delivered or not, its
+        outbox row with it (in the same transaction, so no row points at nothing).
+        """
         if plan.upto_seq <= 0:
             return 0
         with Transaction(self.conn) as c:
+            rows = c.execute(
+                "SELECT e.seq FROM events e WHERE e.seq <= ?"
+                " AND (e.seq <= ? OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = e.seq))"
+                " ORDER BY e.seq LIMIT ?",
+                (plan.upto_seq, plan.undelivered_upto_seq, self.batch_rows),
+            ).fetchall()
+            if not rows:
+                return 0
+            last = int(rows[-1][0])
+            # Every event up to ``last`` that qualifies is in ``rows`` (seq order), so
+            # the outbox rows to drop are those up to both bounds.
+            plan.undelivered_purged += c.execute(
+                "DELETE FROM outbox WHERE seq <= ?", (min(last, plan.undelivered_upto_seq),)
+            ).rowcount
             n = c.execute(
-                "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.seq <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = e.seq)"
-                " ORDER BY e.seq LIMIT ?)",
-                (plan.upto_seq, self.batch_rows),
+                "DELETE FROM events WHERE seq <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.seq = events.seq)",
+                (last,),
             ).rowcount
         plan.events += n
         return int(n)
@@ -183,7 +226,7 @@ def purge_now(retention: Retention, record: Callable[[dict[str, Any]], Any]) -> 
 
 def _record(retention: Retention, plan: PurgePlan, record: Callable[[dict[str, Any]], Any]) -> None:
     if plan.events or plan.quota_use or plan.pass_uses or plan.card_first_use:
-        record(plan.event(retention.retention_days))
+        purge = record(plan.event(retention.retention_days))
         log.info(
             "purged %d events before %s (%d undelivered kept), %d quota rows, %d pass uses",
             plan.events,
@@ -194,6 +237,16 @@ def _record(retention: Retention, plan: PurgePlan, record: Callable[[dict[str, A
         )
     else:
         log.debug("nothing to purge before %s", plan.cutoff)
+        return
+    if plan.undelivered_purged:
+        detail = (
+            f"storage: {plan.undelivered_purged} undelivered events purged, older than"
+            f" {retention.undelivered_max_days} days (undelivered_max_days): the broker"
+            " never had them"
+        )
+        log.warning("%s", detail)
+        ref = purge.get("id") if isinstance(purge, dict) else None
+        record({"kind": "alarm", "alarm": "device", "detail": detail, "ref": ref})
 
 
 class RetentionService:

@@ -140,6 +140,7 @@ def test_minimal_config_takes_defaults(tmp_path: Path):
     assert config.gate.timezone == "UTC"
     assert config.storage.path == Path("/var/lib/gated/gated.db")
     assert config.storage.retention_days == 30
+    assert config.storage.undelivered_max_days == 90
     assert config.mqtt.urls == []
     assert config.mqtt.client_id == "gated-s1-g1"
     assert config.mqtt.qos == 1
@@ -204,6 +205,7 @@ def test_wrong_type_is_named(tmp_path: Path):
         ("[policy]\nremeasure = 9\n", "policy.remeasure"),
         ("[policy]\nsession_timeout_s = 0\n", "policy.session_timeout_s"),
         ("[storage]\nretention_days = 0\n", "storage.retention_days"),
+        ("[storage]\nundelivered_max_days = 0\n", "storage.undelivered_max_days"),
         ("[mqtt]\nqos = 3\n", "mqtt.qos"),
         ('[thermometer]\ndriver = "mlx90614"\nemissivity = 0.05\n', "thermometer.emissivity"),
         ("[sim]\nspeed = 0\n", "sim.speed"),
@@ -217,6 +219,19 @@ def test_out_of_range_is_named(tmp_path: Path, extra: str, key: str):
     problems = problems_of(write(tmp_path, text))
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{tmp_path / 'gated.toml'}: {key}: ")
+
+
+def test_undelivered_events_are_kept_at_least_as_long_as_delivered_ones(tmp_path: Path):
+    problem = only_problem(tmp_path, "[storage]\nretention_days = 120\n")
+    assert problem == (
+        f"{tmp_path / 'gated.toml'}: storage.undelivered_max_days: 90 is below retention_days"
+        " (120): set it to 120 or more (an undelivered event is kept at least as long as a"
+        " delivered one)"
+    )
+    ok = load_config(
+        write(tmp_path, MINIMAL + "[storage]\nretention_days = 120\nundelivered_max_days = 120\n")
+    )
+    assert ok.storage.undelivered_max_days == 120
 
 
 def test_every_problem_is_reported(tmp_path: Path):

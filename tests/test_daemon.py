@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ scenario = "{scenario}"
 """
 
 
-def write_gate(tmp_path: Path, sessions: int, spacing: float) -> Path:
+def write_gate(tmp_path: Path, sessions: int, spacing: float, extra: str = "") -> Path:
     lines = []
     for i in range(sessions):
         t = i * spacing
@@ -55,7 +56,7 @@ def write_gate(tmp_path: Path, sessions: int, spacing: float) -> Path:
     scenario = tmp_path / "scenario.jsonl"
     scenario.write_text("".join(json.dumps(x) + "\n" for x in lines))
     config = tmp_path / "gated.toml"
-    config.write_text(CONFIG.format(db=tmp_path / "gated.db", scenario=scenario))
+    config.write_text(CONFIG.format(db=tmp_path / "gated.db", scenario=scenario) + extra)
     return config
 
 
@@ -89,7 +90,13 @@ def test_sigterm_stops_within_two_seconds_and_closes_the_database(tmp_path: Path
 def test_kill_9_at_any_moment_loses_no_committed_event_and_seq_stays_gap_free(
     tmp_path: Path,
 ) -> None:
-    config = write_gate(tmp_path, sessions=400, spacing=0.04)
+    # A broker that is never there: every event must keep its outbox row (with no
+    # broker configured the ledger writes none).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = f'\n[mqtt]\nurls = ["mqtt://127.0.0.1:{port}"]\n'
+    config = write_gate(tmp_path, sessions=400, spacing=0.04, extra=broker)
     rnd = random.Random(20261122)
     logged: set[int] = set()
     rounds = 6

@@ -130,6 +130,18 @@ def test_every_event_has_its_outbox_row_on_the_right_topic(gate: Gate) -> None:
     assert gate.ledger.backlog() == 5
 
 
+def test_with_no_broker_events_get_no_outbox_row_and_old_rows_can_be_dropped(gate: Gate) -> None:
+    gate.append("decision")  # written while a broker was configured
+    gate.append("alarm", alarm="fever", detail="37.9")
+    gate.ledger = Ledger(gate.conn, site="s1", gate="g1", clock=gate.clock, outbox=False)
+    assert gate.ledger.drop_outbox() == 2
+    gate.append("decision")
+    assert gate.rows("SELECT seq FROM events ORDER BY seq") == [(1,), (2,), (3,)]
+    assert gate.rows("SELECT COUNT(*) FROM outbox") == [(0,)]
+    assert gate.ledger.backlog() == 0
+    assert gate.ledger.drop_outbox() == 0
+
+
 def test_failed_event_leaves_no_row_no_outbox_and_no_seq_gap(gate: Gate) -> None:
     first = gate.append()
     gate.append("alarm", alarm="tailgate")

@@ -29,18 +29,23 @@ PIR = 4
 
 FAKE_APLAY = """#!/bin/sh
 # A stand-in for aplay: logs start/end/killed with its arguments, plays for
-# $FAKE_APLAY_S seconds, fails when the file is named in $FAKE_APLAY_FAIL.
+# $FAKE_APLAY_S seconds, fails when the file is named in $FAKE_APLAY_FAIL,
+# pauses $FAKE_APLAY_PAUSE_S seconds right after logging "start".
 log="$FAKE_APLAY_LOG"
 for last; do :; done
 name=$(basename "$last" .wav)
+# The TERM trap is set before "start" is logged: a test that sees "start" may
+# have the prompter send SIGTERM at once, and a TERM that came before the trap
+# ended the shell unlogged (no "killed" line: the flaky order test). $! is the
+# sleep once it runs, empty (nothing to kill) before.
+trap 'kill $! 2>/dev/null; echo "killed $name" >> "$log"; exit 143' TERM
 echo "start $name $*" >> "$log"
+sleep "${FAKE_APLAY_PAUSE_S:-0}"
 case " $FAKE_APLAY_FAIL " in *" $name "*)
     echo "aplay: main:831: audio open error: Device or resource busy" >&2; exit 1;;
 esac
 sleep "${FAKE_APLAY_S:-0.05}" &
-child=$!
-trap 'kill $child 2>/dev/null; echo "killed $name" >> "$log"; exit 143' TERM
-wait $child
+wait $!
 echo "end $name" >> "$log"
 """
 
@@ -131,6 +136,20 @@ def test_a_newer_prompt_interrupts_the_older(
 ):
     monkeypatch.setenv("FAKE_APLAY_S", "30")
     aplay_rig.p.play("show_pass")  # returns at once: aplay runs on its own
+    wait_until(lambda: "start show_pass" in fake_aplay.read_text())
+    aplay_rig.p.play("denied")
+    wait_until(lambda: "start denied" in fake_aplay.read_text())
+    assert log_lines(fake_aplay) == ["start show_pass", "killed show_pass", "start denied"]
+
+
+def test_a_prompt_interrupted_as_it_starts_ends_before_the_newer_starts(
+    aplay_rig: Rig, fake_aplay: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The SIGTERM reaches aplay while it is still setting up (here: paused right
+    # after "start"), the moment the order test above once lost by chance.
+    monkeypatch.setenv("FAKE_APLAY_S", "30")
+    monkeypatch.setenv("FAKE_APLAY_PAUSE_S", "0.3")
+    aplay_rig.p.play("show_pass")
     wait_until(lambda: "start show_pass" in fake_aplay.read_text())
     aplay_rig.p.play("denied")
     wait_until(lambda: "start denied" in fake_aplay.read_text())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
+
+import pytest
 
 from gated.app import App
 from gated.clock import FakeClock
@@ -261,3 +264,137 @@ def test_registered_cards_first_uses_outlive_the_purge_and_strangers_do_not(rig:
     rows = rig.conn.execute("SELECT uid, seq FROM card_first_use ORDER BY seq").fetchall()
     assert rows == [("0A1B2C3D4E", 1), ("C0FFEE0000", 4)]
     assert rig.events[-1]["kind"] == "purge" and rig.events[-1]["card_first_use"] == 1
+
+
+# ---- undelivered events: no broker, and a broker never reached -----------------------
+
+
+def outbox_rows(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def test_with_no_broker_no_event_waits_and_retention_purges_them(tmp_path: Path) -> None:
+    # What the App builds for [mqtt] urls = []: a ledger that writes no outbox row.
+    conn = connect(tmp_path / "gated.db")
+    clock = FakeClock()
+    ledger = Ledger(conn, site="s1", gate="g1", clock=clock, outbox=False)
+    for _ in range(40):  # one a day, days 0..39, nobody ever delivers anything
+        ledger.append({"kind": "guard_on", "guard": "G1"})
+        clock.advance(DAY_S)
+    assert outbox_rows(conn) == 0
+    events: list[dict[str, object]] = []
+    plan = purge_now(Retention(conn, clock, retention_days=30), events.append)
+    # Day 40: days 0..9 are past retention, and nothing keeps them.
+    assert plan is not None and plan.events == 10 and plan.kept_undelivered == 0
+    assert seqs(conn) == list(range(11, 41))
+    assert [e["kind"] for e in events] == ["purge"]  # no undelivered ones: no alarm
+    assert events[0]["undelivered_purged"] == 0
+    conn.close()
+
+
+def test_with_a_broker_never_reached_undelivered_events_go_after_undelivered_max_days(
+    rig: Rig,
+) -> None:
+    # rig.ledger writes outbox rows (a broker configured); nothing is ever delivered.
+    for day in range(100):
+        rig.wait(DAY_S if day else 0)
+        one_arrival(rig)  # seq 2d+1, 2d+2 on day d
+    rig.wait(DAY_S / 2)  # day 99.5
+    assert outbox_rows(rig.conn) == 200
+    retention = Retention(rig.conn, rig.clock, retention_days=30, undelivered_max_days=90)
+
+    plan = purge_now(retention, rig.controller._record)
+
+    # The 90-day cutoff is day 9.5: days 0..9 (seq 1..20) go, undelivered as they are;
+    # days 10..69 are past retention but kept for the broker.
+    assert plan is not None and plan.undelivered_upto_seq == 20 and plan.upto_seq == 140
+    assert plan.events == 20 and plan.undelivered_purged == 20
+    assert plan.kept_undelivered == 120
+    assert seqs(rig.conn)[0] == 21
+    assert rig.conn.execute("SELECT MIN(seq) FROM outbox").fetchone() == (21,)
+    purge, alarm = rig.events[-2:]
+    assert purge["kind"] == "purge" and purge["undelivered_purged"] == 20
+    assert (purge["events"], purge["kept_undelivered"]) == (20, 120)
+    assert alarm["kind"] == "alarm" and alarm["alarm"] == "device"
+    assert alarm["ref"] == purge["id"]
+    assert "20 undelivered events purged" in alarm["detail"] and "90 days" in alarm["detail"]
+    # Both are committed, and wait for the broker like any event.
+    assert rig.conn.execute(
+        "SELECT topic FROM outbox WHERE seq IN (?, ?) ORDER BY seq", (purge["seq"], alarm["seq"])
+    ).fetchall() == [("event",), ("alarm",)]
+
+    # The same day again: nothing more to purge, no second alarm.
+    recorded = len(rig.events)
+    again = purge_now(retention, rig.controller._record)
+    assert again is not None and again.events == 0 and len(rig.events) == recorded
+
+    # A day later the next day's undelivered pair goes, with one alarm again.
+    rig.wait(DAY_S)
+    plan = purge_now(retention, rig.controller._record)
+    assert plan is not None and plan.events == 2 and plan.undelivered_purged == 2
+    assert [e["kind"] for e in rig.events[recorded:]] == ["purge", "alarm"]
+    assert "2 undelivered events purged" in rig.events[-1]["detail"]
+
+
+def test_a_delivered_event_never_outlives_an_undelivered_one(rig: Rig) -> None:
+    # undelivered_max_days below retention_days (the config refuses it) counts as equal.
+    for day in range(5):
+        rig.wait(DAY_S if day else 0)
+        one_arrival(rig)
+    rig.wait(DAY_S / 2)  # day 4.5
+    retention = Retention(rig.conn, rig.clock, retention_days=3, undelivered_max_days=1)
+    plan = purge_now(retention, rig.controller._record)
+    assert plan is not None and plan.upto_seq == plan.undelivered_upto_seq == 4
+    assert plan.events == plan.undelivered_purged == 4
+
+
+def test_the_start_drops_the_outbox_when_no_broker_is_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A gate that had a broker: three events wait in its outbox.
+    with_broker = make_config(
+        tmp_path, status={"listen": ""}, mqtt={"urls": ["mqtt://127.0.0.1:9"]}
+    )
+    app = App(with_broker, clock=FakeClock())
+    try:
+        for _ in range(3):
+            app.ledger.append({"kind": "guard_on", "guard": "G1"})
+        assert outbox_rows(app.conn) == 3
+    finally:
+        app.close()
+    # Started again with a broker: they still wait.
+    app = App(with_broker, clock=FakeClock())
+    try:
+        assert outbox_rows(app.conn) == 3
+    finally:
+        app.close()
+
+    # Started with [mqtt] urls = []: nobody will deliver them, they go, said once.
+    no_broker = make_config(tmp_path, status={"listen": ""})
+    with caplog.at_level(logging.INFO, logger="gated.app"):
+        app = App(no_broker, clock=FakeClock())
+    try:
+        assert outbox_rows(app.conn) == 0
+        said = [r.getMessage() for r in caplog.records if "outbox" in r.getMessage()]
+        assert len(said) == 1 and "dropped 3 undelivered events" in said[0]
+        assert len(seqs(app.conn)) == 3  # the events stay in the ledger
+        app.ledger.append({"kind": "guard_on", "guard": "G1"})  # and no new row is written
+        assert outbox_rows(app.conn) == 0
+    finally:
+        app.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gated.app"):
+        App(no_broker, clock=FakeClock()).close()
+    assert not [r for r in caplog.records if "outbox" in r.getMessage()]  # nothing to say
+
+
+def test_the_daemon_passes_undelivered_max_days_to_retention(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, status={"listen": ""}, storage={"retention_days": 7, "undelivered_max_days": 20}
+    )
+    app = App(config, clock=FakeClock())
+    try:
+        (service,) = [s for s in app.services if isinstance(s, RetentionService)]
+        assert service.retention.undelivered_max_days == 20
+    finally:
+        app.close()
