@@ -137,6 +137,11 @@ class MqttConfig(StrictModel):
         default=False, description="Publish Home Assistant MQTT discovery (homeassistant/...)."
     )
     keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keepalive in seconds.")
+    registry_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest registry message taken (snapshot or delta), in bytes.",
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> MqttConfig:
