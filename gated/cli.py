@@ -11,13 +11,13 @@ from typing import Any
 
 from gated import __version__, cli_data, cli_db, cli_pass, cli_report, cli_status
 from gated.errors import ConfigError, GatedError, RegistryImportError
-from gated.notify import JournalFormatter, stderr_is_journal
+from gated.notify import JournalFormatter, LogFormatter, stderr_is_journal
 
 log = logging.getLogger("gated")
 
 
 def setup_logging(debug: bool) -> None:
-    """Log to stderr; under systemd (journald) without timestamps of our own."""
+    """Log to stderr, one line per message; under systemd without timestamps of our own."""
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         fmt = "%(levelname)s %(name)s: %(message)s"
     else:
@@ -25,10 +25,10 @@ def setup_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO, format=fmt, stream=sys.stderr, force=True
     )
-    if stderr_is_journal():
-        # journald reads "<3>" as the priority: errors show red in journalctl -p err.
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JournalFormatter(fmt))
+    # journald reads "<3>" as the priority: errors show red in journalctl -p err.
+    formatter = JournalFormatter(fmt) if stderr_is_journal() else LogFormatter(fmt)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
 
 
 def load(path: str, overrides: dict[str, Any] | None = None) -> Any:

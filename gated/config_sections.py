@@ -161,6 +161,11 @@ class MqttConfig(StrictModel):
         default="auto",
         description='MQTT version: "auto" (5, else 3.1.1 where 5 is refused), "5" or "3.1.1".',
     )
+    registry_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest registry message taken (snapshot or delta), in bytes.",
+    )
 
     @model_validator(mode="after")
     def _cert_with_key(self) -> MqttConfig:

@@ -158,7 +158,34 @@ def priority(levelno: int) -> int:
     return 7
 
 
-class JournalFormatter(logging.Formatter):
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with newlines and every other unprintable character escaped (``\\n``, ``\\x1b``).
+
+    What a log line says may come from outside (an MQTT ``req``, a topic, a registry
+    field): a newline in it would start a line of its own in the journal, one that
+    looks like the gate's. CJK and other printable text stays as it is.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or ascii(c)[1:-1] for c in text)
+
+
+class LogFormatter(logging.Formatter):
+    """A formatter whose message is always one line: control characters are escaped.
+
+    The traceback of ``log.exception`` still follows on lines of its own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The formatted line, with :func:`escape_controls` applied to the message."""
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class JournalFormatter(LogFormatter):
     """``<3>ERROR name: message``: journald reads the ``<N>`` prefix as the priority.
 
     Every line of a multi-line record (a traceback) gets the prefix, since journald

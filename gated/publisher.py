@@ -45,6 +45,7 @@ from gated.clock import clock_synced
 from gated.commands import Commands
 from gated.ha_discovery import discovery_messages
 from gated.ledger import iso_utc
+from gated.mqtt_input import decode
 from gated.mqtt_link import Backoff, Link, _close
 from gated.privacy import reduce_event
 from gated.storage import connect
@@ -153,7 +154,8 @@ class Publisher:
 
         options.setdefault("wall", ctl.clock.time)
         options.setdefault("poll_s", 1.0)  # every commit wakes it: the poll is a backstop
-        pub = cls(config, commands=Commands(ctl), snapshot=lambda: ctl.submit(state), **options)
+        commands = Commands(ctl, registry_max_bytes=config.mqtt.registry_max_bytes)
+        pub = cls(config, commands=commands, snapshot=lambda: ctl.submit(state), **options)
         ctl.observers.append(pub.observe)
         return pub
 
@@ -489,46 +491,66 @@ class Publisher:
         return json.dumps(body, ensure_ascii=False).encode()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Every message the broker delivers: refused or handled, it never ends the session.
+
+        Payloads go through the one input guard (:mod:`gated.mqtt_input`), in
+        :meth:`Commands.handle` and :meth:`_registry`; whatever still goes wrong is counted
+        and logged here, since paho would let it end the session (and a retained message
+        would end every session after it).
+        """
         if self.commands is None:
             return
-        topic = msg.topic
-        if topic == self.registry_topic:
-            self._registry(bytes(msg.payload))
-            return
-        name = topic.removeprefix(f"{self.root}/cmd/")
-        if not msg.payload and not msg.retain:
-            # Someone clearing a retained command (an empty retained publish): nothing to do.
-            log.info("empty message on %s ignored (a retained command cleared?)", topic)
-            return
-        fut = self.commands.handle(name, bytes(msg.payload), retained=bool(msg.retain))
-        result_topic = f"{self.root}/cmd_result"
+        topic = "?"
+        try:
+            topic = msg.topic
+            if topic == self.registry_topic:
+                self._registry(bytes(msg.payload))
+                return
+            name = topic.removeprefix(f"{self.root}/cmd/")
+            if not msg.payload and not msg.retain:
+                # Someone clearing a retained command (an empty retained publish): nothing to do.
+                log.info("empty message on %s ignored (a retained command cleared?)", topic)
+                return
+            fut = self.commands.handle(name, bytes(msg.payload), retained=bool(msg.retain))
+            result_topic = f"{self.root}/cmd_result"
 
-        def reply(f: Future[dict[str, Any]]) -> None:
-            result = f.result()
-            if result.get("ok"):
-                self._state_stale = True  # a mode change, an open: the status says so soon
-            payload = json.dumps(result, ensure_ascii=False).encode()
-            self._outgoing.put((result_topic, payload, False))
+            def reply(f: Future[dict[str, Any]]) -> None:
+                result = f.result()
+                if result.get("ok"):
+                    self._state_stale = True  # a mode change, an open: the status says so soon
+                payload = json.dumps(result, ensure_ascii=False).encode()
+                self._outgoing.put((result_topic, payload, False))
 
-        fut.add_done_callback(reply)
+            fut.add_done_callback(reply)
+        except UnicodeDecodeError:  # paho hands over a topic that is not UTF-8 as it came
+            self.commands.count_refused("topic")
+            log.warning("message refused: its topic is not UTF-8")
+        except Exception:
+            self.commands.count_refused("error")
+            log.exception("message on %r could not be handled", topic[:200])
 
     def _registry(self, payload: bytes) -> None:
         assert self.commands is not None
-        try:
-            change = registry_sync.parse(json.loads(payload))
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.commands.refused += 1
-            log.warning("registry message refused: %s", exc)
+        if not payload:
+            log.info("empty message on %s ignored (snapshot cleared?)", self.registry_topic)
             return
+        try:
+            change = registry_sync.parse(decode(payload, self.mq.registry_max_bytes))
+        except ValueError as exc:  # InputRefused, RegistryMessageError
+            self.commands.count_refused(getattr(exc, "code", "registry"))
+            log.warning("registry message refused: %s", str(exc)[:200])
+            return
+        commands = self.commands
 
         def done(fut: Future[Any]) -> None:
             exc = fut.exception()
             if exc is not None:
+                commands.count_refused("registry")
                 log.warning("registry %s %d refused: %s", change.kind, change.version, exc)
             else:
                 self._status_due = True
 
-        self.commands.apply_registry(change).add_done_callback(done)
+        commands.apply_registry(change).add_done_callback(done)
 
     def _send_outgoing(self, client: mqtt.Client) -> None:
         while True:

@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS presence (
     ts REAL NOT NULL,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS command_reqs (req TEXT PRIMARY KEY, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS command_reqs_ts ON command_reqs(ts);
 """
 
 

@@ -61,8 +61,12 @@ class Rig:
         )
         self.config = make_config(tmp_path, **sections)
         self.clock = FakeClock()
+        #: What the ledger (and the commands) take for the kernel's clock_synced().
+        self.synced = True
         self.conn = connect(self.config.storage.path)
-        self.ledger = Ledger(self.conn, site="s1", gate="g1", clock=self.clock)
+        self.ledger = Ledger(
+            self.conn, site="s1", gate="g1", clock=self.clock, clock_synced=lambda: self.synced
+        )
         self.ledger.start_boot()
         self.registry = Registry(self.conn)
         self.registry.apply([ZHANG, LI], CARDS, "2026-01-01T00:00:00Z")

@@ -195,8 +195,8 @@ def publish(port: int, topic: str, payload: Any, retain: bool = False, **auth: A
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     info = c.publish(topic, data, qos=1, retain=retain)
     info.wait_for_publish(timeout=10)
+    c.disconnect()  # first: the loop thread then ends at once, not after its 1 s select
     c.loop_stop()
-    c.disconnect()
 
 
 class Door:

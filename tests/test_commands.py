@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.base import DeviceHealth, Reading
+from gated.commands import REMEMBER_S
 from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from tests.conftest import Rig
@@ -72,6 +77,10 @@ class Remote:
         self.col.wait_for(lambda m: len(self.results()) > before, timeout=30)
         return self.results()[before]
 
+    def now(self) -> float:
+        """The gate's clock: what a command's ``ts`` is checked against."""
+        return self.rig.clock.time()
+
     def results(self) -> list[dict[str, Any]]:
         with self.col.cond:
             return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/cmd_result"]
@@ -80,14 +89,15 @@ class Remote:
         with self.col.cond:
             return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/status"]
 
-    def close(self) -> None:
+    def close(self, keep_broker: bool = False) -> None:
         self.publisher.stop()
         self.stop.set()
         self.thread.join(10)
         self.col.close()
         if self.door is not None:
             self.door.close()
-        self.broker.kill()
+        if not keep_broker:
+            self.broker.kill()
         self.rig.conn.close()
 
 
@@ -99,7 +109,7 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
 
 
 def test_open_records_a_remote_grant_and_opens(remote: Remote) -> None:
-    result = remote.send("open", {"req": "r1", "by": "ops"})
+    result = remote.send("open", {"req": "r1", "by": "ops", "ts": remote.now()})
     assert result["req"] == "r1" and result["ok"] is True and result["error"] is None
     grant = next(e for e in remote.rig.stored() if e["id"] == result["event"])
     assert grant["decision"] == "granted"
@@ -116,7 +126,7 @@ def test_mode_changes_and_a_bad_mode_changes_nothing(remote: Remote) -> None:
     assert remote.rig.controller.mode == "locked"
     # a remote open is refused while locked: no grant recorded
     before = len(remote.rig.stored())
-    refused = remote.send("open", {"req": "o1"})
+    refused = remote.send("open", {"req": "o1", "ts": remote.now()})
     assert refused["ok"] is False and "locked" in refused["error"]
     assert len(remote.rig.stored()) == before
 
@@ -160,7 +170,7 @@ def test_ping_and_revoke(remote: Remote) -> None:
 
 def test_a_retained_command_is_refused_after_a_restart(remote: Remote) -> None:
     """A retained cmd/open runs once, live; the copy the broker keeps never opens again."""
-    first = remote.send("open", {"req": "kept", "by": "ops"}, retain=True)
+    first = remote.send("open", {"req": "kept", "by": "ops", "ts": remote.now()}, retain=True)
     assert first["ok"] is True
     opens = remote.rig.turnstile.history.count("open")
     stored = len(remote.rig.stored())
@@ -246,3 +256,130 @@ def test_revoking_a_person_voids_their_cards_and_passes_a_card_only_itself(
     both = remote.send("revoke", {"req": "b", "person": "P2", "card": "1122334455"})
     assert both["ok"] is False and "exactly one of card, jti or person" in both["error"]
     assert not rig.registry.person_revoked("P2")
+
+
+def test_an_open_needs_a_finite_ts_close_to_the_gates_clock(remote: Remote) -> None:
+    """NaN and a ts 115 days ahead once opened the gate; an open without ts could replay."""
+    now = remote.now()
+    refused = [
+        (b'{"req": "n1", "ts": NaN}', "NaN is not a JSON number"),
+        (b'{"req": "n2", "ts": -Infinity}', "-Infinity is not a JSON number"),
+        (b'{"req": "n3", "ts": 1e400}', "number out of range"),
+        ({"req": "n4", "ts": now + 115 * 86400}, "ahead of the gate's clock"),
+        ({"req": "n5", "ts": now + 301}, "301 s ahead of the gate's clock"),
+        ({"req": "n6", "ts": now - 301}, "stale command (301 s old)"),
+        ({"req": "n7"}, "open needs ts (unix seconds)"),
+        ({"req": "n8", "ts": "now"}, "ts is not unix seconds"),
+        ({"req": "n9", "ts": True}, "ts is not unix seconds"),
+    ]
+    for payload, reason in refused:
+        result = remote.send("open", payload)
+        assert result["ok"] is False and reason in result["error"], (payload, result)
+    assert "open" not in remote.rig.turnstile.history
+    assert not [e for e in remote.rig.stored() if e["kind"] == "decision"]
+    assert remote.commands.refusals["ts"] == 6 and remote.commands.refusals["number"] == 3
+    # inside the window, either side of the gate's clock: taken
+    assert remote.send("open", {"req": "w1", "ts": now - 299})["ok"] is True
+    assert remote.send("open", {"req": "w2", "ts": now + 299})["ok"] is True
+    assert remote.rig.turnstile.history.count("open") >= 1
+
+
+def test_other_commands_may_go_without_ts_but_not_with_a_bad_one(remote: Remote) -> None:
+    assert remote.send("ping", {"req": "p1"})["ok"] is True
+    assert remote.send("mode", {"req": "m1", "mode": "locked"})["ok"] is True
+    stale = remote.send("mode", {"req": "m2", "mode": "free", "ts": remote.now() - 3600})
+    assert stale["ok"] is False and "stale" in stale["error"]
+    future = remote.send("mode", {"req": "m3", "mode": "free", "ts": remote.now() + 3600})
+    assert future["ok"] is False and "ahead" in future["error"]
+    assert remote.rig.controller.mode == "locked"
+
+
+def test_with_the_clock_not_synchronised_any_finite_ts_is_taken(remote: Remote) -> None:
+    """A Pi without network may be years off: the window applies only to a synced clock."""
+    remote.rig.synced = False
+    far = remote.now() + 115 * 86400
+    assert remote.send("open", {"req": "u1", "ts": far})["ok"] is True
+    assert remote.send("open", {"req": "u2", "ts": 1_000.0})["ok"] is True
+    # never without ts, never NaN
+    assert "open needs ts" in remote.send("open", {"req": "u3"})["error"]
+    assert "NaN" in remote.send("open", b'{"req": "u4", "ts": NaN}')["error"]
+
+
+def test_a_req_with_control_characters_is_refused(remote: Remote) -> None:
+    """A newline in a req once put a forged line into the journal."""
+    bad = ["a\nINFO gated: #7 granted", "b\rc", "tab\there", "esc\x1b[2J", "nul\x00", "ls\u2028x"]
+    for req in bad:
+        result = remote.send("ping", {"req": req})
+        assert result == {
+            "req": None,
+            "ok": False,
+            "error": "req holds a control character (newline, tab, ...)",
+        }
+    by = remote.send("open", {"req": "o1", "by": "ops\nINFO gated: x", "ts": remote.now()})
+    assert by["req"] == "o1" and by["ok"] is False and "by holds a control" in by["error"]
+    assert "open" not in remote.rig.turnstile.history
+    assert remote.commands.refusals["req"] == len(bad)
+    # printable text of any script is a valid req
+    assert remote.send("ping", {"req": "巡检-1 ok"})["ok"] is True
+
+
+def test_a_handled_req_is_refused_after_the_gate_restarts(tmp_path: Path) -> None:
+    """Handled reqs are in the database: a new controller on the same file knows them."""
+    first = Remote(tmp_path)
+    broker = first.broker
+    try:
+        opened = first.send("open", {"req": "o-1", "by": "ops", "ts": first.now()})
+        assert opened["ok"] is True
+        assert first.send("ping", {"req": "p-1"})["ok"] is True
+    finally:
+        first.close(keep_broker=True)
+    second = Remote(tmp_path, broker=broker)  # a new controller, publisher and connection
+    try:
+        assert second.rig.ledger.boot == 2
+        again = second.send("open", {"req": "o-1", "by": "ops", "ts": second.now()})
+        assert again == {"req": "o-1", "ok": False, "error": "duplicate req (already handled)"}
+        assert second.send("ping", {"req": "p-1"})["error"] == "duplicate req (already handled)"
+        assert "open" not in second.rig.turnstile.history
+        assert second.send("ping", {"req": "p-2"})["ok"] is True
+    finally:
+        second.close()
+
+
+def test_a_req_is_remembered_past_a_thousand_newer_ones(remote: Remote) -> None:
+    assert remote.send("ping", {"req": "first"})["ok"] is True
+    publish_many(remote.broker.port, f"{ROOT}/cmd/ping", [{"req": f"n{i}"} for i in range(1000)])
+    remote.col.wait_for(lambda m: len(remote.results()) >= 1001, timeout=120)
+    assert all(r["ok"] for r in remote.results())
+    again = remote.send("ping", {"req": "first"})
+    assert again["ok"] is False and "duplicate" in again["error"]
+
+
+def test_remembered_reqs_are_pruned_only_on_a_synchronised_clock(remote: Remote) -> None:
+    """Kept 30 days: far past the 300 s window that refuses a replayed ts anyway."""
+    assert remote.send("ping", {"req": "old"})["ok"] is True
+    remote.rig.clock.advance(REMEMBER_S + 60)
+    remote.rig.synced = False  # the gate's time cannot be trusted: nothing is forgotten
+    assert remote.send("ping", {"req": "old"})["error"] == "duplicate req (already handled)"
+    remote.rig.synced = True
+    assert remote.send("ping", {"req": "old"})["ok"] is True  # forgotten after 30 days
+    conn = sqlite3.connect(remote.rig.config.storage.path)
+    try:
+        kept = [r for (r,) in conn.execute("SELECT req FROM command_reqs ORDER BY ts")]
+    finally:
+        conn.close()
+    assert kept == ["old"]
+
+
+def publish_many(port: int, topic: str, payloads: list[Any]) -> None:
+    """Publish many messages (QoS 1) on one connection, in order."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"many-{time.monotonic_ns()}")
+    c.max_inflight_messages_set(100)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        infos = [c.publish(topic, json.dumps(p).encode(), qos=1) for p in payloads]
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+    finally:
+        c.loop_stop()
+        c.disconnect()

@@ -122,7 +122,8 @@ def test_every_entity_config_over_the_broker_and_the_status_it_reads(tmp_path: P
         assert first["last_temperature_c"] is None and isinstance(first["backlog"], int)
 
         # the button's command: a remote open, counted today; the turnstile shows open
-        assert remote.send("open", {"req": "ha-1", "by": "homeassistant"})["ok"] is True
+        press = {"req": "ha-1", "by": "homeassistant", "ts": remote.now()}
+        assert remote.send("open", press)["ok"] is True
         remote.col.wait_for(
             lambda m: any(
                 s.get("turnstile") == "open" and s["today"]["granted"] == 1

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gated.cli import main
 from gated.notify import JournalFormatter, priority, stderr_is_journal
 
@@ -83,8 +85,46 @@ def test_priorities_and_the_stream_check(tmp_path: Path) -> None:
         assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, stream.fileno())
         assert not stderr_is_journal({"JOURNAL_STREAM": "0:0"}, stream.fileno())
         assert not stderr_is_journal({}, stream.fileno())
-    record = logging.LogRecord("gated.x", logging.WARNING, __file__, 1, "a\nb", None, None)
-    assert JournalFormatter().format(record) == "<4>WARNING gated.x: a\n<4>b"
+    record = logging.LogRecord("gated.x", logging.WARNING, __file__, 1, "a%s", ("\nb",), None)
+    assert JournalFormatter().format(record) == "<4>WARNING gated.x: a\\nb"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    lines = JournalFormatter().format(record).splitlines()  # a traceback: a line each
+    assert lines[0] == "<4>WARNING gated.x: a\\nb" and lines[-1] == "<4>ValueError: boom"
+    assert len(lines) > 2 and all(line.startswith("<4>") for line in lines)
+
+
+INJECTION = """
+import logging
+from gated.cli import setup_logging
+setup_logging(debug=False)
+log = logging.getLogger("gated.commands")
+log.warning("command %s refused", "x\\nINFO gated: #7 GRANTED\\r\\x1b[2K\\u2028z")
+log.info("name %s", "张伟 ok")
+"""
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_value_with_newlines_stays_on_its_line(tmp_path: Path, journal: bool) -> None:
+    """A value from outside (an MQTT req, a topic) cannot forge a line of the gate's log."""
+    err = tmp_path / "stderr.txt"
+    err.touch()
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    if journal:
+        st = err.stat()
+        env.update(JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}", INVOCATION_ID="abc")
+    with err.open("w") as stream:
+        subprocess.run(
+            [sys.executable, "-c", INJECTION], stderr=stream, env=env, check=True, timeout=60
+        )
+    lines = err.read_text().splitlines()
+    prefix = "<4>" if journal else ""
+    assert len(lines) == 2, lines
+    escaped = "x\\nINFO gated: #7 GRANTED\\r\\x1b[2K\\u2028z"
+    assert lines[0].endswith(f"{prefix}WARNING gated.commands: command {escaped} refused")
+    assert lines[1].endswith("INFO gated.commands: name 张伟 ok")
 
 
 CONFIG = """

@@ -97,7 +97,8 @@ def test_the_documented_acl_lets_a_gate_use_only_its_own_topics(tmp_path: Path) 
         gate.col.wait_for(lambda m: own <= {t for t, *_ in m})
         # Home Assistant's "Open" reaches it (and nothing else of Home Assistant's may write)
         before = len(gate.results())
-        publish(b.port, "gated/s1/g1/cmd/open", {"req": "ha-1"}, **auth("homeassistant"))
+        open_cmd = {"req": "ha-1", "ts": gate.now()}
+        publish(b.port, "gated/s1/g1/cmd/open", open_cmd, **auth("homeassistant"))
         gate.col.wait_for(lambda m: len(gate.results()) > before)
         assert gate.results()[before] == {
             "req": "ha-1",

@@ -4,10 +4,13 @@ mid-drain, the devices in the first status."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +23,7 @@ from gated.storage import connect
 from tests.conftest import make_config
 from tests.daemon import Daemon
 from tests.gate_process import GateProcess
-from tests.mosquitto import Collector, Door, Mosquitto
+from tests.mosquitto import Collector, Door, Mosquitto, publish
 from tests.test_publisher import check_complete, has_seq, wait_until
 
 pytestmark = pytest.mark.slow
@@ -165,5 +168,48 @@ def test_the_first_status_lists_every_configured_device(tmp_path: Path) -> None:
         assert set(screen["devices"]) == set(devices)
     finally:
         gate.close()
+        col.close()
+        broker.kill()
+
+
+def test_a_forged_log_line_in_a_req_never_reaches_the_log(tmp_path: Path) -> None:
+    """A req once wrote ``INFO gated: #99 ...`` as a line of its own into the journal."""
+    broker = Mosquitto(tmp_path).start()
+    cfg = tmp_path / "gated.toml"
+    cfg.write_text(CONFIG.format(db=tmp_path / "gated.db", url=broker.url))
+    col = Collector(broker.port, ["gated/s1/g1/+"])
+    daemon = Daemon("run", "-c", str(cfg))
+    try:
+
+        def results() -> list[dict[str, Any]]:
+            with col.cond:
+                return [json.loads(p) for t, p, _ in col.messages if t.endswith("/cmd_result")]
+
+        sent = [0.0]
+
+        def ready() -> bool:  # the status comes before the subscription: ping until answered
+            if not results() and time.monotonic() - sent[0] > 0.5:
+                sent[0] = time.monotonic()
+                publish(broker.port, "gated/s1/g1/cmd/ping", {"req": f"ready-{sent[0]}"})
+            return bool(results())
+
+        wait_until(ready, "the daemon answering commands")
+        col.wait_for(lambda m: all(r["ok"] for r in results()))
+        first = len(results())
+        forged = "p1\nINFO gated: #99 GRANTED 张* (card ******3D4E)"
+        publish(broker.port, "gated/s1/g1/cmd/ping", {"req": forged})
+        # mosquitto refuses C0 controls in a topic, not U+2028 (a line break to some readers)
+        publish(broker.port, "gated/s1/g1/cmd/x\u2028INFO gated: 98", b"")
+        publish(broker.port, "gated/s1/g1/cmd/ping", {"req": "after"})
+        col.wait_for(lambda m: len(results()) >= first + 2)
+        assert [r["ok"] for r in results()[first:]] == [False, True]
+        assert daemon.stop() == 0
+        lines = daemon.lines
+        assert not any(re.match(r"(\S+ \S+ )?INFO gated: (#99|98)", line) for line in lines)
+        assert any("req holds a control character" in line for line in lines), daemon.output()
+        assert any("cmd/x\\u2028INFO gated: 98 ignored" in line for line in lines), lines
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.stop()
         col.close()
         broker.kill()
