@@ -309,10 +309,25 @@ class StatusConfig(StrictModel):
         ),
     )
     lockout_after: int = Field(
-        default=5, ge=1, le=100, description="Wrong PINs in a row that lock a guard id out."
+        default=5,
+        ge=1,
+        le=5,
+        description=(
+            "PIN tries per guard id within lockout_s (at most 5, SPEC §8); the booth's own "
+            "screen (loopback) has its own count, apart from other machines."
+        ),
+    )
+    lockout_gate_after: int = Field(
+        default=20,
+        ge=1,
+        le=20,
+        description="PIN tries per gate within lockout_s, for all guard ids (at most 20).",
     )
     lockout_s: float = Field(
-        default=300, gt=0, description="Seconds a guard id (or client address) stays locked out."
+        default=300,
+        ge=300,
+        le=86400,
+        description="Seconds a wrong PIN counts against lockout_after and lockout_gate_after.",
     )
     session_h: float = Field(
         default=12, gt=0, le=168, description="Hours a login lasts; then the guard goes off duty."

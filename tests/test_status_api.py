@@ -6,6 +6,7 @@ ledger is read back through a connection of the test's own.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -53,7 +54,7 @@ class Gate:
             "guards": {"G01": HASH_G01},
             "guard_pin_hash": HASH_SHARED,
             "lockout_after": 3,
-            "lockout_s": 60,
+            "lockout_s": 300,
             **status,
         }
         self.config = make_config(
@@ -510,3 +511,83 @@ def test_today_counts_start_again_at_local_midnight() -> None:
     counts = h.counts(datetime(2026, 3, 1, 16, 2, tzinfo=UTC))
     assert (counts["in"], counts["denied"], counts["overrides"]) == (0, 0, 1)
     assert h.add({"seq": 2, "ts": "2026-03-01T16:03:00.000Z", "kind": "passage"}) is None
+
+
+# ---- PIN guessing: every try reserved before its hash -----------------------------------------
+
+
+def logins_counted(gate: Gate) -> dict[str, int]:
+    """``gated_status_logins_total`` by result, from ``/metrics``."""
+    text = gate.get("/metrics")[2].decode()
+    out = dict.fromkeys(("ok", "wrong", "locked"), 0)
+    for result in out:
+        prefix = f'gated_status_logins_total{{result="{result}"}} '
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                out[result] = int(float(line[len(prefix) :]))
+    return out
+
+
+def logins_at_once(host: str, port: int, tries: list[tuple[str, str, str]]) -> list[int]:
+    """POST every ``(source address, guard, pin)`` login at the same moment; their statuses."""
+    import aiohttp
+
+    async def main() -> list[int]:
+        clients: dict[str, aiohttp.ClientSession] = {}
+        for source in {s for s, _, _ in tries}:
+            connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0), force_close=True)
+            clients[source] = aiohttp.ClientSession(connector=connector)
+        start = asyncio.Event()
+
+        async def one(source: str, guard: str, pin: str) -> int:
+            await start.wait()
+            url = f"http://{host}:{port}/api/guard/login"
+            async with clients[source].post(url, json={"guard": guard, "pin": pin}) as r:
+                await r.read()
+                return r.status
+
+        try:
+            tasks = [asyncio.ensure_future(one(*t)) for t in tries]
+            await asyncio.sleep(0)
+            start.set()
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    return asyncio.run(main())
+
+
+def test_200_logins_at_once_check_at_most_5_pins_of_a_guard(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, lockout_after=5, lockout_s=300)
+    try:
+        tries = [("127.0.0.1", "G01", f"{n:04d}") for n in range(199)]
+        tries.insert(150, ("127.0.0.1", "G01", PIN_G01))  # the right PIN, among the guesses
+        statuses = logins_at_once("127.0.0.1", gate.port, tries)
+        counted = logins_counted(gate)
+        assert counted["ok"] + counted["wrong"] <= 5, counted
+        assert counted["locked"] == 200 - counted["ok"] - counted["wrong"]
+        # A wrong PIN that fills the budget is answered 429 too (with its Retry-After).
+        assert statuses.count(200) == counted["ok"]
+        assert statuses.count(401) + statuses.count(429) == 200 - counted["ok"]
+    finally:
+        gate.stop()
+
+
+def test_30_source_addresses_share_the_gate_s_20_tries(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, lockout_after=5, lockout_s=300)
+    try:
+        # 30 addresses x 4 guesses each, at other guard ids than the attacked ones: the
+        # per-gate budget holds whatever the spread of addresses and ids.
+        tries = [(f"127.0.0.{a}", f"G{a:02d}{n}", "0000") for a in range(2, 32) for n in range(4)]
+        statuses = logins_at_once("127.0.0.1", gate.port, tries)
+        counted = logins_counted(gate)
+        assert counted["wrong"] == 20 and counted["ok"] == 0, counted
+        assert counted["locked"] == 100 and statuses.count(429) >= 100
+        # The gate is locked for every guard id now, from any address.
+        status, headers, _ = gate.request(
+            "POST", "/api/guard/login", {"guard": "G99", "pin": "1111"}
+        )
+        assert status == 429 and 0 < int(headers["retry-after"]) <= 300
+    finally:
+        gate.stop()

@@ -81,10 +81,11 @@ class StatusServer:
         self.auth = GuardAuth(
             status.guard_pin_hash,
             dict(status.guards),
-            status.lockout_after,
-            status.lockout_s,
-            status.session_h * 3600,
-            clock,
+            lockout_after=status.lockout_after,
+            lockout_gate_after=status.lockout_gate_after,
+            lockout_s=status.lockout_s,
+            session_s=status.session_h * 3600,
+            clock=clock,
         )
         if not is_loopback(self.host) and not self.auth.enabled:
             raise ValueError("the status screen listens beyond loopback only with a guard PIN")
