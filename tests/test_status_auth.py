@@ -258,3 +258,22 @@ def test_config_refuses_a_hash_that_is_not_one(tmp_path: Path) -> None:
 def test_config_keeps_pin_guessing_within_the_contract(tmp_path: Path, key: str) -> None:
     problems = config_problems(tmp_path, f"[status]\n{key}\n")
     assert len(problems) == 1 and f": status.{key.split()[0]}: " in problems[0]
+
+
+def test_config_refuses_a_short_kiosk_token_without_saying_it(tmp_path: Path) -> None:
+    token = tmp_path / "kiosk.token"
+    token.write_text("hunter2hunter2\n")
+    problems = config_problems(tmp_path, f'[status]\nkiosk_token_file = "{token}"\n')
+    assert len(problems) == 1 and ": status.kiosk_token_file: " in problems[0]
+    assert "hunter2" not in problems[0] and "openssl rand" in problems[0]
+
+
+def test_config_wants_both_tls_files_and_fewer_streams_than_connections(tmp_path: Path) -> None:
+    cert = tmp_path / "screen.crt"
+    cert.write_text("x")
+    problems = config_problems(tmp_path, f'[status]\ntls_cert_file = "{cert}"\n')
+    assert len(problems) == 1 and ": status.tls_key_file: " in problems[0]
+    problems = config_problems(tmp_path, "[status]\nmax_clients = 30\nmax_connections = 30\n")
+    assert len(problems) == 1 and ": status.max_clients: " in problems[0]
+    problems = config_problems(tmp_path, '[status]\nhost_names = ["evil.example:80/x"]\n')
+    assert len(problems) == 1 and ": status.host_names" in problems[0]

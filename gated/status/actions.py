@@ -174,6 +174,7 @@ class GuardActions:
             max_age=int(self.auth.session_s),
             httponly=True,
             samesite="Strict",
+            secure=self.server.tls is not None,
             path="/",
         )
         return response
