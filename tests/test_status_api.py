@@ -727,8 +727,8 @@ def test_live_screens_past_max_clients_get_503(tmp_path: Path) -> None:
     try:
         for _ in range(3):
             conn, r = open_stream(gate)
+            streams.append((conn, r))
             assert r.status == 200 and r.read(6) == b"retry:"
-            streams.append(conn)
         conn, r = open_stream(gate)
         assert r.status == 503 and r.getheader("Retry-After") == "5"
         assert b"too many live screens" in r.read()
@@ -736,16 +736,23 @@ def test_live_screens_past_max_clients_get_503(tmp_path: Path) -> None:
         assert gate.get("/healthz")[0] == 200
         metrics = gate.get("/metrics")[2].decode()
         assert 'gated_status_refused_total{reason="clients"} 1.0' in metrics
-        streams.pop().close()
+        conn, r = streams.pop()
+        r.close()  # the screen goes away: its place is free again soon
+        conn.close()
 
         def a_stream_again() -> bool:
             conn, r = open_stream(gate)
-            streams.append(conn)
-            return r.status == 200
+            if r.status == 200:
+                streams.append((conn, r))
+                return True
+            r.close()
+            conn.close()
+            return False
 
-        wait_until(a_stream_again, what="room for a live screen again")
+        wait_until(a_stream_again, what="room for a live screen again", timeout=20)
     finally:
-        for conn in streams:
+        for conn, r in streams:
+            r.close()
             conn.close()
         gate.stop()
 

@@ -57,6 +57,8 @@ SNAPSHOT_MAX_AGE_S = 0.5
 HEARTBEAT_S = 10.0
 CLIENT_QUEUE = 500
 KIOSK_COOKIE = "gated_kiosk"
+#: Seconds between checks that a live screen's connection is still open.
+GONE_CHECK_S = 1.0
 #: The paths that show the gate's people and state: a session beyond loopback.
 READS = ("/api/state", "/api/events", "/metrics")
 #: File descriptors the daemon needs besides the screen's connections.
@@ -562,7 +564,14 @@ class StatusServer:
             self.clients.add(q)
             self.metrics.sse_clients.set(len(self.clients))
             while True:
-                text = await q.get()
+                try:
+                    text = await asyncio.wait_for(q.get(), GONE_CHECK_S)
+                except TimeoutError:
+                    # A screen that closed its end frees its place within a second, not
+                    # at the next heartbeat that fails to be written.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
                 if text is None or q not in self.clients:
                     break
                 await response.write(text.encode())
