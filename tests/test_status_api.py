@@ -31,9 +31,10 @@ HASH_G01 = hash_pin(PIN_G01)
 HASH_SHARED = hash_pin(SHARED_PIN)
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port nobody listens on at ``address`` (0.0.0.0: at any address) just now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -618,7 +619,7 @@ def test_a_lan_guesser_never_locks_the_guard_out_of_the_booth(tmp_path: Path) ->
     lan = lan_address()
     if lan is None:
         pytest.skip("this machine has no address beyond loopback")
-    port = free_port()
+    port = free_port("0.0.0.0")
     token = write_token(tmp_path)
     gate = Gate(
         tmp_path,
@@ -664,7 +665,7 @@ def bearer(token_file: Path) -> dict[str, str]:
 def test_beyond_loopback_reads_need_a_login_or_the_kiosk_token(tmp_path: Path) -> None:
     # Listening on every address: the rule follows `listen`, so a client that comes in
     # over loopback (the booth's kiosk) needs the token too.
-    port = free_port()
+    port = free_port("0.0.0.0")
     token = write_token(tmp_path)
     gate = Gate(tmp_path, port=port, listen=f"0.0.0.0:{port}", kiosk_token_file=str(token))
     try:
@@ -790,7 +791,7 @@ def test_connections_from_the_lan_never_crowd_out_the_booth(tmp_path: Path) -> N
     lan = lan_address()
     if lan is None:
         pytest.skip("this machine has no address beyond loopback")
-    port = free_port()
+    port = free_port("0.0.0.0")
     gate = Gate(tmp_path, port=port, listen=f"0.0.0.0:{port}", max_clients=2, max_connections=8)
     held = idle_connections(lan, port, 8, source=lan)
     try:
