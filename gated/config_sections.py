@@ -338,14 +338,71 @@ class StatusConfig(StrictModel):
         ),
     )
     lockout_after: int = Field(
-        default=5, ge=1, le=100, description="Wrong PINs in a row that lock a guard id out."
+        default=5,
+        ge=1,
+        le=5,
+        description=(
+            "PIN tries per guard id within lockout_s (at most 5, SPEC §8); the booth's own "
+            "screen (loopback) has its own count, apart from other machines."
+        ),
+    )
+    lockout_gate_after: int = Field(
+        default=20,
+        ge=1,
+        le=20,
+        description="PIN tries per gate within lockout_s, for all guard ids (at most 20).",
     )
     lockout_s: float = Field(
-        default=300, gt=0, description="Seconds a guard id (or client address) stays locked out."
+        default=300,
+        ge=300,
+        le=86400,
+        description="Seconds a wrong PIN counts against lockout_after and lockout_gate_after.",
     )
     session_h: float = Field(
         default=12, gt=0, le=168, description="Hours a login lasts; then the guard goes off duty."
     )
+
+    kiosk_token_file: OptionalFile = Field(
+        default=None,
+        description=(
+            "File holding the read-only token of kiosks and Prometheus (32 characters or "
+            "more); none = beyond loopback only a guard's login reads the screen."
+        ),
+    )
+    host_names: list[str] = Field(
+        default=[],
+        description=(
+            "Names the screen is reached by (the Host header), besides the address a "
+            "client connected to, localhost on loopback, and this machine's host name."
+        ),
+    )
+    max_clients: int = Field(
+        default=20, ge=1, le=200, description="Live screens (event streams) at once; more get 503."
+    )
+    max_connections: int = Field(
+        default=64,
+        ge=2,
+        le=400,
+        description=(
+            "Open connections at once from other machines, and as many from this one "
+            "(the booth), counted apart; more get 503."
+        ),
+    )
+    tls_cert_file: OptionalFile = Field(
+        default=None,
+        description="Certificate chain (PEM) to serve the screen over HTTPS; none = plain HTTP.",
+    )
+    tls_key_file: OptionalFile = Field(
+        default=None, description="Private key (PEM) of tls_cert_file."
+    )
+
+    @field_validator("host_names")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})", name):
+                raise ValueError(f"{name!r}: a host name or an IP address, without a port")
+        return [name.lower().rstrip(".") for name in value]
 
     @field_validator("guard_pin_hash")
     @classmethod
@@ -381,6 +438,16 @@ class StatusConfig(StrictModel):
             raise KeyProblem(
                 "listen", "beyond loopback only with a guard PIN: set guard_pin_hash or guards"
             )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise KeyProblem("tls_key_file", "set both tls_cert_file and tls_key_file, or neither")
+        if self.max_clients >= self.max_connections:
+            raise KeyProblem("max_clients", "must be below max_connections")
+        if self.kiosk_token_file is not None:
+            from gated.status.auth import check_kiosk_token
+
+            problem = check_kiosk_token(self.kiosk_token_file)
+            if problem:
+                raise KeyProblem("kiosk_token_file", problem)
         return self
 
 

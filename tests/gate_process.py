@@ -36,7 +36,7 @@ session_timeout_s = 5
 listen = "127.0.0.1:{port}"
 guard_pin_hash = "{shared}"
 lockout_after = 3
-lockout_s = 60
+lockout_s = 300
 language = "zh-CN"
 
 [status.guards]

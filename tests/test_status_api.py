@@ -6,9 +6,11 @@ ledger is read back through a connection of the test's own.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +31,10 @@ HASH_G01 = hash_pin(PIN_G01)
 HASH_SHARED = hash_pin(SHARED_PIN)
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port nobody listens on at ``address`` (0.0.0.0: at any address) just now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
@@ -53,7 +56,7 @@ class Gate:
             "guards": {"G01": HASH_G01},
             "guard_pin_hash": HASH_SHARED,
             "lockout_after": 3,
-            "lockout_s": 60,
+            "lockout_s": 300,
             **status,
         }
         self.config = make_config(
@@ -91,6 +94,14 @@ class Gate:
         if card is not None:
             self.put("card", card)
 
+    def connection(self, via: str = "127.0.0.1") -> http.client.HTTPConnection:
+        """A connection to the screen at the local address ``via`` (HTTPS when it serves TLS)."""
+        cert = self.config.status.tls_cert_file
+        if cert is None:
+            return http.client.HTTPConnection(via, self.port, timeout=15)
+        context = ssl.create_default_context(cafile=str(cert))
+        return http.client.HTTPSConnection(via, self.port, timeout=15, context=context)
+
     def request(
         self,
         method: str,
@@ -98,8 +109,9 @@ class Gate:
         body: Any = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
+        via: str = "127.0.0.1",
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = self.connection(via)
         try:
             h = dict(headers or {})
             data = raw
@@ -511,3 +523,346 @@ def test_today_counts_start_again_at_local_midnight() -> None:
     counts = h.counts(datetime(2026, 3, 1, 16, 2, tzinfo=UTC))
     assert (counts["in"], counts["denied"], counts["overrides"]) == (0, 0, 1)
     assert h.add({"seq": 2, "ts": "2026-03-01T16:03:00.000Z", "kind": "passage"}) is None
+
+
+# ---- PIN guessing: every try reserved before its hash -----------------------------------------
+
+
+def logins_counted(gate: Gate) -> dict[str, int]:
+    """``gated_status_logins_total`` by result, from ``/metrics``."""
+    text = gate.get("/metrics")[2].decode()
+    out = dict.fromkeys(("ok", "wrong", "locked"), 0)
+    for result in out:
+        prefix = f'gated_status_logins_total{{result="{result}"}} '
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                out[result] = int(float(line[len(prefix) :]))
+    return out
+
+
+def logins_at_once(host: str, port: int, tries: list[tuple[str, str, str]]) -> list[int]:
+    """POST every ``(source address, guard, pin)`` login at the same moment; their statuses."""
+    import aiohttp
+
+    async def main() -> list[int]:
+        clients: dict[str, aiohttp.ClientSession] = {}
+        for source in {s for s, _, _ in tries}:
+            connector = aiohttp.TCPConnector(limit=0, local_addr=(source, 0), force_close=True)
+            clients[source] = aiohttp.ClientSession(connector=connector)
+        start = asyncio.Event()
+
+        async def one(source: str, guard: str, pin: str) -> int:
+            await start.wait()
+            url = f"http://{host}:{port}/api/guard/login"
+            async with clients[source].post(url, json={"guard": guard, "pin": pin}) as r:
+                await r.read()
+                return r.status
+
+        try:
+            tasks = [asyncio.ensure_future(one(*t)) for t in tries]
+            await asyncio.sleep(0)
+            start.set()
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for c in clients.values():
+                await c.close()
+
+    return asyncio.run(main())
+
+
+def test_200_logins_at_once_check_at_most_5_pins_of_a_guard(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, lockout_after=5, lockout_s=300, max_connections=256)
+    try:
+        tries = [("127.0.0.1", "G01", f"{n:04d}") for n in range(199)]
+        tries.insert(150, ("127.0.0.1", "G01", PIN_G01))  # the right PIN, among the guesses
+        statuses = logins_at_once("127.0.0.1", gate.port, tries)
+        counted = logins_counted(gate)
+        assert counted["ok"] + counted["wrong"] <= 5, counted
+        assert counted["locked"] == 200 - counted["ok"] - counted["wrong"]
+        # A wrong PIN that fills the budget is answered 429 too (with its Retry-After).
+        assert statuses.count(200) == counted["ok"]
+        assert statuses.count(401) + statuses.count(429) == 200 - counted["ok"]
+    finally:
+        gate.stop()
+
+
+def test_30_source_addresses_share_the_gate_s_20_tries(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, lockout_after=5, lockout_s=300, max_connections=256)
+    try:
+        # 30 addresses x 4 guesses each, at other guard ids than the attacked ones: the
+        # per-gate budget holds whatever the spread of addresses and ids.
+        tries = [(f"127.0.0.{a}", f"G{a:02d}{n}", "0000") for a in range(2, 32) for n in range(4)]
+        statuses = logins_at_once("127.0.0.1", gate.port, tries)
+        counted = logins_counted(gate)
+        assert counted["wrong"] == 20 and counted["ok"] == 0, counted
+        assert counted["locked"] == 100 and statuses.count(429) >= 100
+        # The gate is locked for every guard id now, from any address.
+        status, headers, _ = gate.request(
+            "POST", "/api/guard/login", {"guard": "G99", "pin": "1111"}
+        )
+        assert status == 429 and 0 < int(headers["retry-after"]) <= 300
+    finally:
+        gate.stop()
+
+
+def lan_address() -> str | None:
+    """An address of this machine's that is not loopback (None: it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_a_lan_guesser_never_locks_the_guard_out_of_the_booth(tmp_path: Path) -> None:
+    lan = lan_address()
+    if lan is None:
+        pytest.skip("this machine has no address beyond loopback")
+    port = free_port("0.0.0.0")
+    token = write_token(tmp_path)
+    gate = Gate(
+        tmp_path,
+        port=port,
+        listen=f"0.0.0.0:{port}",
+        lockout_after=5,
+        lockout_s=300,
+        max_connections=256,
+        kiosk_token_file=str(token),
+    )
+    try:
+        tries = [(lan, "G01", f"{n:04d}") for n in range(200)]
+        statuses = logins_at_once(lan, gate.port, tries)
+        metrics = gate.request("GET", "/metrics", headers=bearer(token))[2].decode()
+        assert 'gated_status_logins_total{result="wrong"} 5.0' in metrics
+        assert 'gated_status_logins_total{result="locked"} 195.0' in metrics
+        assert statuses.count(200) == 0
+        # From the LAN even the right PIN waits now...
+        body = {"guard": "G01", "pin": PIN_G01}
+        assert gate.request("POST", "/api/guard/login", body, via=lan)[0] == 429
+        # ...but at the booth's own screen (loopback) G01 logs in at once.
+        cookie, _ = gate.login()
+        assert gate.request("GET", "/api/state", headers={"Cookie": cookie})[0] == 200
+    finally:
+        gate.stop()
+
+
+# ---- who may read the screen, and how many at once ------------------------------------------
+
+TOKEN = "k" * 8 + "0123456789abcdef0123456789abcdef"
+
+
+def write_token(tmp_path: Path) -> Path:
+    path = tmp_path / "kiosk.token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def bearer(token_file: Path) -> dict[str, str]:
+    return {"Authorization": "Bearer " + token_file.read_text().strip()}
+
+
+def test_beyond_loopback_reads_need_a_login_or_the_kiosk_token(tmp_path: Path) -> None:
+    # Listening on every address: the rule follows `listen`, so a client that comes in
+    # over loopback (the booth's kiosk) needs the token too.
+    port = free_port("0.0.0.0")
+    token = write_token(tmp_path)
+    gate = Gate(tmp_path, port=port, listen=f"0.0.0.0:{port}", kiosk_token_file=str(token))
+    try:
+        for path in ("/api/state", "/api/events", "/metrics"):
+            status, headers, _ = gate.get(path)
+            assert status == 401 and headers["www-authenticate"].startswith("Bearer"), path
+            wrong = {"Authorization": "Bearer " + "x" * 40}
+            assert gate.request("GET", path, headers=wrong)[0] == 401, path
+            conn = gate.connection()
+            conn.request("GET", path, headers=bearer(token))
+            assert conn.getresponse().status == 200, path  # Prometheus, or any reader
+            conn.close()
+        assert gate.get("/")[0] == 200 and gate.get("/healthz")[0] == 200
+        # A guard's login reads it all.
+        cookie, _ = gate.login()
+        assert gate.state(cookie)["me"]["guard"] == "G01"
+        # A kiosk browser opens /?kiosk=TOKEN once and keeps a cookie (not the token).
+        assert gate.get("/?kiosk=" + "x" * 40)[0] == 401
+        status, headers, _ = gate.get("/?kiosk=" + TOKEN)
+        assert status == 303 and headers["location"] == "/"
+        kiosk = headers["set-cookie"].split(";")[0]
+        assert kiosk.startswith("gated_kiosk=") and TOKEN not in kiosk
+        assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+        assert gate.state(kiosk)["me"] is None
+        # Read-only: the kiosk cookie is no guard.
+        assert gate.post("/api/gate/open", {}, kiosk, "")[0] == 401
+    finally:
+        gate.stop()
+
+
+def test_the_host_header_must_name_this_screen(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, host_names=["gate-north-1"])
+    try:
+        cookie, _ = gate.login()
+        ok = {"Cookie": cookie}
+        for host in (f"127.0.0.1:{gate.port}", f"localhost:{gate.port}", "gate-north-1:8080"):
+            assert gate.request("GET", "/api/state", headers={**ok, "Host": host})[0] == 200
+        # DNS rebinding: evil.example points at the gate; its page reaches the screen.
+        for host in ("evil.example", f"evil.example:{gate.port}", "127.0.0.2", "[::1]"):
+            status, _, body = gate.request("GET", "/api/state", headers={**ok, "Host": host})
+            assert status == 421 and b"host_names" in body, host
+        body = {"guard": "G01", "pin": PIN_G01}
+        assert gate.request("POST", "/api/guard/login", body, {"Host": "evil.example"})[0] == 421
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=10) as s:
+            s.sendall(b"GET /api/state HTTP/1.0\r\n\r\n")  # no Host at all
+            assert s.makefile("rb").readline().split()[1] == b"421"
+    finally:
+        gate.stop()
+
+
+def open_stream(gate: Gate) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    conn = gate.connection()
+    conn.request("GET", "/api/events")
+    return conn, conn.getresponse()
+
+
+def test_live_screens_past_max_clients_get_503(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, max_clients=3, max_connections=10)
+    streams = []
+    try:
+        for _ in range(3):
+            conn, r = open_stream(gate)
+            streams.append((conn, r))
+            assert r.status == 200 and r.read(6) == b"retry:"
+        conn, r = open_stream(gate)
+        assert r.status == 503 and r.getheader("Retry-After") == "5"
+        assert b"too many live screens" in r.read()
+        conn.close()
+        assert gate.get("/healthz")[0] == 200
+        metrics = gate.get("/metrics")[2].decode()
+        assert 'gated_status_refused_total{reason="clients"} 1.0' in metrics
+        conn, r = streams.pop()
+        r.close()  # the screen goes away: its place is free again soon
+        conn.close()
+
+        def a_stream_again() -> bool:
+            conn, r = open_stream(gate)
+            if r.status == 200:
+                streams.append((conn, r))
+                return True
+            r.close()
+            conn.close()
+            return False
+
+        wait_until(a_stream_again, what="room for a live screen again", timeout=20)
+    finally:
+        for conn, r in streams:
+            r.close()
+            conn.close()
+        gate.stop()
+
+
+def idle_connections(address: str, port: int, n: int, source: str = "") -> list[socket.socket]:
+    return [socket.create_connection((address, port), 10, (source, 0)) for _ in range(n)]
+
+
+def status_of(address: str, port: int, path: str = "/healthz", source: str = "") -> int:
+    """The HTTP status of a GET, read off a raw socket (0: closed without an answer)."""
+    with socket.create_connection((address, port), 10, (source, 0)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode())
+        line = s.makefile("rb").readline().split()
+        return int(line[1]) if len(line) > 1 else 0
+
+
+def test_open_connections_past_max_connections_get_503(tmp_path: Path) -> None:
+    gate = Gate(tmp_path, max_clients=2, max_connections=8)
+    held = idle_connections("127.0.0.1", gate.port, 8)
+    try:
+        # Eight idle connections hold every place: one more is told 503 (not kept waiting).
+        wait_until(lambda: status_of("127.0.0.1", gate.port) == 503, what="a 503")
+        for s in held[:4]:
+            s.close()
+        wait_until(lambda: status_of("127.0.0.1", gate.port) == 200, what="room again")
+        metrics = gate.get("/metrics")[2].decode()
+        assert 'gated_status_refused_total{reason="connections"}' in metrics
+    finally:
+        for s in held:
+            s.close()
+        gate.stop()
+
+
+def test_connections_from_the_lan_never_crowd_out_the_booth(tmp_path: Path) -> None:
+    lan = lan_address()
+    if lan is None:
+        pytest.skip("this machine has no address beyond loopback")
+    port = free_port("0.0.0.0")
+    gate = Gate(tmp_path, port=port, listen=f"0.0.0.0:{port}", max_clients=2, max_connections=8)
+    held = idle_connections(lan, port, 8, source=lan)
+    try:
+        wait_until(lambda: status_of(lan, port, source=lan) == 503, what="a 503 on the LAN")
+        assert status_of("127.0.0.1", port) == 200  # the booth's screen and /healthz
+    finally:
+        for s in held:
+            s.close()
+        gate.stop()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gate")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "screen.crt", tmp_path / "screen.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_over_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    plain = Gate(tmp_path / "plain")
+    try:
+        status, headers, _ = plain.request(
+            "POST", "/api/guard/login", {"guard": "G01", "pin": PIN_G01}
+        )
+        assert status == 200 and "Secure" not in headers["set-cookie"]
+    finally:
+        plain.stop()
+    cert, key = self_signed(tmp_path)
+    gate = Gate(tmp_path, tls_cert_file=str(cert), tls_key_file=str(key))
+    try:
+        status, headers, _ = gate.request(
+            "POST", "/api/guard/login", {"guard": "G01", "pin": PIN_G01}
+        )
+        flags = [f.strip() for f in headers["set-cookie"].split(";")[1:]]
+        assert status == 200 and "Secure" in flags
+        cookie = headers["set-cookie"].split(";")[0]
+        assert gate.state(cookie)["me"]["guard"] == "G01"
+    finally:
+        gate.stop()

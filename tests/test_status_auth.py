@@ -36,8 +36,9 @@ def auth(clock: Clock, **kw: object) -> GuardAuth:
     args: dict[str, object] = {
         "shared_hash": HASH_1234,
         "guard_hashes": {},
-        "lockout_after": 3,
-        "lockout_s": 60.0,
+        "lockout_after": 5,
+        "lockout_gate_after": 20,
+        "lockout_s": 300.0,
         "session_s": 3600.0,
         "clock": clock,
     }
@@ -77,38 +78,91 @@ def test_loopback_hosts() -> None:
         assert not is_loopback(host), host
 
 
-def test_wrong_pins_lock_out_the_guard_and_the_address_for_a_while() -> None:
-    clock = Clock()
-    a = auth(clock)
-    for _ in range(2):
-        a.failed("G01", "10.0.0.9")
-    assert a.locked("G01", "10.0.0.9") == 0
-    a.failed("G01", "10.0.0.9")
-    assert a.locked("G01", "10.0.0.8") == 60  # the guard id, from any address
-    assert a.locked("G02", "10.0.0.9") == 60  # the address, for any guard id
-    assert a.locked("G02", "10.0.0.8") == 0
-    clock.now += 61
-    assert a.locked("G01", "10.0.0.9") == 0
-    a.failed("G01", "10.0.0.9")  # counting starts again after a lockout
-    assert a.locked("G01", "10.0.0.9") == 0
-    assert (a.failed_total, a.lockouts_total) == (4, 1)
+LAN = "192.168.1.50"
+BOOTH = "127.0.0.1"
 
 
-def test_a_good_login_clears_the_count() -> None:
+def test_tries_are_taken_before_the_hash_5_per_guard_in_the_window() -> None:
     clock = Clock()
     a = auth(clock)
-    a.failed("G01", "c")
-    a.failed("G01", "c")
-    a.succeeded("G01", "c")
-    a.failed("G01", "c")
-    assert a.locked("G01", "c") == 0
+    assert a.reserve("G01", LAN)
+    clock.now += 100
+    # Four logins in flight at once (none answered yet) take the other four tries of G01.
+    tries = [a.reserve("G01", LAN) for _ in range(4)]
+    assert all(tries)
+    assert a.reserve("G01", LAN) is None and a.locked("G01", LAN) == 200
+    assert a.reserve("G02", LAN) is not None  # another guard id still has its own
+    assert a.reserve("G01", "10.0.0.7") is None  # from any other address alike
+    clock.now += 199
+    assert a.reserve("G01", LAN) is None and a.locked("G01", LAN) == 1
+    clock.now += 1.001  # the first try is 5 minutes old: room for one more
+    assert a.reserve("G01", LAN) is not None
+    assert a.reserve("G01", LAN) is None
+
+
+def test_refused_tries_do_not_stretch_the_lockout() -> None:
+    clock = Clock()
+    a = auth(clock)
+    for _ in range(5):
+        assert a.reserve("G01", LAN)
+    for _ in range(30):  # hammering while locked out
+        clock.now += 9
+        assert a.reserve("G01", LAN) is None
+    clock.now += 300 - 270 + 0.001
+    assert a.locked("G01", LAN) == 0
+
+
+def test_20_tries_per_gate_whatever_the_guard_ids_and_addresses() -> None:
+    clock = Clock()
+    a = auth(clock)
+    for n in range(20):
+        assert a.reserve(f"X{n}", f"10.0.{n}.1"), n
+    assert a.reserve("G01", "10.9.9.9") is None and a.locked("G77", "10.1.1.1") == 300
+    # A spray of guard ids keeps no more than the tries of the window.
+    for n in range(10_000):
+        a.reserve(f"Y{n}", LAN)
+    assert sum(len(b.guards) for b in a.budgets.values()) <= 20
+
+
+def test_a_right_pin_frees_its_own_try_only() -> None:
+    clock = Clock()
+    a = auth(clock)
+    for _ in range(3):
+        assert a.reserve("G01", LAN)  # three wrong guesses, kept
+    good = a.reserve("G01", LAN)
+    assert good is not None
+    session = a.right(good)
+    assert session.guard == "G01" and a.session(session.sid) is session
+    # The right one did not count, the guesses before the login still do: two tries left.
+    assert a.reserve("G01", LAN) and a.reserve("G01", LAN)
+    assert a.reserve("G01", LAN) is None
+
+
+def test_the_booth_keeps_its_own_tries_when_the_lan_used_up_its_own() -> None:
+    clock = Clock()
+    a = auth(clock)
+    for n in range(20):
+        assert a.reserve("G01" if n < 5 else f"X{n}", f"10.0.0.{n}")
+    assert a.reserve("G01", LAN) is None
+    # The kiosk on the gate's own Pi: G01 may still log in there, at once.
+    for booth in (BOOTH, "127.0.0.2", "::1", "::ffff:127.0.0.1"):
+        assert a.locked("G01", booth) == 0, booth
+    attempt = a.reserve("G01", BOOTH)
+    assert attempt is not None and attempt.booth
+    assert a.right(attempt).guard == "G01"
+    # A guard who mistypes at the booth is paused there for at most the window.
+    for _ in range(5):
+        assert a.reserve("G02", BOOTH)
+    assert a.locked("G02", BOOTH) == 300
+    clock.now += 300.001
+    assert a.locked("G02", BOOTH) == 0 and a.locked("G01", LAN) == 0
 
 
 def test_sessions_end_at_logout_or_after_their_lifetime() -> None:
     clock = Clock()
     a = auth(clock)
-    s1 = a.succeeded("G01", "c")
-    s2 = a.succeeded("G01", "d")
+    s1 = a.open_session("G01")
+    s2 = a.open_session("G01")
     assert a.session(s1.sid) is s1 and s1.csrf and s1.sid != s2.sid
     assert a.session("forged") is None and a.session(None) is None
     a.end(s1.sid)
@@ -174,7 +228,8 @@ def test_config_takes_guards_with_hashes(tmp_path: Path) -> None:
     )
     config = load_config(path)
     assert config.status.guards == {"G01": HASH_1234}
-    assert (config.status.lockout_after, config.status.lockout_s) == (5, 300)
+    status = config.status
+    assert (status.lockout_after, status.lockout_gate_after, status.lockout_s) == (5, 20, 300)
 
 
 def test_config_refuses_a_bare_pin_for_a_guard(tmp_path: Path) -> None:
@@ -197,3 +252,28 @@ def test_config_refuses_to_listen_beyond_loopback_without_a_pin(tmp_path: Path) 
 def test_config_refuses_a_hash_that_is_not_one(tmp_path: Path) -> None:
     problems = config_problems(tmp_path, '[status]\nguard_pin_hash = "secret"\n')
     assert len(problems) == 1 and ": status.guard_pin_hash: " in problems[0]
+
+
+@pytest.mark.parametrize("key", ["lockout_after = 6", "lockout_gate_after = 21", "lockout_s = 299"])
+def test_config_keeps_pin_guessing_within_the_contract(tmp_path: Path, key: str) -> None:
+    problems = config_problems(tmp_path, f"[status]\n{key}\n")
+    assert len(problems) == 1 and f": status.{key.split()[0]}: " in problems[0]
+
+
+def test_config_refuses_a_short_kiosk_token_without_saying_it(tmp_path: Path) -> None:
+    token = tmp_path / "kiosk.token"
+    token.write_text("hunter2hunter2\n")
+    problems = config_problems(tmp_path, f'[status]\nkiosk_token_file = "{token}"\n')
+    assert len(problems) == 1 and ": status.kiosk_token_file: " in problems[0]
+    assert "hunter2" not in problems[0] and "openssl rand" in problems[0]
+
+
+def test_config_wants_both_tls_files_and_fewer_streams_than_connections(tmp_path: Path) -> None:
+    cert = tmp_path / "screen.crt"
+    cert.write_text("x")
+    problems = config_problems(tmp_path, f'[status]\ntls_cert_file = "{cert}"\n')
+    assert len(problems) == 1 and ": status.tls_key_file: " in problems[0]
+    problems = config_problems(tmp_path, "[status]\nmax_clients = 30\nmax_connections = 30\n")
+    assert len(problems) == 1 and ": status.max_clients: " in problems[0]
+    problems = config_problems(tmp_path, '[status]\nhost_names = ["evil.example:80/x"]\n')
+    assert len(problems) == 1 and ": status.host_names" in problems[0]

@@ -304,3 +304,15 @@ def test_the_kiosk_unit_verifies_and_lets_the_alarm_sound(tmp_path: Path) -> Non
     assert "--kiosk" in exec_start
     assert "--autoplay-policy=no-user-gesture-required" in exec_start
     assert exec_start.endswith("http://127.0.0.1:8080/")
+
+
+def test_unit_bounds_files_memory_and_threads() -> None:
+    from gated.config import StatusConfig
+
+    files = int(one("LimitNOFILE"))
+    # The screen's connections (from the LAN and from the booth, counted apart) fit
+    # with room for the daemon's own files, at the default and at the largest setting
+    # that the guide's rule (2 x max_connections + 128 below LimitNOFILE) allows.
+    assert 2 * StatusConfig().max_connections + 128 <= files <= 4096
+    assert re.fullmatch(r"\d+M", one("MemoryMax")) and 256 <= int(one("MemoryMax")[:-1]) <= 1024
+    assert 32 <= int(one("TasksMax")) <= 256

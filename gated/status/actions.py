@@ -135,25 +135,32 @@ class GuardActions:
         if not self.auth.enabled:
             return _error(403, "guard login is not set up (status.guard_pin_hash or guards)")
         client = request.remote or "?"
-        left = self.auth.locked(guard, client)
-        if left > 0:
+        # The try is taken before the hash, so logins that arrive at once count at once.
+        attempt = self.auth.reserve(guard, client)
+        if attempt is None:
             self.server.metrics.logins.labels("locked").inc()
+            left = self.auth.locked(guard, client)
             return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
         stored = self.auth.hash_for(guard)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_pin, pin, stored or _DUMMY_HASH)
         if not ok or not stored:
-            self.auth.failed(guard, client)
             self.server.metrics.logins.labels("wrong").inc()
-            log.warning("status screen: wrong PIN for guard %s", guard)
+            where = "the booth" if attempt.booth else "the network"
+            log.warning("status screen: wrong PIN for guard %s from %s", guard, where)
             left = self.auth.locked(guard, client)
             if left > 0:
-                log.warning("status screen: guard %s locked out for %.0f s", guard, left)
+                log.warning(
+                    "status screen: PIN tries for guard %s from %s paused for %.0f s",
+                    guard,
+                    where,
+                    left,
+                )
                 return _error(
                     429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))}
                 )
             return _error(401, "wrong guard id or PIN")
-        s = self.auth.succeeded(guard, client)
+        s = self.auth.right(attempt)
         self.server.metrics.logins.labels("ok").inc()
         c = self.controller
         # On the controller thread: a second screen of the same guard starts no new shift.
@@ -167,6 +174,7 @@ class GuardActions:
             max_age=int(self.auth.session_s),
             httponly=True,
             samesite="Strict",
+            secure=self.server.tls is not None,
             path="/",
         )
         return response

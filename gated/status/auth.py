@@ -3,9 +3,22 @@
 A PIN hash is ``scrypt$N$r$p$salt$hash`` (salt and hash in unpadded base64url), as
 ``gated hash-pin`` prints it. A guard listed in ``status.guards`` logs in with that
 guard's own PIN; any other well-formed guard id logs in with the shared
-``status.guard_pin_hash``. Wrong PINs are counted per guard id and per client
-address; ``lockout_after`` in a row lock that id (or address) out for ``lockout_s``.
-Nothing here logs or keeps a PIN.
+``status.guard_pin_hash``. Nothing here logs or keeps a PIN.
+
+PIN guessing (SPEC §8): a PIN is checked only once a *try* has been reserved for it,
+before the hash is computed, so requests that arrive at once are counted at once. A
+try counts for ``lockout_s`` (the window, at least 5 minutes) from the moment it was
+reserved, unless the PIN proves right; at most ``lockout_after`` tries per guard id
+and ``lockout_gate_after`` per gate fit in the window, from whatever address. A try
+refused for want of room is not checked and not counted.
+
+The booth's own screen keeps a budget of its own: tries from a loopback address (the
+kiosk browser on the gate's Pi) and tries from any other address are counted apart,
+so somebody on the LAN who guesses at guard G01 locks G01 out of logins from the LAN
+only, never out of the booth; a guard who mistypes at the booth is locked out there
+for at most the window. When ``listen`` is loopback every client is the booth and
+there is one budget. A reverse proxy on the Pi would make every client look like the
+booth: the screen is not meant to sit behind one.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SCRYPT_N = 2**14
@@ -25,8 +39,9 @@ SCRYPT_P = 1
 _HASH = re.compile(r"^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9_-]{16,})\$([A-Za-z0-9_-]{32,})$")
 GUARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 MIN_PIN = 4
-MAX_TRACKED = 10_000
 MAX_PIN = 64
+MIN_KIOSK_TOKEN = 32
+KIOSK_TOKEN = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def _b64(data: bytes) -> str:
@@ -38,14 +53,17 @@ def _unb64(text: str) -> bytes:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether a listen host is reachable from this machine only."""
+    """Whether a listen host (or a client address) is this machine only."""
     host = host.strip("[]")
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 client of a dual-stack ("::") listen
+    return ip.is_loopback
 
 
 def check_pin_text(pin: str) -> str | None:
@@ -55,6 +73,38 @@ def check_pin_text(pin: str) -> str | None:
     if any(c.isspace() for c in pin):
         return "a PIN has no spaces"
     return None
+
+
+def read_kiosk_token(path: Path) -> str:
+    """The read-only kiosk token in ``path`` (its first line, stripped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def check_kiosk_token(path: Path) -> str | None:
+    """Why the kiosk token file ``path`` is not usable, or None (never says the token)."""
+    try:
+        token = read_kiosk_token(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read it: {type(exc).__name__}"
+    if len(token) < MIN_KIOSK_TOKEN or not KIOSK_TOKEN.match(token):
+        return (
+            f"the first line must be a token of {MIN_KIOSK_TOKEN} or more letters, digits, "
+            "'-', '_' or '.' (e.g. the output of `openssl rand -hex 32`)"
+        )
+    return None
+
+
+def kiosk_cookie(token: str) -> str:
+    """The cookie a kiosk browser keeps instead of the token itself."""
+    return hashlib.sha256(b"gated-kiosk-cookie\0" + token.encode()).hexdigest()
+
+
+def same_secret(given: str | None, want: str) -> bool:
+    """Whether ``given`` is ``want`` (constant time; False when either is empty)."""
+    if not given or not want:
+        return False
+    return hmac.compare_digest(given.encode(), want.encode())
 
 
 def hash_pin(pin: str, salt: bytes | None = None) -> str:
@@ -98,38 +148,43 @@ class Session:
     last_seen: float
 
 
-@dataclass
-class _Failures:
-    count: int = 0
-    locked_until: float = 0.0
+@dataclass(eq=False)
+class Try:
+    """One PIN check, reserved before its hash; it counts from ``at`` unless it proves right."""
+
+    guard: str
+    booth: bool
+    at: float
 
 
 @dataclass
-class LoginResult:
-    """What a login attempt came to: a session, or why not (and for how long)."""
+class _Budget:
+    """The tries of one kind of client (the booth's own screen, or the rest) in the window."""
 
-    session: Session | None = None
-    error: str = ""
-    retry_after_s: float = 0.0
+    gate: list[Try] = field(default_factory=list)
+    guards: dict[str, list[Try]] = field(default_factory=dict)
 
 
 @dataclass
 class GuardAuth:
-    """Sessions and lockouts of the status screen; used from one event loop only.
+    """Sessions and PIN tries of the status screen; used from one event loop only.
 
+    ``lockout_after`` tries per guard id and ``lockout_gate_after`` per gate fit in
+    ``lockout_s``, for the booth and for other clients apart (see the module's text).
     ``clock`` is a monotonic clock in seconds, so tests can move time.
     """
 
     shared_hash: str
     guard_hashes: dict[str, str]
     lockout_after: int
+    lockout_gate_after: int
     lockout_s: float
     session_s: float
     clock: Any
     sessions: dict[str, Session] = field(default_factory=dict)
-    failures: dict[str, _Failures] = field(default_factory=dict)
-    failed_total: int = 0
-    lockouts_total: int = 0
+    budgets: dict[bool, _Budget] = field(
+        default_factory=lambda: {True: _Budget(), False: _Budget()}
+    )
 
     @property
     def enabled(self) -> bool:
@@ -140,38 +195,56 @@ class GuardAuth:
         """The PIN hash that guard ``guard`` logs in with ("" = none)."""
         return self.guard_hashes.get(guard, self.shared_hash)
 
+    def _budget(self, client: str) -> _Budget:
+        budget = self.budgets[is_loopback(client)]
+        since = self.clock() - self.lockout_s
+        if budget.gate and budget.gate[0].at <= since:  # the oldest first: tries are in order
+            budget.gate = [t for t in budget.gate if t.at > since]
+            budget.guards = {
+                g: kept
+                for g, tries in budget.guards.items()
+                if (kept := [t for t in tries if t.at > since])
+            }
+        return budget
+
     def locked(self, guard: str, client: str) -> float:
-        """Seconds the guard id or the client address is still locked out for (0 = not)."""
+        """Seconds until a PIN for ``guard`` from ``client`` may be tried again (0 = now)."""
+        budget = self._budget(client)
         now = self.clock()
         left = 0.0
-        for key in (f"g:{guard}", f"c:{client}"):
-            f = self.failures.get(key)
-            if f is not None and f.locked_until > now:
-                left = max(left, f.locked_until - now)
-        return left
+        tries = budget.guards.get(guard, [])
+        if len(tries) >= self.lockout_after:
+            left = tries[-self.lockout_after].at + self.lockout_s - now
+        if len(budget.gate) >= self.lockout_gate_after:
+            left = max(left, budget.gate[-self.lockout_gate_after].at + self.lockout_s - now)
+        return max(left, 0.0)
 
-    def failed(self, guard: str, client: str) -> None:
-        """Count a wrong PIN against the guard id and the client address."""
-        self.failed_total += 1
-        now = self.clock()
-        if len(self.failures) > MAX_TRACKED:  # ids sprayed at random must not grow memory
-            self.failures = {k: f for k, f in self.failures.items() if f.locked_until > now}
-        locked = False
-        for key in (f"g:{guard}", f"c:{client}"):
-            f = self.failures.setdefault(key, _Failures())
-            if f.locked_until and f.locked_until <= now:
-                f.count, f.locked_until = 0, 0.0
-            f.count += 1
-            if f.count >= self.lockout_after:
-                f.locked_until = now + self.lockout_s
-                f.count = 0
-                locked = True
-        self.lockouts_total += locked
+    def reserve(self, guard: str, client: str) -> Try | None:
+        """Room for one PIN check of ``guard`` from ``client``, taken now; None when full."""
+        if self.locked(guard, client) > 0:
+            return None
+        budget = self._budget(client)
+        attempt = Try(guard, is_loopback(client), self.clock())
+        budget.gate.append(attempt)
+        budget.guards.setdefault(guard, []).append(attempt)
+        return attempt
 
-    def succeeded(self, guard: str, client: str) -> Session:
-        """Clear the failures of this guard and address; open a session."""
-        self.failures.pop(f"g:{guard}", None)
-        self.failures.pop(f"c:{client}", None)
+    def right(self, attempt: Try) -> Session:
+        """The PIN of ``attempt`` was right: its try no longer counts; a session opens.
+
+        The wrong tries before it still count: a guess that a guard's own login came
+        between is a guess all the same."""
+        budget = self.budgets[attempt.booth]
+        budget.gate = [t for t in budget.gate if t is not attempt]
+        tries = [t for t in budget.guards.get(attempt.guard, []) if t is not attempt]
+        if tries:
+            budget.guards[attempt.guard] = tries
+        else:
+            budget.guards.pop(attempt.guard, None)
+        return self.open_session(attempt.guard)
+
+    def open_session(self, guard: str) -> Session:
+        """A new session of ``guard`` (its PIN was right)."""
         now = self.clock()
         session = Session(secrets.token_urlsafe(32), guard, secrets.token_urlsafe(24), now, now)
         self.sessions[session.sid] = session

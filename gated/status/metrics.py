@@ -62,8 +62,17 @@ class GateMetrics:
         self.sse_clients = Gauge(
             "gated_status_clients", "Screens connected to the live stream.", registry=r
         )
+        self.refused = Counter(
+            "gated_status_refused",
+            "Connections and live screens refused with 503, by what was full.",
+            ["reason"],
+            registry=r,
+        )
         self.logins = Counter(
-            "gated_status_logins", "Guard login attempts, by result.", ["result"], registry=r
+            "gated_status_logins",
+            "Guard PIN tries: checked (ok, wrong), or refused unchecked (locked).",
+            ["result"],
+            registry=r,
         )
 
     def event(self, event: dict[str, Any]) -> None:

@@ -4,6 +4,15 @@ The controller never waits for the screen: its observer only hands each event to
 this loop with ``call_soon_threadsafe``. The screen asks the controller for its
 state through ``submit`` and awaits the future without blocking anything, and reads
 the recent events through a read-only SQLite connection of its own.
+
+What it lets in (SPEC §8): a ``Host`` header that names the address the client
+connected to, localhost on loopback, this machine's host name or ``host_names``
+(anything else is a DNS rebinding attempt: 421); at most ``max_connections`` open
+connections from other machines and as many from this one, and ``max_clients`` live
+streams (more get 503); and when ``listen`` is not loopback, ``/api/state``,
+``/api/events`` and ``/metrics`` only for a guard's session or the kiosk token
+(``Authorization: Bearer``, or once ``/?kiosk=TOKEN`` in a browser, which then
+keeps a cookie). With ``tls_cert_file`` it serves HTTPS and its cookies are Secure.
 """
 
 from __future__ import annotations
@@ -12,7 +21,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +38,14 @@ from aiohttp import web
 
 from gated import __version__
 from gated.status.actions import GuardActions
-from gated.status.auth import GuardAuth, is_loopback
+from gated.status.auth import (
+    GuardAuth,
+    is_loopback,
+    kiosk_cookie,
+    read_kiosk_token,
+    same_secret,
+)
+from gated.status.limits import ConnectionLimit, LoopErrors, host_allowed, host_name
 from gated.status.metrics import GateMetrics
 from gated.status.view import History, screen_event
 
@@ -37,6 +56,13 @@ SNAPSHOT_TIMEOUT_S = 3.0
 SNAPSHOT_MAX_AGE_S = 0.5
 HEARTBEAT_S = 10.0
 CLIENT_QUEUE = 500
+KIOSK_COOKIE = "gated_kiosk"
+#: Seconds between checks that a live screen's connection is still open.
+GONE_CHECK_S = 1.0
+#: The paths that show the gate's people and state: a session beyond loopback.
+READS = ("/api/state", "/api/events", "/metrics")
+#: File descriptors the daemon needs besides the screen's connections.
+FD_HEADROOM = 128
 STATIC = ("app.js", "style.css", "i18n.js")
 _TYPES = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
 CSP = (
@@ -81,13 +107,26 @@ class StatusServer:
         self.auth = GuardAuth(
             status.guard_pin_hash,
             dict(status.guards),
-            status.lockout_after,
-            status.lockout_s,
-            status.session_h * 3600,
-            clock,
+            lockout_after=status.lockout_after,
+            lockout_gate_after=status.lockout_gate_after,
+            lockout_s=status.lockout_s,
+            session_s=status.session_h * 3600,
+            clock=clock,
         )
         if not is_loopback(self.host) and not self.auth.enabled:
             raise ValueError("the status screen listens beyond loopback only with a guard PIN")
+        self.reads_need_session = not is_loopback(self.host)
+        self.kiosk_token = (
+            read_kiosk_token(status.kiosk_token_file) if status.kiosk_token_file else ""
+        )
+        me = socket.gethostname().lower().rstrip(".")
+        self.host_names = {*status.host_names, me, f"{me}.local"}
+        self.tls: ssl.SSLContext | None = None
+        if status.tls_cert_file is not None and status.tls_key_file is not None:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(status.tls_cert_file, status.tls_key_file)
+        self.streams = 0
+        self._listener: asyncio.base_events.Server | None = None
         self.history = History(ZoneInfo(config.gate.timezone), boot)
         self.metrics = GateMetrics(self._backlog, self._broker_state)
         self.loop = asyncio.new_event_loop()
@@ -104,6 +143,7 @@ class StatusServer:
         self._refreshing = False
         self._dirty = False
         self._warned = -1e9
+        self._refusal_logged = -1e9
         self._conn: sqlite3.Connection | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -125,7 +165,7 @@ class StatusServer:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self._startup())
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, ssl.SSLError) as exc:
             log.error("status screen not started on %s:%d: %s", self.host, self.port, exc)
             self._ready.set()
             self.loop.close()
@@ -154,7 +194,8 @@ class StatusServer:
         )
         self._conn.execute("PRAGMA busy_timeout=2000")
         self.history.load(self._conn, datetime.now(UTC))
-        app = web.Application(middlewares=[self._headers], client_max_size=16 * 1024)
+        self.loop.set_exception_handler(LoopErrors(time.monotonic))
+        app = web.Application(middlewares=[self._headers, self._admit], client_max_size=16 * 1024)
         app.router.add_get("/", self.page)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/api/state", self.state)
@@ -164,9 +205,18 @@ class StatusServer:
         self.actions.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        self.url = f"http://{self.host if ':' not in self.host else f'[{self.host}]'}:{self.port}"
+        limit = self.config.status.max_connections
+        self._check_fd_limit(limit)
+        server = self._runner.server
+        assert server is not None  # set up above
+        factory = ConnectionLimit(server, limit, self._refused_connection)
+        self._listener = await self.loop.create_server(
+            factory, self.host, self.port, reuse_address=True, ssl=self.tls, backlog=128
+        )
+        scheme = "https" if self.tls else "http"
+        self.url = (
+            f"{scheme}://{self.host if ':' not in self.host else f'[{self.host}]'}:{self.port}"
+        )
         # The controller loop starts after the services: its first state comes soon.
         self.schedule_refresh()
         self._spawn(self._housekeeping())
@@ -177,10 +227,35 @@ class StatusServer:
             q.put_nowait(None)
         for task in list(self._tasks):
             task.cancel()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._conn is not None:
             self._conn.close()
+
+    @staticmethod
+    def _check_fd_limit(limit: int) -> None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < 2 * limit + FD_HEADROOM:
+            log.warning(
+                "status screen: %d open files allowed (LimitNOFILE), %d needed for "
+                "max_connections = %d: lower max_connections or raise LimitNOFILE",
+                soft,
+                2 * limit + FD_HEADROOM,
+                limit,
+            )
+
+    def _refused_connection(self) -> None:
+        self.metrics.refused.labels("connections").inc()
+        now = time.monotonic()
+        if now - self._refusal_logged > 60:
+            self._refusal_logged = now
+            log.warning(
+                "status screen: too many open connections (max_connections = %d): "
+                "answering 503 (logged once a minute; gated_status_refused_total counts)",
+                self.config.status.max_connections,
+            )
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -386,8 +461,59 @@ class StatusServer:
             _secure(response.headers)
         return response
 
+    def reader(self, request: web.Request) -> bool:
+        """Whether ``request`` may read the screen: a guard's session or the kiosk token
+        (as a bearer token or the kiosk cookie); anybody while ``listen`` is loopback."""
+        if not self.reads_need_session:
+            return True
+        if self.auth.session(request.cookies.get("gated_session")) is not None:
+            return True
+        token = self.kiosk_token
+        if not token:
+            return False
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and same_secret(given.strip(), token):
+            return True
+        return same_secret(request.cookies.get(KIOSK_COOKIE), kiosk_cookie(token))
+
+    @web.middleware
+    async def _admit(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        name = host_name(request.headers.get("Host", ""))
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        local = str(sock[0]) if sock else self.host
+        if name is None or not host_allowed(name, local, self.host_names):
+            log.warning("status screen: refused a request for another host name")
+            return web.json_response(
+                {"error": "this host name is not served here: add it to [status] host_names"},
+                status=421,
+            )
+        if request.path in READS and not self.reader(request):
+            return web.json_response(
+                {"error": "log in first (or send the kiosk token)"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="gated"'},
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def page(self, request: web.Request) -> web.Response:
-        """``GET /``: the screen."""
+        """``GET /``: the screen; ``/?kiosk=TOKEN`` leaves the kiosk cookie and goes to ``/``."""
+        given = request.query.get("kiosk")
+        if given is not None:
+            if not same_secret(given, self.kiosk_token):
+                log.warning("status screen: a wrong kiosk token")
+                return web.json_response({"error": "wrong kiosk token"}, status=401)
+            response = web.Response(status=303, headers={"Location": "/"})
+            response.set_cookie(
+                KIOSK_COOKIE,
+                kiosk_cookie(self.kiosk_token),
+                max_age=400 * 86400,  # as long as a browser keeps a cookie
+                httponly=True,
+                samesite="Strict",
+                secure=self.tls is not None,
+                path="/",
+            )
+            return response
         html = _static("index.html").decode().replace("{{LANG}}", self.config.status.language)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
@@ -410,7 +536,29 @@ class StatusServer:
         return web.json_response(out)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """``GET /api/events``: server-sent events, a full state first."""
+        """``GET /api/events``: server-sent events, a full state first; 503 past
+        ``max_clients`` streams."""
+        if self.streams >= self.config.status.max_clients:
+            self.metrics.refused.labels("clients").inc()
+            now = time.monotonic()
+            if now - self._refusal_logged > 60:
+                self._refusal_logged = now
+                log.warning(
+                    "status screen: %d live screens already (max_clients): answering 503",
+                    self.streams,
+                )
+            return web.json_response(
+                {"error": "too many live screens: try again"},
+                status=503,
+                headers={"Retry-After": "5"},
+            )
+        self.streams += 1
+        try:
+            return await self._stream(request)
+        finally:
+            self.streams -= 1
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -418,15 +566,22 @@ class StatusServer:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
         q: asyncio.Queue[str | None] = asyncio.Queue(CLIENT_QUEUE)
-        hello = json.dumps(self.view(full=True), ensure_ascii=False)
-        await response.write(f"retry: 2000\nevent: hello\ndata: {hello}\n\n".encode())
-        self.clients.add(q)
-        self.metrics.sse_clients.set(len(self.clients))
         try:
+            await response.prepare(request)
+            hello = json.dumps(self.view(full=True), ensure_ascii=False)
+            await response.write(f"retry: 2000\nevent: hello\ndata: {hello}\n\n".encode())
+            self.clients.add(q)
+            self.metrics.sse_clients.set(len(self.clients))
             while True:
-                text = await q.get()
+                try:
+                    text = await asyncio.wait_for(q.get(), GONE_CHECK_S)
+                except TimeoutError:
+                    # A screen that closed its end frees its place within a second, not
+                    # at the next heartbeat that fails to be written.
+                    if request.transport is None or request.transport.is_closing():
+                        break
+                    continue
                 if text is None or q not in self.clients:
                     break
                 await response.write(text.encode())
