@@ -33,7 +33,7 @@ guard_timeout_s = 120
 session_timeout_s = 5
 
 [status]
-listen = "127.0.0.1:{port}"
+listen = "{host}:{port}"
 guard_pin_hash = "{shared}"
 lockout_after = 3
 lockout_s = 300
@@ -91,9 +91,12 @@ class GateProcess:
         timezone: str = "Asia/Shanghai",
         open_s: float = 2.0,
         mqtt_url: str | None = None,
+        host: str = "127.0.0.1",
     ):
         self.tmp_path = tmp_path
-        self.port = free_port()
+        #: The screen's listen address ("0.0.0.0": every address, reads need a session).
+        self.host = host
+        self.port = free_port(host)
         self.db = tmp_path / "gated.db"
         self.scenario = tmp_path / "scenario.jsonl"
         self.config = tmp_path / "gated.toml"
@@ -103,6 +106,7 @@ class GateProcess:
                 site=site,
                 timezone=timezone,
                 db=self.db,
+                host=host,
                 port=self.port,
                 shared=HASH_SHARED,
                 g01=HASH_G01,

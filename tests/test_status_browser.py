@@ -114,6 +114,7 @@ class Screen:
         height: int = 600,
         lang: str | None = None,
         timezone: str | None = None,
+        wait_link: bool = True,
     ):
         self.context = browser.new_context(
             viewport={"width": width, "height": height}, timezone_id=timezone
@@ -126,7 +127,8 @@ class Screen:
         if lang is not None:
             self.page.add_init_script(f"localStorage.setItem('gated.lang', {lang!r})")
         self.page.goto(gate.base + "/")
-        self.page.wait_for_selector("body[data-link=up]")
+        if wait_link:
+            self.page.wait_for_selector("body[data-link=up]")
 
     def verdict(self, decision: str) -> Any:
         return self.page.wait_for_selector(f"#verdict[data-decision={decision}]")
@@ -402,6 +404,31 @@ def test_the_idle_screen_and_the_login_meet_wcag_21_aa(browser: Any, gate: GateP
     screen.login()
     screen.accessible("a guard logged in")
     screen.close()
+
+
+def test_a_remote_screen_asks_for_a_login_before_it_shows_anything(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Listening on every address, the screen's reads need a session (SPEC §8): a guard's
+    phone or a second booth screen opens on the login dialog, not on "login off", and
+    shows the gate live once the guard logged in."""
+    gate = GateProcess(tmp_path, host="0.0.0.0")
+    try:
+        gate.start()
+        screen = Screen(browser, gate, wait_link=False)
+        page = screen.page
+        page.wait_for_selector("#logindlg[open]")
+        assert page.get_attribute("body", "data-link") != "up"  # nothing read yet
+        assert not page.locator("#events li").count()
+        page.fill("#guard", "G01")
+        page.fill("#pin", PIN_G01)
+        page.click("#loginok")
+        page.wait_for_selector("body[data-link=up]")
+        page.wait_for_selector("#guardbox:not([hidden])")
+        assert page.get_by_role("heading", level=1).inner_text() == "s1 / g1"
+        screen.close()
+    finally:
+        gate.close()
 
 
 def test_the_busy_booth_screen_reads_in_full(browser: Any, gate: GateProcess) -> None:

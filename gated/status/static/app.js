@@ -12,6 +12,7 @@
   let me = null;
   let events = [];
   let es = null;
+  let needSession = false; // the server asked for a login before it shows anything
   let lastMessage = 0;
   let audio = null;
   let soundWanted = localStorage.getItem("gated.sound") !== "off";
@@ -399,8 +400,22 @@
     es.onopen = () => { lastMessage = Date.now(); };
     es.onerror = () => {
       setLink(false);
-      if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+      if (es.readyState === EventSource.CLOSED) {
+        if (!state) probeSession();
+        setTimeout(connect, 2000);
+      }
     };
+  }
+
+  // Beyond loopback the stream and /api/state need a session (a 401): with no state yet
+  // the page learns it here, and a guard can log in from a remote screen.
+  async function probeSession() {
+    try {
+      const r = await fetch("/api/state", { credentials: "same-origin" });
+      const was = needSession;
+      needSession = r.status === 401;
+      if (needSession && !was && !$("logindlg").open) openLogin();
+    } catch (err) { /* no answer at all: the link bar says so */ }
   }
   // The server sends a comment every 10 s; silence for 25 s means a dead link.
   setInterval(() => {
@@ -458,7 +473,7 @@
   }
 
   function openLogin() {
-    if (!state || !state.login) { toast(t("login_off")); return; }
+    if (!needSession && (!state || !state.login)) { toast(t("login_off")); return; }
     $("loginerr").textContent = "";
     $("pin").value = "";
     $("logindlg").showModal();
@@ -478,6 +493,7 @@
     if (r.status === 200) {
       me = { guard: r.data.guard, csrf: r.data.csrf };
       $("logindlg").close();
+      if (needSession) { needSession = false; connect(); }
       render();
     } else if (r.status === 429) {
       $("loginerr").textContent = t("locked_out", { s: r.headers.get("Retry-After") || "?" });
