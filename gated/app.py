@@ -166,8 +166,16 @@ class App:
                 self.ledger.boot,
                 list(self.devices),
                 broker_connected=self.broker_connected,
+                mqtt_refusals=self.mqtt_refusals,
             )
         )
+
+    def mqtt_refusals(self) -> dict[str, int]:
+        """Messages from the broker refused so far, by code (empty with no broker)."""
+        publisher = getattr(self, "publisher", None)  # made after the status screen
+        if publisher is None or publisher.commands is None:
+            return {}
+        return publisher.commands.refusal_counts()
 
     def broker_connected(self) -> bool | None:
         """Whether a service says the MQTT broker is connected (None: nobody knows)."""

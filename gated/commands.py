@@ -106,6 +106,11 @@ class Commands:
         )
         self._count_lock = threading.Lock()
 
+    def refusal_counts(self) -> dict[str, int]:
+        """A copy of the refusals by code (any thread)."""
+        with self._count_lock:
+            return dict(self.refusals)
+
     def count_refused(self, code: str) -> None:
         """Count one refused message (any thread); ``code`` names the rule it broke."""
         with self._count_lock:

@@ -195,6 +195,8 @@ def test_a_huge_version_over_mqtt_is_refused_and_sync_goes_on(tmp_path: Path, ca
         # the input guard stops it before the registry's own rule (versions 1 to 2^53-1)
         assert "registry message refused: integer out of range" in caplog.text
         assert commands.refusals["number"] == 1
+        metrics = gate.get("/metrics")[2].decode()
+        assert 'gated_mqtt_refused_total{code="number"} 1.0' in metrics
         assert applied_version(gate.app.conn) == 0
         publish(broker.port, "gated/s1/registry", snapshot(7, person("N", "AB12")), retain=True)
         wait_until(lambda: gate.state()["registry_version"] == 7, what="snapshot 7 on the screen")

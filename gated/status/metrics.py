@@ -6,21 +6,47 @@ latest controller snapshot and, at scrape time, the outbox backlog.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 TEMP_BUCKETS = (34.0, 35.0, 35.5, 36.0, 36.5, 37.0, 37.3, 37.5, 38.0, 38.5, 39.0, 40.0, 42.5)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+class _MqttRefusals:
+    """``gated_mqtt_refused_total{code}``: messages from the broker refused by the input
+    guard or the command rules, read at scrape time from the publisher's counts (they are
+    counted on its thread, so they are not a Counter of this registry)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]):
+        self.counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gated_mqtt_refused",
+            "MQTT messages refused (commands and registry messages), by the rule they broke.",
+            labels=["code"],
+        )
+        for code, n in sorted(dict(self.counts()).items()):
+            family.add_metric([code], n)
+        yield family
+
+
 class GateMetrics:
     """The metrics ``GET /metrics`` serves, in a registry of their own."""
 
-    def __init__(self, backlog: Callable[[], float], broker: Callable[[], bool | None]):
+    def __init__(
+        self,
+        backlog: Callable[[], float],
+        broker: Callable[[], bool | None],
+        mqtt_refusals: Callable[[], Mapping[str, int]] = dict,
+    ):
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(_MqttRefusals(mqtt_refusals))
         self.sessions = Counter(
             "gated_sessions", "Sessions ended in a verdict, by decision.", ["decision"], registry=r
         )

@@ -27,7 +27,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -94,6 +94,7 @@ class StatusServer:
         device_names: list[str],
         broker_connected: Callable[[], bool | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mqtt_refusals: Callable[[], Mapping[str, int]] = dict,
     ):
         status = config.status
         self.config = config
@@ -128,7 +129,7 @@ class StatusServer:
         self.streams = 0
         self._listener: asyncio.base_events.Server | None = None
         self.history = History(ZoneInfo(config.gate.timezone), boot)
-        self.metrics = GateMetrics(self._backlog, self._broker_state)
+        self.metrics = GateMetrics(self._backlog, self._broker_state, mqtt_refusals)
         self.loop = asyncio.new_event_loop()
         self.clients: set[asyncio.Queue[str | None]] = set()
         self.snap: dict[str, Any] = {}
