@@ -157,12 +157,19 @@ class Publisher:
         commands = Commands(ctl, registry_max_bytes=config.mqtt.registry_max_bytes)
         pub = cls(config, commands=commands, snapshot=lambda: ctl.submit(state), **options)
         ctl.observers.append(pub.observe)
+        ctl.state_watchers.append(pub.state_changed)  # storage failing: no event says so
         return pub
 
     def observe(self, event: dict[str, Any]) -> None:
         """Controller observer (after the commit): send it now; a new status if it says so."""
         if event.get("kind") in STATUS_KINDS:
             self._state_stale = True
+        self.wake()
+
+    def state_changed(self) -> None:
+        """Controller state watcher: the gate's state changed with no event (storage
+        failed); the status says so within a second."""
+        self._state_stale = True
         self.wake()
 
     def wake(self) -> None:
