@@ -15,7 +15,8 @@ from typing import Any
 
 from tests.daemon import Daemon
 from tests.ledger_file import ledger_events, wait_for_event
-from tests.test_status_api import HASH_G01, HASH_SHARED, free_port
+from tests.mosquitto import free_port
+from tests.test_status_api import HASH_G01, HASH_SHARED
 from tests.waiting import wait_until
 
 CONFIG = """\

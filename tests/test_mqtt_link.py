@@ -19,7 +19,7 @@ from gated.mqtt_link import Backoff
 from gated.publisher import Publisher
 from tests.conftest import Rig
 from tests.fake_broker import FakeBroker
-from tests.mosquitto import Collector, Mosquitto
+from tests.mosquitto import Collector, Mosquitto, pump
 from tests.test_publisher import Gate
 from tests.waiting import wait_until
 
@@ -104,19 +104,8 @@ class OldBroker:
         with self.lock:
             self.conns.append(upstream)
         upstream.sendall(head + raw + body)
-        threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
-        self._pump(conn, upstream)
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+        pump(conn, upstream)
 
     def seen(self) -> list[int]:
         with self.lock:

@@ -23,19 +23,13 @@ from gated.app import App
 from gated.status.auth import hash_pin
 from tests.conftest import CARDS, LI, ZHANG, make_config
 from tests.ledger_file import ledger_events, wait_for_event
+from tests.mosquitto import free_port
 from tests.waiting import wait_until
 
 PIN_G01 = "4321"
 SHARED_PIN = "2468"
 HASH_G01 = hash_pin(PIN_G01)
 HASH_SHARED = hash_pin(SHARED_PIN)
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    """A port nobody listens on at ``address`` (0.0.0.0: at any address) just now."""
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
 
 
 class Gate:

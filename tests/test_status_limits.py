@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gated.status.limits import LoopErrors, host_allowed, host_name
-from tests.test_status_api import free_port
+from tests.mosquitto import free_port
 from tests.waiting import wait_until
 
 
