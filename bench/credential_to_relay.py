@@ -21,7 +21,7 @@ import time
 from functools import reduce
 from pathlib import Path
 
-from drivers.gpio import pin_factory
+from drivers.common.gpio import pin_factory
 from gated.app import App
 from gated.config import config_from_dict
 from gated.registry import Person

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drivers.base import Reading
+from drivers.common.base import Reading
 from drivers.sim import SimPrompter, SimTurnstile
 from gated.clock import SystemClock, clock_synced
 from gated.config import config_from_dict

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gated.config import config_from_dict
 from gated.ledger import iso_utc
-from gated.mqtt_link import Backoff
-from gated.publisher import Publisher
+from gated.mqtt.link import Backoff
+from gated.mqtt.publisher import Publisher
 from gated.storage import Transaction, connect
-from tests.mosquitto import Collector, Door, Mosquitto
+from tests.support.mosquitto import Collector, Door, Mosquitto
 
 
 def event(seq: int, boot: int = 1) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any
 
 from gpiozero.pins.mock import MockPin
 
-from drivers.base import DriverContext, Reading
-from drivers.gpio import pin_factory
+from drivers.common.base import DriverContext, Reading
+from drivers.common.gpio import pin_factory
 from drivers.prompter import GpioPrompter
 from drivers.turnstile import GpioTurnstile
 from drivers.wiegand import WiegandCardReader, WiegandDecoder, encode_bits

@@ -29,8 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.daemon import Daemon
-from tests.mosquitto import Mosquitto
+from tests.support.daemon import Daemon
+from tests.support.mosquitto import Mosquitto
 
 WIRE_MS = 14 * 10 / 9600 * 1000  # 14 bytes, 10 bits each (8N1), at 9600 baud
 TOPIC = "gated/s1/g1/event"

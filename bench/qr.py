@@ -34,7 +34,7 @@ from drivers.qr_decode import (
     make_decoder,
     to_grey,
 )
-from tests.qr_corpus import (
+from tests.support.qr_corpus import (
     CASES,
     View,
     background,

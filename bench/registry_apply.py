@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Reading
+from drivers.common.base import Reading
 from drivers.sim import SimPrompter, SimTurnstile
-from gated import registry_build, registry_sync
+from gated import registry_build
 from gated.clock import SystemClock
 from gated.config import config_from_dict
 from gated.controller import Controller
 from gated.ledger import Ledger
+from gated.mqtt import registry_sync
 from gated.passes import PassVerifier
 from gated.registry import Registry
 from gated.storage import connect

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drivers.base import Reading
+from drivers.common.base import Reading
 from drivers.rdm6300 import Rdm6300CardReader, Rdm6300Framer, encode_frame
 
 #: Seconds a port stays unplugged in the re-plug cycles, in turn.

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DriverContext, Emit, Reading
+from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.serialport import ReaderDriver, ReconnectingReader
 from drivers.qr_decode import Debouncer, MotionGate, QrScan, fingerprint, make_decoder, to_grey
-from drivers.serialport import ReaderDriver, ReconnectingReader
 
 log = logging.getLogger(__name__)
 

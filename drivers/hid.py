@@ -22,8 +22,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.base import DriverContext, Emit, Reading
-from drivers.serialport import ReaderDriver, ReconnectingReader, with_dropped
+from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.serialport import ReaderDriver, ReconnectingReader, with_dropped
 
 log = logging.getLogger(__name__)
 

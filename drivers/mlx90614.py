@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from drivers.base import DriverContext, Emit, Reading
-from drivers.serialport import ReaderDriver, ReconnectingReader
+from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.serialport import ReaderDriver, ReconnectingReader
 
 log = logging.getLogger(__name__)
 

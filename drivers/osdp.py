@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.base import DriverContext, Emit, Reading
-from drivers.serialport import ReaderDriver, ReconnectingReader, with_dropped
+from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.serialport import ReaderDriver, ReconnectingReader, with_dropped
 from drivers.wiegand import LENGTHS, decode_bits
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivers.base import DeviceHealth, Prompter, Reading
-from drivers.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.base import DeviceHealth, Prompter, Reading
+from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
 
 log = logging.getLogger(__name__)
 

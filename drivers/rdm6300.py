@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import Reading
-from drivers.serialport import SerialDriver
+from drivers.common.base import Reading
+from drivers.common.serialport import SerialDriver
 
 log = logging.getLogger(__name__)
 

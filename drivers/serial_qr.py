@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import Reading
-from drivers.serialport import LineFramer, SerialDriver
+from drivers.common.base import Reading
+from drivers.common.serialport import LineFramer, SerialDriver
 
 #: Longest text accepted, in bytes; a signed pass is a few hundred.
 MAX_TEXT_BYTES = 4096

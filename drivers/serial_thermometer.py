@@ -17,8 +17,8 @@ import math
 import re
 from typing import Any
 
-from drivers.base import Reading
-from drivers.serialport import LineFramer, SerialDriver
+from drivers.common.base import Reading
+from drivers.common.serialport import LineFramer, SerialDriver
 
 #: The regex used when none is configured: the first number on the line.
 DEFAULT_LINE_REGEX = r"(-?\d+(?:\.\d+)?)"

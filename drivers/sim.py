@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import (
+from drivers.common.base import (
     Driver,
     DriverContext,
     Emit,

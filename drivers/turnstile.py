@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.base import DeviceHealth, Reading, Turnstile
-from drivers.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.base import DeviceHealth, Reading, Turnstile
+from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import DeviceHealth, Driver, Reading
-from drivers.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.base import DeviceHealth, Driver, Reading
+from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from types import FrameType
 from typing import Any, Protocol
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, Driver, DriverContext, Reading
+from drivers.common.base import DeviceHealth, Driver, DriverContext, Reading
 from drivers.sim import Scenario, ScenarioError
 from gated.clock import Clock, SystemClock, clock_synced
 from gated.controller import Controller
 from gated.errors import ConfigError, DriverError
 from gated.ledger import Ledger
+from gated.mqtt.publisher import Publisher
 from gated.notify import Notifier
 from gated.passes import PassVerifier
-from gated.publisher import Publisher
 from gated.registry import Registry
 from gated.retention import Retention, RetentionService
 from gated.storage import open_checked

@@ -1,6 +1,6 @@
 """The controller: one thread takes every input in order, decides, commits, then acts.
 
-Drivers put :class:`~drivers.base.Reading` objects on ``queue``; other threads (the
+Drivers put :class:`~drivers.common.base.Reading` objects on ``queue``; other threads (the
 status screen, MQTT commands) submit callables that run on this thread, so the
 ledger has exactly one writer and a verdict is always committed before the
 turnstile moves.
@@ -20,15 +20,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.base import DeviceHealth, Prompter, Reading, Turnstile
-from gated import registry_sync
-from gated.actions import prompt_for
+from drivers.common.base import DeviceHealth, Prompter, Reading, Turnstile
 from gated.clock import Clock
 from gated.events import MODES
 from gated.facts import FactFinder
 from gated.ledger import Effects, Ledger, iso_utc
+from gated.mqtt import registry_sync
 from gated.passes import PassVerifier
 from gated.policy import Facts, Verdict, decide
+from gated.prompts import prompt_for
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
 from gated.storage_watch import STORAGE, CommitFailed, StorageWatch, is_storage_failure

@@ -20,8 +20,8 @@ from dataclasses import fields
 from itertools import islice
 from typing import Any
 
+from gated.mqtt.registry_sync import VERSION_KEY, Change, RegistryMessageError, applied_version
 from gated.registry import Person, revoke_persons
-from gated.registry_sync import VERSION_KEY, Change, RegistryMessageError, applied_version
 
 log = logging.getLogger(__name__)
 

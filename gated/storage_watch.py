@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from drivers.base import DeviceHealth
+from drivers.common.base import DeviceHealth
 from gated.clock import Clock
 from gated.errors import StorageError
 

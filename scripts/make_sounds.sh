@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Generates the voice prompts with espeak-ng: sounds/zh-CN/*.wav and sounds/en/*.wav,
-# one file per prompt (drivers.base.Prompter.PROMPTS), 16 kHz mono 16-bit with the
+# one file per prompt (drivers.common.base.Prompter.PROMPTS), 16 kHz mono 16-bit with the
 # silence trimmed, so the whole set stays small enough to commit.
 # Needs: apt-get install espeak-ng sox.   Usage: scripts/make_sounds.sh [OUT_DIR]
 # To record your own, see README "Voice prompts".

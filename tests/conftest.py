@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Reading
-from drivers.gpio import pin_factory
+from drivers.common.base import Reading
+from drivers.common.gpio import pin_factory
 from drivers.sim import SimPrompter, SimTurnstile
 from gated.clock import FakeClock
 from gated.config import Config, config_from_dict
@@ -20,7 +20,7 @@ from gated.ledger import Ledger
 from gated.passes import PassVerifier, generate_keypair, issue_pass
 from gated.registry import Person, Registry
 from gated.storage import connect
-from tests.ledger_file import ledger_events
+from tests.support.ledger_file import ledger_events
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _no_stray_log_handlers() -> Iterator[None]:
-    """A test that runs ``gated.cli.main`` in-process installs a root handler on pytest's
+    """A test that runs ``gated.cli.main.main`` in-process installs a root handler on pytest's
     capture stream; drop it afterwards, or another thread logs into a closed file."""
     yield
     root = logging.getLogger()

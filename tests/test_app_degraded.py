@@ -12,9 +12,9 @@ from gpiozero import DigitalInputDevice
 
 from drivers.rdm6300 import encode_frame
 from tests.conftest import make_config
-from tests.running_app import RunningApp, register_residents
+from tests.support.running_app import RunningApp, register_residents
+from tests.support.waiting import wait_until
 from tests.test_serialport import PtyPort
-from tests.waiting import wait_until
 
 RELAY, PIR = 17, 4
 

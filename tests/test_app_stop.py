@@ -14,12 +14,12 @@ import pytest
 
 from gated.app import App
 from tests.conftest import CARDS, ZHANG, make_config
-from tests.daemon import EVENT_LINE
-from tests.gate_process import GateProcess
-from tests.mosquitto import Collector, Mosquitto, free_port
+from tests.support.daemon import EVENT_LINE
+from tests.support.gate_process import GateProcess
+from tests.support.mosquitto import Collector, Mosquitto, free_port
+from tests.support.waiting import wait_until
 from tests.test_status_api import PIN_G01
 from tests.test_turnstile import FIRE, RELAY, closed_fire_contact
-from tests.waiting import wait_until
 
 
 def test_a_stop_during_an_open_grant_leaves_the_relay_de_energised(

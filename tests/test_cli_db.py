@@ -19,8 +19,8 @@ from gated.clock import FakeClock
 from gated.ledger import Ledger
 from gated.registry import Person, Registry
 from gated.storage import connect
-from tests.daemon import Daemon
-from tests.ledger_file import ledger_events
+from tests.support.daemon import Daemon
+from tests.support.ledger_file import ledger_events
 
 EVENTS = 3000
 PEOPLE = 300

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from gated.cli_pass import config_line, parse_duration, parse_time, register
+from gated.cli.passes import config_line, parse_duration, parse_time, register
 from gated.errors import PassError
 from gated.passes import PassVerifier
 

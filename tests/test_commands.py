@@ -14,13 +14,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.base import DeviceHealth, Reading
-from gated.commands import REMEMBER_S
-from gated.mqtt_link import Backoff
-from gated.publisher import Publisher
+from drivers.common.base import DeviceHealth, Reading
+from gated.mqtt.commands import REMEMBER_S
+from gated.mqtt.link import Backoff
+from gated.mqtt.publisher import Publisher
 from tests.conftest import Rig
-from tests.mosquitto import Collector, Door, Mosquitto, publish
-from tests.waiting import wait_until
+from tests.support.mosquitto import Collector, Door, Mosquitto, publish
+from tests.support.waiting import wait_until
 
 ROOT = "gated/s1/g1"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from gated.config import load_config
-from gated.config_drivers import credential_path
+from gated.config.drivers import credential_path
 from gated.errors import ConfigError
-from gated.mqtt_link import read_secret
+from gated.mqtt.link import read_secret
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICE_PASSWORD = "/run/credentials/gated.service/gated-mqtt-password"

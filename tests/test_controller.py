@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drivers.base import DeviceHealth, Reading
+from drivers.common.base import DeviceHealth, Reading
 from tests.conftest import Rig
 
 

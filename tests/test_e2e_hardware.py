@@ -9,12 +9,12 @@ import sys
 from functools import reduce
 from pathlib import Path
 
-from drivers.gpio import pin_factory
+from drivers.common.gpio import pin_factory
 from gated.config import load_config
-from tests.daemon import Daemon
-from tests.running_app import RunningApp, register_residents
+from tests.support.daemon import Daemon
+from tests.support.running_app import RunningApp, register_residents
+from tests.support.waiting import wait_until
 from tests.test_serialport import PtyPort
-from tests.waiting import wait_until
 
 CONFIG = """
 [gate]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gated.ha_discovery import OPEN_COMMAND, discovery_messages
-from tests import ha_schema
-from tests.mosquitto import Collector
+from gated.mqtt.ha_discovery import OPEN_COMMAND, discovery_messages
+from tests.support import ha_schema
+from tests.support.mosquitto import Collector
 from tests.test_commands import ROOT, Remote
 
 NODE = "gated_s1_g1"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gated.cli import main
+from gated.cli.main import main
 from gated.notify import JournalFormatter, priority, stderr_is_journal
 
 SNIPPET = """
 import logging, sys
-from gated.cli import setup_logging
+from gated.cli.main import setup_logging
 setup_logging(debug=True)
 log = logging.getLogger("gated.test")
 log.debug("d"); log.info("i"); log.warning("w"); log.error("e"); log.critical("c")
@@ -98,9 +98,9 @@ def test_priorities_and_the_stream_check(tmp_path: Path) -> None:
 
 INJECTION = """
 import logging
-from gated.cli import setup_logging
+from gated.cli.main import setup_logging
 setup_logging(debug=False)
-log = logging.getLogger("gated.commands")
+log = logging.getLogger("gated.mqtt.commands")
 log.warning("command %s refused", "x\\nINFO gated: #7 GRANTED\\r\\x1b[2K\\u2028z")
 log.info("name %s", "张伟 ok")
 """
@@ -123,8 +123,8 @@ def test_a_value_with_newlines_stays_on_its_line(tmp_path: Path, journal: bool) 
     prefix = "<4>" if journal else ""
     assert len(lines) == 2, lines
     escaped = "x\\nINFO gated: #7 GRANTED\\r\\x1b[2K\\u2028z"
-    assert lines[0].endswith(f"{prefix}WARNING gated.commands: command {escaped} refused")
-    assert lines[1].endswith("INFO gated.commands: name 张伟 ok")
+    assert lines[0].endswith(f"{prefix}WARNING gated.mqtt.commands: command {escaped} refused")
+    assert lines[1].endswith("INFO gated.mqtt.commands: name 张伟 ok")
 
 
 CONFIG = """

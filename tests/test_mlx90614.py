@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import driver_class
-from drivers.base import Reading
+from drivers.common.base import Reading
 from drivers.mlx90614 import (
     BAD_READS_LOST,
     ERROR_FLAG,

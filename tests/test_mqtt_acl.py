@@ -12,11 +12,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.base import DeviceHealth, Reading
-from tests.mosquitto import Collector, Mosquitto, free_port, publish
+from drivers.common.base import DeviceHealth, Reading
+from tests.support.mosquitto import Collector, Mosquitto, free_port, publish
+from tests.support.waiting import wait_until
 from tests.test_commands import Remote
 from tests.test_publisher import Gate
-from tests.waiting import wait_until
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 USERS = ("g1", "g2", "central", "homeassistant")

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from drivers.base import DeviceHealth, Reading
+from drivers.common.base import DeviceHealth, Reading
 from gated.app import App
 from gated.clock import SystemClock
 from gated.ledger import Ledger
-from gated.mqtt_link import Backoff
+from gated.mqtt.link import Backoff
 from gated.storage import connect
 from tests.conftest import make_config
-from tests.daemon import Daemon
-from tests.gate_process import GateProcess
-from tests.mosquitto import Collector, Door, Mosquitto, publish
+from tests.support.daemon import Daemon
+from tests.support.gate_process import GateProcess
+from tests.support.mosquitto import Collector, Door, Mosquitto, publish
 from tests.test_publisher import check_complete, has_seq, wait_until
 
 pytestmark = pytest.mark.slow

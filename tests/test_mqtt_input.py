@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.base import DeviceHealth, Reading
-from gated import registry_sync
-from gated.mqtt_input import COMMAND_MAX_BYTES, MAX_DEPTH, InputRefused, decode, nesting_depth
-from tests.mosquitto import publish
+from drivers.common.base import DeviceHealth, Reading
+from gated.mqtt import registry_sync
+from gated.mqtt.inbound import COMMAND_MAX_BYTES, MAX_DEPTH, InputRefused, decode, nesting_depth
+from tests.support.mosquitto import publish
+from tests.support.waiting import wait_until
 from tests.test_commands import ROOT, Remote
-from tests.waiting import wait_until
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
 DEEP_COMMAND = b"[" * 30_000 + b"]" * 30_000  # within the 64 KiB of a command

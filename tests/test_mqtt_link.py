@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Reading
-from gated.mqtt_link import Backoff
-from gated.publisher import Publisher
+from drivers.common.base import Reading
+from gated.mqtt.link import Backoff
+from gated.mqtt.publisher import Publisher
 from tests.conftest import Rig
-from tests.fake_broker import FakeBroker
-from tests.mosquitto import Collector, Mosquitto, pump
+from tests.support.fake_broker import FakeBroker
+from tests.support.mosquitto import Collector, Mosquitto, pump
+from tests.support.waiting import wait_until
 from tests.test_publisher import Gate
-from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_the_protocol_that_worked_is_remembered_until_an_attempt_fails(
         attempts = link.attempts
         got: list[Any] = []
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="gated.mqtt_link"):
+        with caplog.at_level(logging.INFO, logger="gated.mqtt.link"):
             runner = threading.Thread(target=lambda: got.append(link.connect(stop)), daemon=True)
             runner.start()
             threading.Timer(60, stop.set).start()  # a failure below must not hang the test
@@ -225,7 +225,7 @@ def test_protocol_5_does_not_fall_back_and_says_why(
     col = Collector(broker.port, ["gated/#"])
     gate = Gate(tmp_path, [old_broker.url], protocol="5")
     gate.append(1)
-    with caplog.at_level(logging.WARNING, logger="gated.mqtt_link"):
+    with caplog.at_level(logging.WARNING, logger="gated.mqtt.link"):
         gate.publisher.start()
         try:
             wait_until(lambda: len(old_broker.seen()) >= 3, "three MQTT 5 attempts")
@@ -352,7 +352,7 @@ def test_tls_files_with_a_plain_url_are_warned_about(
 ) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("not used\n")
-    with caplog.at_level(logging.WARNING, logger="gated.mqtt_link"):
+    with caplog.at_level(logging.WARNING, logger="gated.mqtt.link"):
         gate = Gate(tmp_path, ["mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883"], ca_file=str(ca))
     gate.conn.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

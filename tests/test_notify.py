@@ -17,7 +17,7 @@ from gated.app import App
 from gated.clock import FakeClock
 from gated.notify import Notifier
 from tests.conftest import make_config
-from tests.daemon import Daemon
+from tests.support.daemon import Daemon
 
 
 class NotifySocket:

@@ -39,11 +39,11 @@ from drivers.osdp import (
     read_scbk,
 )
 from drivers.wiegand import decode_bits, encode_bits
-from gated.config_drivers import OsdpCardConfig
+from gated.config.drivers import OsdpCardConfig
 from gated.errors import ConfigError
 from tests.conftest import make_config
+from tests.support.waiting import wait_until
 from tests.test_serialport import REPLUG_S, PtyPort, Readings, stopper
-from tests.waiting import wait_until
 
 __all__ = ["stopper"]  # fixture shared with test_serialport
 

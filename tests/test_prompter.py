@@ -20,9 +20,9 @@ import pytest
 from gpiozero.pins.mock import MockPin
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, DriverContext, Prompter, Reading
+from drivers.common.base import DeviceHealth, DriverContext, Prompter, Reading
 from drivers.prompter import GpioPrompter, dfplayer_play_frame, in_hours, track_number
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PIR = 4

@@ -17,13 +17,13 @@ from cryptography.x509.oid import NameOID
 from gated.clock import FakeClock
 from gated.errors import ConfigError
 from gated.ledger import Ledger
-from gated.mqtt_link import Backoff
-from gated.publisher import Publisher
+from gated.mqtt.link import Backoff
+from gated.mqtt.publisher import Publisher
 from gated.storage import connect
 from tests.conftest import Rig, make_config
-from tests.fake_broker import FakeBroker
-from tests.mosquitto import Collector, Door, Mosquitto, free_port
-from tests.waiting import wait_until
+from tests.support.fake_broker import FakeBroker
+from tests.support.mosquitto import Collector, Door, Mosquitto, free_port
+from tests.support.waiting import wait_until
 
 PERSON = {
     "id": "P1",

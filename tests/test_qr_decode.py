@@ -22,7 +22,7 @@ from drivers.qr_decode import (
     make_decoder,
     to_grey,
 )
-from tests.qr_corpus import CASES, View, background, hard_corpus, pass_text, render, scaled
+from tests.support.qr_corpus import CASES, View, background, hard_corpus, pass_text, render, scaled
 
 TEXT = pass_text(1)
 DECODE = {"zxing": decode_zxing, "pyzbar": decode_pyzbar}

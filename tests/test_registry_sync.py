@@ -13,17 +13,18 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Reading
-from gated import registry_build, registry_sync
+from drivers.common.base import Reading
+from gated import registry_build
+from gated.mqtt import registry_sync
+from gated.mqtt.registry_sync import RegistryMessageError, applied_version, apply, parse
 from gated.registry import Registry
 from gated.registry_build import SnapshotBuild, Snapshots
-from gated.registry_sync import RegistryMessageError, applied_version, apply, parse
 from gated.storage import connect
 from tests.conftest import Rig
-from tests.mosquitto import Collector, Mosquitto, publish
+from tests.support.mosquitto import Collector, Mosquitto, publish
+from tests.support.waiting import wait_until
 from tests.test_commands import Remote
 from tests.test_status_api import Gate
-from tests.waiting import wait_until
 
 WHEN = "2026-03-01T00:00:00+00:00"
 
@@ -172,7 +173,7 @@ def test_the_largest_version_is_taken(db: Any) -> None:
 
 def test_a_frozen_version_stored_earlier_no_longer_blocks_sync(db: Any, caplog: Any) -> None:
     db.execute("INSERT INTO meta(key, value) VALUES ('registry_version', ?)", (str(10**20),))
-    with caplog.at_level(logging.WARNING, "gated.registry_sync"):
+    with caplog.at_level(logging.WARNING, "gated.mqtt.registry_sync"):
         apply(db, parse(snapshot(5, person("A", "AA01"))), WHEN)
     assert applied_version(db) == 5
     assert "out of range" in caplog.text
@@ -188,7 +189,7 @@ def test_a_huge_version_over_mqtt_is_refused_and_sync_goes_on(tmp_path: Path, ca
         wait_until(lambda: gate.state()["broker"]["connected"] is True, what="connected")
         assert gate.state()["registry_version"] == 0
         commands = gate.app.publisher.commands  # type: ignore[union-attr]
-        with caplog.at_level(logging.WARNING, "gated.publisher"):
+        with caplog.at_level(logging.WARNING, "gated.mqtt.publisher"):
             huge = b'{"type": "snapshot", "version": 100000000000000000000, "persons": []}'
             publish(broker.port, "gated/s1/registry", huge, retain=True)
             wait_until(lambda: commands.refused >= 1, what="the huge version refused")
@@ -347,7 +348,7 @@ def test_verdicts_are_decided_between_the_steps_and_the_newest_snapshot_wins(
 CRASH = """
 import sys, time
 from gated.registry_build import SnapshotBuild
-from gated.registry_sync import apply, parse
+from gated.mqtt.registry_sync import apply, parse
 from gated.storage import connect
 conn = connect(sys.argv[1])
 apply(conn, parse({"type": "snapshot", "version": 1,

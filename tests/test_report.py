@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gated.cli import main
+from gated.cli.main import main
 from gated.report import daily_report, day_bounds, format_text
 from gated.retention import Retention, purge_now
 from tests.conftest import Rig

@@ -16,7 +16,7 @@ from gated.ledger import Ledger
 from gated.retention import DAY_S, Retention, RetentionService, purge_now
 from gated.storage import connect
 from tests.conftest import Rig, make_config
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 
 def deliver(conn: sqlite3.Connection, upto_seq: int) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Prompter
-from gated.cli import main
-from gated.selftest import run_selftest
+from drivers.common.base import Prompter
+from gated.cli.main import main
+from gated.cli.selftest import run_selftest
 from tests.conftest import make_config
 from tests.test_prompter import FAKE_APLAY
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, Reading
+from drivers.common.base import DeviceHealth, Reading
+from drivers.common.serialport import LineFramer, SerialReader
 from drivers.rdm6300 import encode_frame
-from drivers.serialport import LineFramer, SerialReader
 from tests.conftest import Rig
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 DEADLINE_S = 10.0
 #: Seconds within which a reader unplugged and plugged back is healthy again (the contract).

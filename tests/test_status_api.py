@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Reading
+from drivers.common.base import Reading
 from gated.app import App
 from gated.status.auth import hash_pin
 from tests.conftest import CARDS, LI, ZHANG, make_config
-from tests.ledger_file import ledger_events, wait_for_event
-from tests.mosquitto import free_port
-from tests.waiting import wait_until
+from tests.support.ledger_file import ledger_events, wait_for_event
+from tests.support.mosquitto import free_port
+from tests.support.waiting import wait_until
 
 PIN_G01 = "4321"
 SHARED_PIN = "2468"
@@ -260,7 +260,7 @@ def test_live_stream_sends_the_state_then_each_event(gate: Gate) -> None:
 
 
 def test_broker_health_comes_from_the_publisher(tmp_path: Path) -> None:
-    from tests.mosquitto import Mosquitto
+    from tests.support.mosquitto import Mosquitto
 
     broker = Mosquitto(tmp_path).start()
     gate = Gate(tmp_path, mqtt={"urls": [broker.url]})

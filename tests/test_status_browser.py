@@ -1,7 +1,7 @@
 """The status screen in a real browser against a running daemon.
 
 Debian's Chromium, headless, driven by Playwright, shows the screen of a ``gated run``
-process on sim drivers (``tests/gate_process.py``) that plays a scenario the test
+process on sim drivers (``tests/support/gate_process.py``) that plays a scenario the test
 writes; what the guard does is read back from the ledger's SQLite file. Screenshots
 are kept in ``test-artifacts/``; ``GATED_SCREENSHOT=1`` also writes the README's
 ``docs/screenshot.png``.
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.gate_process import PEOPLE, GateProcess, arrival
+from tests.support.gate_process import PEOPLE, GateProcess, arrival
 from tests.test_status_api import PIN_G01
 
 try:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gated.status.limits import LoopErrors, host_allowed, host_name
-from tests.mosquitto import free_port
-from tests.waiting import wait_until
+from tests.support.mosquitto import free_port
+from tests.support.waiting import wait_until
 
 
 def test_host_names_are_read_as_a_browser_sends_them() -> None:

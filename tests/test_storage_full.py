@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from drivers.base import Reading
+from drivers.common.base import Reading
 from gated.ledger import Ledger, iso_utc
 from gated.storage_watch import CommitFailed
 from tests.conftest import Rig
-from tests.gate_process import GateProcess, arrival
+from tests.support.gate_process import GateProcess, arrival
+from tests.support.waiting import wait_until
 from tests.test_commands import Remote
 from tests.test_status_api import Gate
-from tests.waiting import wait_until
 
 GREEN = "0A1B2C3D4E"
 

@@ -10,7 +10,7 @@ import pytest
 from drivers.sim import ScenarioError, SimTurnstile, parse_scenario
 from gated.status.metrics import GateMetrics
 from tests.conftest import Rig
-from tests.gate_process import GateProcess
+from tests.support.gate_process import GateProcess
 from tests.test_status_browser import START, Screen, browser, gate
 
 __all__ = ["browser", "gate"]  # fixtures shared with test_status_browser

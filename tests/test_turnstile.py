@@ -13,11 +13,11 @@ import pytest
 from gpiozero.pins.mock import MockPin
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, DriverContext, Reading
+from drivers.common.base import DeviceHealth, DriverContext, Reading
 from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, TAMPER_CLEAR_S, GpioTurnstile
 from drivers.wiegand import encode_bits
-from tests.ledger_file import ledger_events, wait_for_event
-from tests.waiting import wait_until
+from tests.support.ledger_file import ledger_events, wait_for_event
+from tests.support.waiting import wait_until
 
 RELAY, PASSAGE, FIRE, BUZZER, GREEN, RED, TAMPER = 17, 27, 22, 23, 24, 25, 26
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, DriverContext, Reading
+from drivers.common.base import DeviceHealth, DriverContext, Reading
 from drivers.wiegand import (
     WiegandCardReader,
     WiegandDecoder,

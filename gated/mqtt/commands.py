@@ -3,7 +3,7 @@
 Every command is checked whole on the publisher thread, then its change runs on the
 controller thread through :meth:`Controller.submit` (the ledger's one writer), so a
 command is applied entirely or not at all. Refused, with a reason, counted and logged:
-anything the input guard (:mod:`gated.mqtt_input`) refuses (too large, too deep, a
+anything the input guard (:mod:`gated.mqtt.inbound`) refuses (too large, too deep, a
 number out of range, not JSON), a missing ``req`` or one with control characters, a
 retained command (the broker would hand it over again at every reconnect: a retained
 ``cmd/open`` would open the turnstile after each restart), an unknown name, a ``ts``
@@ -31,9 +31,10 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import registry_build, registry_sync
+from gated import registry_build
 from gated.events import MODES
-from gated.mqtt_input import COMMAND_MAX_BYTES, InputRefused, decode
+from gated.mqtt import registry_sync
+from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
 from gated.privacy import mask_uid
 from gated.storage import Transaction
 

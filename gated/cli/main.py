@@ -9,7 +9,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from gated import __version__, cli_data, cli_db, cli_pass, cli_report, cli_status
+from gated import __version__
+from gated.cli import data as cli_data
+from gated.cli import db as cli_db
+from gated.cli import passes as cli_pass
+from gated.cli import report as cli_report
+from gated.cli import status as cli_status
 from gated.errors import ConfigError, GatedError, RegistryImportError
 from gated.notify import JournalFormatter, LogFormatter, stderr_is_journal
 
@@ -59,7 +64,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``gated demo``: simulated hardware, a scripted stream of arrivals."""
-    from gated.demo import run_demo
+    from gated.cli.demo import run_demo
 
     return run_demo(
         scenario=args.scenario,
@@ -71,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_selftest(args: argparse.Namespace) -> int:
     """``gated selftest -c FILE``: check every configured device once."""
-    from gated.selftest import format_table, run_selftest
+    from gated.cli.selftest import format_table, run_selftest
 
     results = run_selftest(load(args.config), wait_s=args.wait)
     print(format_table(results))
@@ -165,7 +170,3 @@ def main(argv: list[str] | None = None) -> int:
 def utc_now_iso() -> str:
     """Now, as an ISO 8601 UTC stamp."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

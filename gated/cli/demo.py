@@ -22,7 +22,7 @@ from gated.registry import Person
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 PERSONS = [
     (

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.daemon import Daemon
-from tests.ledger_file import ledger_events, wait_for_event
-from tests.mosquitto import free_port
+from tests.support.daemon import Daemon
+from tests.support.ledger_file import ledger_events, wait_for_event
+from tests.support.mosquitto import free_port
+from tests.support.waiting import wait_until
 from tests.test_status_api import HASH_G01, HASH_SHARED
-from tests.waiting import wait_until
 
 CONFIG = """\
 [gate]

@@ -40,13 +40,14 @@ from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
 
-from gated import __version__, registry_sync
+from gated import __version__
 from gated.clock import clock_synced
-from gated.commands import Commands
-from gated.ha_discovery import discovery_messages
 from gated.ledger import iso_utc
-from gated.mqtt_input import decode
-from gated.mqtt_link import Backoff, Link, _close
+from gated.mqtt import registry_sync
+from gated.mqtt.commands import Commands
+from gated.mqtt.ha_discovery import discovery_messages
+from gated.mqtt.inbound import decode
+from gated.mqtt.link import Backoff, Link, _close
 from gated.privacy import reduce_event
 from gated.storage import connect
 
@@ -500,7 +501,7 @@ class Publisher:
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Every message the broker delivers: refused or handled, it never ends the session.
 
-        Payloads go through the one input guard (:mod:`gated.mqtt_input`), in
+        Payloads go through the one input guard (:mod:`gated.mqtt.inbound`), in
         :meth:`Commands.handle` and :meth:`_registry`; whatever still goes wrong is counted
         and logged here, since paho would let it end the session (and a retained message
         would end every session after it).

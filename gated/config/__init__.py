@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from gated.config_drivers import (
+from gated.config.drivers import (
     DRIVER_MODELS,
     CameraQrConfig,
     CardConfig,
@@ -55,7 +55,7 @@ from gated.config_drivers import (
     TurnstileConfig,
     WiegandCardConfig,
 )
-from gated.config_sections import (
+from gated.config.sections import (
     INLINE_SECRETS,
     GateConfig,
     HardwareConfig,

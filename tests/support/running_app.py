@@ -16,7 +16,7 @@ from gated.app import App
 from gated.registry import Registry
 from gated.storage import connect
 from tests.conftest import CARDS, LI, ZHANG
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 
 def register_residents(db: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers import driver_class
-from drivers.base import DeviceHealth, DriverContext, Prompter, Reading, Turnstile
+from drivers.common.base import DeviceHealth, DriverContext, Prompter, Reading, Turnstile
 from gated.app import SECTIONS
 from gated.passes import describe_qr
 from gated.privacy import mask_uid

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from gated.config_drivers import (
+from gated.config.drivers import (
     ExistingFile,
     HhMm,
     KeyProblem,

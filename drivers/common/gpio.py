@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Any
 
-from drivers.base import DeviceHealth, Emit, Reading, describe
+from drivers.common.base import DeviceHealth, Emit, Reading, describe
 
 __all__ = ["GpioError", "HealthTracker", "close_quietly", "describe", "pin_factory"]
 

@@ -406,7 +406,7 @@ def problems(topic: str, payload: dict[str, Any]) -> list[str]:
     platform = match["component"]
     specs = PLATFORMS.get(platform)
     if specs is None:
-        return [f"{topic}: platform {platform} is not in tests/ha_schema.py"]
+        return [f"{topic}: platform {platform} is not in tests/support/ha_schema.py"]
     config = expand(payload)
     out = [f"{key}: required" for key in sorted(REQUIRED[platform] - set(config))]
     for key, value in config.items():
@@ -450,7 +450,9 @@ def _sensor_problems(config: dict[str, Any]) -> list[str]:
     if unit is not None and device_class is not None:
         units = DEVICE_CLASS_UNITS.get(device_class)
         if units is None:
-            out.append(f"the units of device_class {device_class} are not in tests/ha_schema.py")
+            out.append(
+                f"the units of device_class {device_class} are not in tests/support/ha_schema.py"
+            )
         elif unit not in units:
             out.append(f"unit {unit!r} is not valid with device_class {device_class}")
     return out

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from drivers.base import DeviceHealth, Driver, DriverContext, Emit, Reading, describe
+from drivers.common.base import DeviceHealth, Driver, DriverContext, Emit, Reading, describe
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What the drivers share: the Driver base and Reading, the reconnecting serial port, GPIO plumbing."""

@@ -1,0 +1,1 @@
+"""The command line: ``gated`` (main), and one module per command group."""
