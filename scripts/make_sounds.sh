@@ -3,7 +3,7 @@
 # one file per prompt (drivers.common.base.Prompter.PROMPTS), 16 kHz mono 16-bit with the
 # silence trimmed, so the whole set stays small enough to commit.
 # Needs: apt-get install espeak-ng sox.   Usage: scripts/make_sounds.sh [OUT_DIR]
-# To record your own, see README "Voice prompts".
+# To record your own, see docs/wiring.md, "Voice prompts".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-sounds}
