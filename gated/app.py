@@ -11,7 +11,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers import driver_class
 from drivers.common.base import DeviceHealth, Driver, DriverContext, Reading
@@ -26,6 +26,9 @@ from gated.passes import PassVerifier
 from gated.registry import Registry
 from gated.retention import Retention, RetentionService
 from gated.storage import open_checked
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class Service(Protocol):
 class App:
     """One gate: storage, pass keys, devices and the controller, in start-up order."""
 
-    def __init__(self, config: Any, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
         self.clock = clock or SystemClock()
         self.stop_event = threading.Event()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drivers.common.base import DeviceHealth, Prompter, Reading, Turnstile
 from gated.clock import Clock
@@ -33,7 +33,12 @@ from gated.registry import Registry
 from gated.session import Session, SessionMachine
 from gated.storage_watch import STORAGE, CommitFailed, StorageWatch, is_storage_failure
 
+if TYPE_CHECKING:
+    from gated.config import Config
+
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Observer = Callable[[dict[str, Any]], None]
 
@@ -84,7 +89,7 @@ class Controller:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         ledger: Ledger,
         registry: Registry,
         verifier: PassVerifier,
@@ -111,7 +116,7 @@ class Controller:
             verifier,
             clock,
         )
-        self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
+        self.open_s = config.turnstile.open_s
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
         #: Devices whose tamper is active, with the id of the alarm it raised.
@@ -143,9 +148,9 @@ class Controller:
         """Hand a driver's reading to the controller (thread-safe; drivers' ``emit``)."""
         self.queue.put(reading)
 
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
         """Run ``fn`` on the controller thread; the future holds its result."""
-        fut: Future[Any] = Future()
+        fut: Future[T] = Future()
 
         def run() -> None:
             try:
@@ -487,7 +492,7 @@ class Controller:
         for name in names:
             self.health.setdefault(name, DeviceHealth(True, ""))
 
-    def _device(self, name: str, health: Any) -> None:
+    def _device(self, name: str, health: object) -> None:
         if not isinstance(health, DeviceHealth):
             return
         # A first report that says "working" is no news, whatever the seed's detail.

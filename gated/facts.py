@@ -8,7 +8,7 @@ between two commits.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from gated.clock import Clock
@@ -18,13 +18,16 @@ from gated.policy import Facts, History, PassFacts, identify
 from gated.registry import Registry
 from gated.session import Session
 
+if TYPE_CHECKING:
+    from gated.config import PolicyConfig
+
 
 class FactFinder:
     """Gathers the :class:`Facts` of a session for the gate ``gate_id``."""
 
     def __init__(
         self,
-        policy: Any,
+        policy: PolicyConfig,
         gate_id: str,
         timezone: str,
         ledger: Ledger,

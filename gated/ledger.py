@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +82,7 @@ class Ledger:
         site: str,
         gate: str,
         clock: Clock,
-        clock_synced: Any = None,
+        clock_synced: Callable[[], bool] | None = None,
         outbox: bool = True,
     ):
         self.conn = conn

@@ -7,11 +7,15 @@ pass, and hands the results in as :class:`Facts`. Every failing check is named;
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gated.registry import CardLookup, Person
+
+if TYPE_CHECKING:
+    from gated.config import PolicyConfig, ScheduleRule
 
 # Reasons that only inform: the verdict stays what the other checks make it.
 _INFO = frozenset({"antipassback_soft"})
@@ -121,7 +125,7 @@ def _credential_reasons(facts: Facts, credentials: str) -> list[str]:
     return reasons
 
 
-def _in_window(rule: Any, now: datetime) -> bool:
+def _in_window(rule: ScheduleRule, now: datetime) -> bool:
     start = time.fromisoformat(rule.start)
     end = time.fromisoformat(rule.end)
     day = _DAYS[now.weekday()]
@@ -133,13 +137,13 @@ def _in_window(rule: Any, now: datetime) -> bool:
     return (day in rule.days and t >= start) or (yesterday in rule.days and t < end)
 
 
-def in_schedule(rules: Any, category: str, now: datetime) -> bool:
+def in_schedule(rules: Iterable[ScheduleRule], category: str, now: datetime) -> bool:
     """Whether ``category`` may pass at ``now``; a category with no rule always may."""
     mine = [r for r in rules if r.category in ("*", category)]
     return not mine or any(_in_window(r, now) for r in mine)
 
 
-def decide(facts: Facts, policy: Any) -> Verdict:
+def decide(facts: Facts, policy: PolicyConfig) -> Verdict:
     """The verdict for one session under ``policy`` (a ``PolicyConfig``)."""
     person = identify(facts)
     if facts.fire:

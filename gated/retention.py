@@ -36,11 +36,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gated.clock import Clock
 from gated.ledger import iso_utc
 from gated.storage import Transaction
+
+if TYPE_CHECKING:
+    from gated.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +261,7 @@ class RetentionService:
 
     def __init__(
         self,
-        controller: Any,
+        controller: Controller,
         retention: Retention,
         interval_s: float = DAY_S,
         step_timeout_s: float = 60.0,

@@ -9,7 +9,10 @@ machine does no I/O and says which prompts to play.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gated.config import PolicyConfig
 
 CREDENTIAL_KINDS = ("card", "qr")
 
@@ -52,7 +55,7 @@ class Step:
 class SessionMachine:
     """Feeds inputs into the open session; at most one session is open at a time."""
 
-    def __init__(self, policy: Any, direction: str = "in"):
+    def __init__(self, policy: PolicyConfig, direction: str = "in"):
         self.policy = policy
         self.direction = direction
         self.current: Session | None = None

@@ -22,10 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated.errors import GatedError
 from gated.storage import connect, problems
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 #: Tables of the registry (the rest is the ledger and its state).
 REGISTRY_TABLES = ("persons", "cards", "revoked_passes")
@@ -33,7 +36,7 @@ REGISTRY_TABLES = ("persons", "cards", "revoked_passes")
 BATCH = 500
 
 
-def _config(path: str) -> Any:
+def _config(path: str) -> Config:
     from gated.config import load_config
 
     return load_config(path)
@@ -231,7 +234,7 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def recover(config: Any, path: Path) -> tuple[Path, Recovered, dict[str, Any]]:
+def recover(config: Config, path: Path) -> tuple[Path, Recovered, dict[str, Any]]:
     """Recover the database at ``path``; the damaged file is kept beside it."""
     from gated.clock import SystemClock, clock_synced
     from gated.ledger import Ledger

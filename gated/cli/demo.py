@@ -13,12 +13,15 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated.describe import describe_event
 from gated.errors import GatedError
 from gated.passes import generate_keypair, issue_pass
 from gated.registry import Person
+
+if TYPE_CHECKING:
+    from gated.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def demo_scenario(private_key: Path, kid: str, gate: str) -> list[dict[str, Any]
 class DemoGuard:
     """A simulated guard: approves the first ``needs_guard``, refuses the second, then leaves."""
 
-    def __init__(self, controller: Any, delay_s: float):
+    def __init__(self, controller: Controller, delay_s: float):
         self.controller = controller
         self.delay_s = delay_s
         self.answered = 0

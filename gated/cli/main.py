@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated import __version__
 from gated.cli import data as cli_data
@@ -17,6 +17,9 @@ from gated.cli import report as cli_report
 from gated.cli import status as cli_status
 from gated.errors import ConfigError, GatedError, RegistryImportError
 from gated.notify import JournalFormatter, LogFormatter, stderr_is_journal
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 log = logging.getLogger("gated")
 
@@ -36,7 +39,7 @@ def setup_logging(debug: bool) -> None:
         handler.setFormatter(formatter)
 
 
-def load(path: str, overrides: dict[str, Any] | None = None) -> Any:
+def load(path: str, overrides: dict[str, Any] | None = None) -> Config:
     """Load a config file (the config module is imported here, when a command needs it)."""
     from gated.config import load_config
 

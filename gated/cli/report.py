@@ -8,7 +8,7 @@ import sqlite3
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from gated.errors import GatedError
@@ -16,6 +16,9 @@ from gated.events import card_ref
 from gated.ledger import ensure_card_first_use
 from gated.report import daily_report, day_bounds, format_text
 from gated.storage import connect
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 
 def _date(value: str) -> date:
@@ -69,7 +72,7 @@ def decisions_by_id(conn: sqlite3.Connection, ids: set[str]) -> dict[str, dict[s
     return out
 
 
-def build_report(config: Any, conn: sqlite3.Connection, day: date) -> dict[str, Any]:
+def build_report(config: Config, conn: sqlite3.Connection, day: date) -> dict[str, Any]:
     """Read what the report needs from the ledger and compute it."""
     tz = ZoneInfo(config.gate.timezone)
     start, end = day_bounds(day, tz)
@@ -117,7 +120,7 @@ def cmd_report_daily(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``report daily`` to the ``gated`` sub-commands."""
     p = sub.add_parser("report", help="reports over the ledger")
     rsub = p.add_subparsers(dest="report", metavar="REPORT")

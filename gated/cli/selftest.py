@@ -10,13 +10,16 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from drivers import driver_class
-from drivers.common.base import DeviceHealth, DriverContext, Prompter, Reading, Turnstile
+from drivers.common.base import DeviceHealth, Driver, DriverContext, Prompter, Reading, Turnstile
 from gated.app import SECTIONS
 from gated.passes import describe_qr
 from gated.privacy import mask_uid
+
+if TYPE_CHECKING:
+    from gated.config import Config
 
 INPUTS = ("card", "qr", "thermometer")
 #: Seconds the prompter may take to play ``welcome`` to its end.
@@ -55,7 +58,7 @@ def _drain_fire(readings: queue.Queue[Reading]) -> bool:
 
 
 def run_selftest(
-    config: Any, wait_s: float = 10.0, pulse_s: float = 1.0, prompt_wait_s: float = PROMPT_WAIT_S
+    config: Config, wait_s: float = 10.0, pulse_s: float = 1.0, prompt_wait_s: float = PROMPT_WAIT_S
 ) -> list[Check]:
     """Check every configured device; ``wait_s`` is how long to wait for a reading,
     ``pulse_s`` how long the relay is energised, ``prompt_wait_s`` how long a prompt
@@ -90,7 +93,7 @@ def run_selftest(
 def _exercise(
     section: str,
     driver: str,
-    device: Any,
+    device: Driver,
     readings: queue.Queue[Reading],
     wait_s: float,
     pulse_s: float,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Any
 
 from gated.errors import GatedError
 
@@ -27,7 +26,7 @@ def cmd_hash_pin(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``hash-pin`` to the ``gated`` sub-commands."""
     p = sub.add_parser(
         "hash-pin",

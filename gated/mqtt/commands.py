@@ -27,9 +27,10 @@ import logging
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gated import registry_build
 from gated.events import MODES
@@ -38,7 +39,13 @@ from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
 from gated.privacy import mask_uid
 from gated.storage import Transaction
 
+if TYPE_CHECKING:
+    from gated.controller import Controller
+
 log = logging.getLogger(__name__)
+
+#: What a checked command runs on the controller thread: its result's extra fields.
+Runner = Callable[[], dict[str, Any]]
 
 NAMES = ("open", "mode", "registry", "revoke", "ping")
 MAX_ID = 64
@@ -85,7 +92,7 @@ class Commands:
 
     def __init__(
         self,
-        controller: Any,
+        controller: Controller,
         max_age_s: float = 300.0,
         registry_max_bytes: int = REGISTRY_MAX_BYTES,
         remember_s: float = REMEMBER_S,
@@ -151,12 +158,12 @@ class Commands:
             return self._refuse(name, req, f"internal error ({type(exc).__name__})", "error")
         fut: Future[dict[str, Any]] = Future()
 
-        def once() -> Any:
+        def once() -> dict[str, Any]:
             if not self._remember(req):
                 raise CommandError("duplicate req (already handled)", "duplicate")
             return run()
 
-        def finish(inner: Future[Any]) -> None:
+        def finish(inner: Future[dict[str, Any]]) -> None:
             exc = inner.exception()
             if exc is None:
                 extra = inner.result() or {}
@@ -211,12 +218,12 @@ class Commands:
 
     # -- each command: check here, return the callable the controller runs ------------
 
-    def _open(self, msg: dict[str, Any]) -> Any:
+    def _open(self, msg: dict[str, Any]) -> Runner:
         by = self._by(msg)
         ctl = self.controller
         return lambda: {"event": ctl.open_once(by)["id"]}
 
-    def _mode(self, msg: dict[str, Any]) -> Any:
+    def _mode(self, msg: dict[str, Any]) -> Runner:
         mode = msg.get("mode")
         if mode not in MODES:
             raise CommandError(f"mode is not one of {', '.join(MODES)}")
@@ -224,7 +231,7 @@ class Commands:
         ctl = self.controller
         return lambda: {"event": ctl.set_mode(mode, by)["id"]}
 
-    def _registry(self, msg: dict[str, Any]) -> Any:
+    def _registry(self, msg: dict[str, Any]) -> Runner:
         body = {k: v for k, v in msg.items() if k not in ("req", "ts", "by")}
         if body.get("type") != "delta":
             raise CommandError("cmd/registry takes a delta; snapshots go on the registry topic")
@@ -240,7 +247,7 @@ class Commands:
             return self.snapshots.apply(change)
         return self.controller.submit(self.registry_runner(change))
 
-    def registry_runner(self, change: registry_sync.Change) -> Any:
+    def registry_runner(self, change: registry_sync.Change) -> Runner:
         """The controller-thread step that applies a checked registry change."""
         conn = self.controller.ledger.conn
         clock = self.controller.clock
@@ -253,7 +260,7 @@ class Commands:
 
         return run
 
-    def _revoke(self, msg: dict[str, Any]) -> Any:
+    def _revoke(self, msg: dict[str, Any]) -> Runner:
         if sum(k in msg for k in ("card", "jti", "person")) != 1:
             raise CommandError("give exactly one of card, jti or person")
         reg = self.controller.registry
@@ -284,6 +291,6 @@ class Commands:
 
         return revoke_pass
 
-    def _ping(self, msg: dict[str, Any]) -> Any:
+    def _ping(self, msg: dict[str, Any]) -> Runner:
         ctl = self.controller
         return lambda: {"mode": ctl.mode, "last_seq": ctl.ledger.last_seq()}

@@ -24,11 +24,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+if TYPE_CHECKING:
+    from gated.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class Link:
 
     def __init__(
         self,
-        config: Any,
+        config: MqttConfig,
         client_id: str,
         will: tuple[str, bytes],
         *,
@@ -127,7 +130,9 @@ class Link:
         self._warn_plain_tls_files()
 
     def _warn_plain_tls_files(self) -> None:
-        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self.config, k)]
+        c = self.config
+        tls = {"ca_file": c.ca_file, "cert_file": c.cert_file, "key_file": c.key_file}
+        files = [k for k, path in tls.items() if path]
         for url in self.urls:
             if files and not url.tls:
                 log.warning(

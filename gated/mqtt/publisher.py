@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
@@ -50,6 +50,11 @@ from gated.mqtt.inbound import decode
 from gated.mqtt.link import Backoff, Link, _close
 from gated.privacy import reduce_event
 from gated.storage import connect
+
+if TYPE_CHECKING:
+    from gated.app import App
+    from gated.config import Config
+    from gated.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +73,9 @@ class _Outgoing(queue.SimpleQueue[tuple[str, bytes, bool]]):
     def __init__(self, wake: Callable[[], None]):
         self._wake = wake
 
-    def put(self, item: tuple[str, bytes, bool], block: bool = True, timeout: Any = None) -> None:
+    def put(
+        self, item: tuple[str, bytes, bool], block: bool = True, timeout: float | None = None
+    ) -> None:
         """Queue ``item`` and wake the loop."""
         super().put(item, block, timeout)
         self._wake()
@@ -79,7 +86,7 @@ class Publisher:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         *,
         commands: Commands | None = None,
         snapshot: Snapshot | None = None,
@@ -141,12 +148,12 @@ class Publisher:
         self.left_at_stop = 0
 
     @classmethod
-    def for_app(cls, app: Any) -> Publisher:
+    def for_app(cls, app: App) -> Publisher:
         """The publisher of a running :class:`gated.app.App`, with its commands."""
         return cls.for_controller(app.config, app.controller)
 
     @classmethod
-    def for_controller(cls, config: Any, ctl: Any, **options: Any) -> Publisher:
+    def for_controller(cls, config: Config, ctl: Controller, **options: Any) -> Publisher:
         """A publisher that takes commands for ``ctl``, reports its state and follows its events."""
 
         def state() -> dict[str, Any]:

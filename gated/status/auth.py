@@ -29,9 +29,9 @@ import hmac
 import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -180,7 +180,7 @@ class GuardAuth:
     lockout_gate_after: int
     lockout_s: float
     session_s: float
-    clock: Any
+    clock: Callable[[], float]
     sessions: dict[str, Session] = field(default_factory=dict)
     budgets: dict[bool, _Budget] = field(
         default_factory=lambda: {True: _Budget(), False: _Budget()}

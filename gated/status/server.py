@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -48,6 +48,10 @@ from gated.status.auth import (
 from gated.status.limits import ConnectionLimit, LoopErrors, host_allowed, host_name
 from gated.status.metrics import GateMetrics
 from gated.status.view import History, screen_event
+
+if TYPE_CHECKING:
+    from gated.config import Config
+    from gated.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,8 @@ class StatusServer:
 
     def __init__(
         self,
-        config: Any,
-        controller: Any,
+        config: Config,
+        controller: Controller,
         boot: int,
         device_names: list[str],
         broker_connected: Callable[[], bool | None] | None = None,
