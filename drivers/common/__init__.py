@@ -1,1 +1,1 @@
-"""What the drivers share: the Driver base and Reading, the reconnecting serial port, GPIO plumbing."""
+"""What the drivers share: the Driver base and Reading, the reconnecting serial port, GPIO."""

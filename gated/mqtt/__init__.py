@@ -1,1 +1,2 @@
-"""Everything that speaks MQTT: the publisher and its link, commands, the input guard, registry sync, Home Assistant discovery."""
+"""Everything that speaks MQTT: the publisher and its link, commands, the input guard, registry
+sync, Home Assistant discovery."""

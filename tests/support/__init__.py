@@ -1,1 +1,1 @@
-"""What the tests share: rigs, the real mosquitto, running gates, waiting on conditions, reading the ledger."""
+"""What the tests share: rigs, the real mosquitto, running gates, waiting, reading the ledger."""
