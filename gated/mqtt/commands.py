@@ -28,10 +28,10 @@ import math
 import threading
 from collections import Counter
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from typing import Any
 
 from gated import registry_build
+from gated.clock import iso_utc
 from gated.events import MODES
 from gated.mqtt import registry_sync
 from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
@@ -103,7 +103,7 @@ class Commands:
         self.snapshots = registry_build.Snapshots(
             controller.submit,
             controller.ledger.conn,
-            lambda: datetime.fromtimestamp(clock.time(), UTC).isoformat(),
+            lambda: iso_utc(clock.time()),
         )
         self._count_lock = threading.Lock()
 
@@ -246,7 +246,7 @@ class Commands:
         clock = self.controller.clock
 
         def run() -> dict[str, Any]:
-            when = datetime.fromtimestamp(clock.time(), UTC).isoformat()
+            when = iso_utc(clock.time())
             detail = registry_sync.apply(conn, change, when)
             log.info("registry: %s", detail)
             return {"version": registry_sync.applied_version(conn)}
@@ -261,16 +261,12 @@ class Commands:
         if "person" in msg:
             # The person's cards and every pass issued to them (``sub``), whatever its jti.
             pid = _text(msg, "person")
-            return lambda: {
-                "cards": reg.revoke_person(
-                    pid, datetime.fromtimestamp(clock.time(), UTC).isoformat()
-                )
-            }
+            return lambda: {"cards": reg.revoke_person(pid, iso_utc(clock.time()))}
         if "card" in msg:
             uid = _text(msg, "card")
 
             def revoke_card() -> dict[str, Any]:
-                when = datetime.fromtimestamp(clock.time(), UTC).isoformat()
+                when = iso_utc(clock.time())
                 if not reg.revoke_card(uid, when):
                     raise LookupError(f"no active card ending {mask_uid(uid)}")
                 return {}
@@ -279,7 +275,7 @@ class Commands:
         jti = _text(msg, "jti")
 
         def revoke_pass() -> dict[str, Any]:
-            reg.revoke_pass(jti, datetime.fromtimestamp(clock.time(), UTC).isoformat())
+            reg.revoke_pass(jti, iso_utc(clock.time()))
             return {}
 
         return revoke_pass

@@ -41,8 +41,7 @@ from zoneinfo import ZoneInfo
 import paho.mqtt.client as mqtt
 
 from gated import __version__
-from gated.clock import clock_synced
-from gated.ledger import iso_utc
+from gated.clock import clock_synced, iso_utc
 from gated.mqtt import registry_sync
 from gated.mqtt.commands import Commands
 from gated.mqtt.ha_discovery import discovery_messages

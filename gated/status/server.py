@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from gated import __version__
+from gated.clock import iso_utc
 from gated.status.actions import GuardActions
 from gated.status.auth import (
     GuardAuth,
@@ -403,7 +404,7 @@ class StatusServer:
             "version": __version__,
             "boot": self.history.boot,
             "language": self.config.status.language,
-            "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "now": iso_utc(time.time()),
             "mode": snap.get("mode"),
             "fire": bool(snap.get("fire")),
             "clock_synced": snap.get("clock_synced", True),
