@@ -48,7 +48,7 @@ from gated.mqtt.ha_discovery import discovery_messages
 from gated.mqtt.inbound import decode
 from gated.mqtt.link import Backoff, Link, _close
 from gated.privacy import reduce_event
-from gated.storage import connect
+from gated.storage import Transaction, connect
 
 log = logging.getLogger(__name__)
 
@@ -409,13 +409,8 @@ class Publisher:
     def _delete(self, acked: list[int]) -> None:
         if not acked:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
-            self.conn.execute("COMMIT")
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
+        with Transaction(self.conn) as c:
+            c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
         self.delivered += len(acked)
         acked.clear()
 
