@@ -49,7 +49,7 @@ from gated.status.auth import (
 )
 from gated.status.limits import ConnectionLimit, LoopErrors, host_allowed, host_name
 from gated.status.metrics import GateMetrics
-from gated.status.view import History, screen_event
+from gated.status.view import ScreenHistory, screen_event
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class StatusServer:
             self.tls.load_cert_chain(status.tls_cert_file, status.tls_key_file)
         self.streams = 0
         self._listener: asyncio.base_events.Server | None = None
-        self.history = History(ZoneInfo(config.gate.timezone), boot)
+        self.history = ScreenHistory(ZoneInfo(config.gate.timezone), boot)
         self.metrics = GateMetrics(self._backlog, self._broker_state, mqtt_refusals)
         self.loop = asyncio.new_event_loop()
         self.clients: set[asyncio.Queue[Message]] = set()

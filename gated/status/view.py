@@ -111,7 +111,7 @@ class Today:
             self.counts["fever"] += 1
 
 
-class History:
+class ScreenHistory:
     """The screen's memory: the last events, today's counts and the open alarms."""
 
     def __init__(self, tz: ZoneInfo, boot: int):
