@@ -41,7 +41,7 @@ class ScenarioError(ValueError):
 
 
 @dataclass(frozen=True)
-class Step:
+class ScenarioStep:
     """One scripted input."""
 
     t: float
@@ -50,9 +50,9 @@ class Step:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_scenario(text: str, name: str = "<scenario>") -> list[Step]:
+def parse_scenario(text: str, name: str = "<scenario>") -> list[ScenarioStep]:
     """Parse JSON Lines into steps ordered by ``t``; blank lines and ``#`` lines skipped."""
-    steps: list[Step] = []
+    steps: list[ScenarioStep] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -74,7 +74,7 @@ def parse_scenario(text: str, name: str = "<scenario>") -> list[Step]:
         types = INPUT_KEYS[key][1]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise ScenarioError(f"{name}:{lineno}: {key}: wrong type {type(value).__name__}")
-        steps.append(Step(float(t), key, value, obj))
+        steps.append(ScenarioStep(float(t), key, value, obj))
     steps.sort(key=lambda s: s.t)
     return steps
 
@@ -82,7 +82,7 @@ def parse_scenario(text: str, name: str = "<scenario>") -> list[Step]:
 class Scenario:
     """Steps shared by the simulated drivers, with one start time for all of them."""
 
-    def __init__(self, steps: list[Step], speed: float = 1.0):
+    def __init__(self, steps: list[ScenarioStep], speed: float = 1.0):
         self.steps = steps
         self.speed = speed
         self._t0: float | None = None
@@ -100,7 +100,7 @@ class Scenario:
                 self._t0 = time.monotonic()
             return self._t0
 
-    def steps_for(self, keys: tuple[str, ...]) -> list[Step]:
+    def steps_for(self, keys: tuple[str, ...]) -> list[ScenarioStep]:
         """The steps a driver of these keys plays."""
         return [s for s in self.steps if s.key in keys]
 
@@ -127,7 +127,7 @@ class _Player:
         )
         self._thread.start()
 
-    def _play(self, steps: list[Step], t0: float, speed: float) -> None:
+    def _play(self, steps: list[ScenarioStep], t0: float, speed: float) -> None:
         for step in steps:
             delay = t0 + step.t / speed - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
@@ -167,7 +167,7 @@ class _SimDevice(Driver):
         """Stop playing."""
         self._player.stop()
 
-    def on_step(self, step: Step) -> None:
+    def on_step(self, step: ScenarioStep) -> None:
         """Hook before a step is emitted (the thermometer applies its offset)."""
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,26 @@ class FakeClock:
         with self._lock:
             self._mono += seconds
             self._wall += seconds
+
+
+def iso_utc(ts: float) -> str:
+    """Unix seconds as ``2026-02-28T18:05:11.204Z``: the one form of a stamp stored or sent.
+
+    Milliseconds (cut, not rounded) and ``Z``, as the events' ``ts`` (SPEC §4); the
+    registry's ``activated_at``/``revoked_at`` and the status screen's ``now`` too. The
+    fixed width keeps the stamps in time order when SQLite compares them as text.
+    """
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso_utc(text: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware ``datetime``; without an offset it is UTC.
+
+    Reads :func:`iso_utc`'s stamps and what a person types (``2026-03-01``,
+    ``2026-03-01T08:00+08:00``); ``ValueError`` if it is neither.
+    """
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class _Timex(ctypes.Structure):

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from gated.clock import Clock
 from gated.ledger import Ledger
 from gated.passes import PassVerifier
-from gated.policy import Facts, History, PassFacts, identify
+from gated.policy import Facts, PassageHistory, PassFacts, identify
 from gated.registry import Registry
 from gated.session import Session
 
@@ -67,15 +67,17 @@ class FactFinder:
         # The same person the policy will decide on, so quota and anti-passback are
         # counted under the household that the grant is recorded under.
         person = identify(Facts(card=card, qr=qr))
-        history = History()
+        history = PassageHistory()
         quota = self.policy.household_quota
         if quota is not None and person is not None and person.household:
             since = self.clock.time() - quota.window_h * 3600
             direction = None if quota.direction == "both" else quota.direction
             used = self.ledger.quota_used(person.household, since, direction)
-            history = History(household_grants=used)
+            history = PassageHistory(household_grants=used)
         if person is not None and self.policy.antipassback != "off":
-            history = History(history.household_grants, self.ledger.last_direction(person.id))
+            history = PassageHistory(
+                history.household_grants, self.ledger.last_direction(person.id)
+            )
         return Facts(
             mode=mode,
             fire=fire,

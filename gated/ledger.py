@@ -20,17 +20,11 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from gated.clock import Clock
+from gated.clock import Clock, iso_utc
 from gated.events import card_ref, topic_for
 from gated.storage import Transaction
-
-
-def iso_utc(ts: float) -> str:
-    """Unix seconds as ``2026-02-28T18:05:11.204Z``."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass(frozen=True)

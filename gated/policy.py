@@ -39,7 +39,7 @@ class PassFacts:
 
 
 @dataclass(frozen=True)
-class History:
+class PassageHistory:
     """What the ledger knows that the rules need."""
 
     household_grants: int = 0
@@ -59,7 +59,7 @@ class Facts:
     temp_invalid_seen: bool = False
     card: CardLookup | None = None
     qr: PassFacts | None = None
-    history: History = field(default_factory=History)
+    history: PassageHistory = field(default_factory=PassageHistory)
 
 
 @dataclass(frozen=True)

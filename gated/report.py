@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gated.clock import iso_utc, parse_iso_utc
 from gated.events import card_ref
-from gated.ledger import iso_utc
 from gated.privacy import mask_name, mask_uid
 
 
@@ -38,11 +38,9 @@ def day_bounds(day: date, tz: ZoneInfo) -> tuple[str, str]:
 def local_time(ts: str, tz: ZoneInfo) -> str:
     """``HH:MM:SS`` in the gate's time zone of a ledger stamp (``...Z``)."""
     try:
-        when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        when = parse_iso_utc(ts)
     except (ValueError, AttributeError):
         return "??:??:??"
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
     return when.astimezone(tz).strftime("%H:%M:%S")
 
 

@@ -38,8 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from gated.clock import Clock
-from gated.ledger import iso_utc
+from gated.clock import Clock, iso_utc
 from gated.storage import Transaction
 
 if TYPE_CHECKING:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +107,17 @@ def test_registry_import_prints_counts(tmp_path: Path, cwd: Path) -> None:
         ("P2", "Li Na", "1122334455"),
         ("P3", "Wang Fang", ""),
     ]
+
+
+def test_registry_import_stamps_cards_as_the_ledgers_ts(tmp_path: Path, cwd: Path) -> None:
+    config = make_gate(tmp_path / "gate")
+    people = write(tmp_path / "people.csv", GOOD)
+    assert gated("registry", "import", str(people), "-c", str(config), cwd=cwd).returncode == 0
+    conn = sqlite3.connect(tmp_path / "gate" / "gated.db")
+    stamps = [r[0] for r in conn.execute("SELECT activated_at FROM cards")]
+    conn.close()
+    assert len(stamps) == 3
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s) for s in stamps), stamps
 
 
 def test_bad_row_is_one_line_and_nothing_of_the_file_is_imported(tmp_path: Path, cwd: Path) -> None:

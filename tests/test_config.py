@@ -25,6 +25,7 @@ from gated.config import (
     config_from_dict,
     load_config,
 )
+from gated.config.drivers import parse_hhmm
 from gated.errors import ConfigError, GatedError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -500,7 +501,7 @@ def test_schedule_window_may_cross_midnight(tmp_path: Path):
     )
     [rule] = config.policy.schedule
     assert rule.days == ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-    assert (rule.start_time.hour, rule.end_time.hour) == (22, 6)
+    assert (parse_hhmm(rule.start).hour, parse_hhmm(rule.end).hour) == (22, 6)
 
 
 @pytest.mark.parametrize("gate_id", ["north/in", "gate+1", "#", "", "-lead", "x" * 65])

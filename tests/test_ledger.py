@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gated.clock import FakeClock
-from gated.ledger import Effects, Ledger, iso_utc, iter_events
+from gated.clock import FakeClock, iso_utc
+from gated.ledger import Effects, Ledger, iter_events
 from gated.storage import connect
 
 HOUR = 3600.0

@@ -10,7 +10,7 @@ import pytest
 
 from gated.config import PolicyConfig
 from gated.events import REASONS
-from gated.policy import Facts, History, PassFacts, decide
+from gated.policy import Facts, PassageHistory, PassFacts, decide
 from gated.registry import CardLookup, Person
 
 GREEN = Person("P1", "Zhang Wei", "320623199001011234", "1-101", "H1", "resident", "green")
@@ -174,42 +174,42 @@ TABLE: list[tuple[str, Facts, dict[str, Any], str, tuple[str, ...]]] = [
     ),
     (
         "quota used up on its direction",
-        facts(card=CARD, direction="out", history=History(household_grants=1)),
+        facts(card=CARD, direction="out", history=PassageHistory(household_grants=1)),
         QUOTA,
         "denied",
         ("quota_exceeded",),
     ),
     (
         "quota not counted the other way",
-        facts(card=CARD, direction="in", history=History(household_grants=5)),
+        facts(card=CARD, direction="in", history=PassageHistory(household_grants=5)),
         QUOTA,
         "granted",
         (),
     ),
     (
         "quota left",
-        facts(card=CARD, direction="out", history=History(household_grants=0)),
+        facts(card=CARD, direction="out", history=PassageHistory(household_grants=0)),
         QUOTA,
         "granted",
         (),
     ),
     (
         "hard anti-passback",
-        facts(card=CARD, history=History(last_direction="in")),
+        facts(card=CARD, history=PassageHistory(last_direction="in")),
         {"antipassback": "hard"},
         "denied",
         ("antipassback",),
     ),
     (
         "soft anti-passback grants and names it",
-        facts(card=CARD, history=History(last_direction="in")),
+        facts(card=CARD, history=PassageHistory(last_direction="in")),
         {"antipassback": "soft"},
         "granted",
         ("antipassback",),
     ),
     (
         "anti-passback the other way round",
-        facts(card=CARD, history=History(last_direction="out")),
+        facts(card=CARD, history=PassageHistory(last_direction="out")),
         {"antipassback": "hard"},
         "granted",
         (),
@@ -289,7 +289,11 @@ TABLE: list[tuple[str, Facts, dict[str, Any], str, tuple[str, ...]]] = [
     ),
     (
         "deny outranks guard",
-        facts(card=CardLookup("C2", YELLOW), direction="out", history=History(household_grants=3)),
+        facts(
+            card=CardLookup("C2", YELLOW),
+            direction="out",
+            history=PassageHistory(household_grants=3),
+        ),
         QUOTA,
         "denied",
         ("color_guard", "quota_exceeded"),

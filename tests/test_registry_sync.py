@@ -15,6 +15,7 @@ import pytest
 
 from drivers.common.base import Reading
 from gated import registry_build
+from gated.clock import iso_utc
 from gated.mqtt import registry_sync
 from gated.mqtt.registry_sync import RegistryMessageError, applied_version, apply, parse
 from gated.registry import Registry
@@ -384,3 +385,34 @@ def test_a_crash_mid_build_leaves_the_old_registry(tmp_path: Path) -> None:
         assert Registry(conn).card("0002").known and applied_version(conn) == 2
     finally:
         conn.close()
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def test_every_path_stores_its_stamps_as_the_ledgers_ts(tmp_path: Path) -> None:
+    """A snapshot, a delta (``cmd/registry``) and ``cmd/revoke`` stamp the same way."""
+    remote = Remote(tmp_path)
+    try:
+        port = remote.broker.port
+        people = [person("R1", "AB12"), person("R2", "CD34"), person("R3", "EF56")]
+        publish(port, "gated/s1/registry", snapshot(10, *people, revoked_passes=["snap"]))
+        reader = connect(remote.rig.config.storage.path)
+        remote.col.wait_for(lambda m: applied_version(reader) == 10, timeout=30)
+        reader.close()
+        delta = {"req": "d11", "type": "delta", "version": 11, "revoked_cards": ["CD34"]}
+        assert remote.send("registry", {**delta, "revoked_persons": ["R3"]})["ok"] is True
+        assert remote.send("revoke", {"req": "c", "card": "AB12"})["ok"] is True
+        assert remote.send("revoke", {"req": "j", "jti": "cmd"})["ok"] is True
+        assert remote.send("revoke", {"req": "p", "person": "R9"})["ok"] is True
+        conn = remote.rig.conn
+        revoked = dict(conn.execute("SELECT uid, revoked_at FROM cards").fetchall())
+        revoked |= dict(conn.execute("SELECT jti, revoked_at FROM revoked_passes").fetchall())
+        revoked |= dict(conn.execute("SELECT person, revoked_at FROM revoked_persons").fetchall())
+        assert sorted(revoked) == ["AB12", "CD34", "EF56", "R3", "R9", "cmd", "snap"]
+        activated = [r[0] for r in conn.execute("SELECT activated_at FROM cards")]
+        stamps = [*revoked.values(), *activated]
+        assert all(STAMP.fullmatch(s) for s in stamps), stamps
+        assert set(stamps) == {iso_utc(remote.now())}  # the gate's clock stands still
+    finally:
+        remote.close()

@@ -478,9 +478,9 @@ def test_today_counts_start_again_at_local_midnight() -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from gated.status.view import History
+    from gated.status.view import ScreenHistory
 
-    h = History(ZoneInfo("Asia/Shanghai"), boot=1)
+    h = ScreenHistory(ZoneInfo("Asia/Shanghai"), boot=1)
     # 15:59 UTC is 23:59 in Shanghai; 16:01 UTC is the next day there.
     h.add(
         {

@@ -16,7 +16,7 @@ from typing import Any
 from gated.clock import FakeClock
 from gated.ledger import Ledger
 from gated.status.server import SNAPSHOT_TIMEOUT_S
-from gated.status.view import MAX_ALARMS, History
+from gated.status.view import MAX_ALARMS, ScreenHistory
 from gated.storage import connect
 from tests.test_status_api import Gate, wait_until
 
@@ -245,7 +245,7 @@ def test_open_alarms_are_rebuilt_from_the_last_day_of_the_ledger(tmp_path: Path)
     still = ledger.append({"kind": "alarm", "alarm": "fire", "detail": "fire input active"})
     from datetime import UTC, datetime
 
-    history = History(ZoneInfo("Asia/Shanghai"), boot=ledger.boot)
+    history = ScreenHistory(ZoneInfo("Asia/Shanghai"), boot=ledger.boot)
     history.load(conn, datetime.fromtimestamp(clock.time(), UTC))
     assert list(history.alarms) == [still["id"]]
     assert old["id"] not in history.alarms

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from drivers.common.base import Reading
-from gated.ledger import Ledger, iso_utc
+from gated.clock import iso_utc
+from gated.ledger import Ledger
 from gated.storage_watch import CommitFailed
 from tests.conftest import Rig
 from tests.support.gate_process import GateProcess, arrival

@@ -8,12 +8,13 @@ import io
 import json
 import sqlite3
 import sys
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 from typing import Any
 
+from gated.clock import iso_utc, parse_iso_utc
 from gated.errors import GatedError, RegistryImportError
-from gated.ledger import iso_utc, iter_events
+from gated.ledger import iter_events
 from gated.registry import Registry
 from gated.storage import connect
 
@@ -65,7 +66,7 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
             raise RegistryImportError(
                 f'{path}:{line}: not UTF-8 text; save the file as "CSV UTF-8"'
             ) from None
-        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = iso_utc(time.time())
         counts = Registry(conn).import_csv(io.StringIO(text, newline=""), str(path), when)
         print(f"imported {counts['persons']} persons, {counts['cards']} cards from {path}")
     finally:
@@ -90,11 +91,9 @@ def cmd_registry_export(args: argparse.Namespace) -> int:
 def parse_since(text: str) -> str:
     """An ISO date or date-time (naive means UTC) as the ledger's ``ts`` format."""
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        dt = parse_iso_utc(text)
     except ValueError:
         raise GatedError(f"--since: not an ISO 8601 date or time: {text!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
     return iso_utc(dt.timestamp())
 
 

@@ -231,6 +231,8 @@ def _files(path: Path) -> list[Path]:
 
 
 def _stamp() -> str:
+    # A file-name stamp for the kept copies (``gated.db.corrupt-20260301T080000Z``): no
+    # colons or dots, unlike gated.clock.iso_utc's stamps, which are stored and sent.
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 

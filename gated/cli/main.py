@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gated import __version__
@@ -168,8 +167,3 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def utc_now_iso() -> str:
-    """Now, as an ISO 8601 UTC stamp."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 import zoneinfo
 from pathlib import Path
@@ -23,7 +22,6 @@ from gated.config.drivers import (
     OptionalFile,
     ResolvedPath,
     StrictModel,
-    parse_hhmm,
 )
 
 Direction = Literal["in", "out", "both"]
@@ -217,16 +215,6 @@ class ScheduleRule(StrictModel):
         if self.start == self.end:
             raise KeyProblem("end", "equals start: an empty window")
         return self
-
-    @property
-    def start_time(self) -> datetime.time:
-        """``start`` as a ``datetime.time``."""
-        return parse_hhmm(self.start)
-
-    @property
-    def end_time(self) -> datetime.time:
-        """``end`` as a ``datetime.time``."""
-        return parse_hhmm(self.end)
 
 
 _DEFAULT_COLORS: dict[str, Literal["allow", "guard", "deny"]] = {

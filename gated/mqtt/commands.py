@@ -29,10 +29,21 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from gated import registry_build
+from gated.clock import iso_utc
 from gated.events import MODES
 from gated.mqtt import registry_sync
 from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
@@ -63,20 +74,102 @@ class CommandError(ValueError):
         self.code = code
 
 
-def _text(msg: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = msg.get(key, default)
+# -- the bodies: pydantic models whose errors carry the answer's reason and its code ----
+
+
+def _short_text(value: Any, info: ValidationInfo) -> Any:
+    key = info.field_name or "value"
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID:
-        raise CommandError(f"{key} is missing or not a short text", key)
+        raise PydanticCustomError(key, "{key} is missing or not a short text", {"key": key})
     if not value.isprintable():
         # A newline in a req once forged a line of the gate's journal.
-        raise CommandError(f"{key} holds a control character (newline, tab, ...)", key)
+        raise PydanticCustomError(
+            key, "{key} holds a control character (newline, tab, ...)", {"key": key}
+        )
     return value.strip()
+
+
+def _unix_seconds(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PydanticCustomError("ts", "ts is not unix seconds")
+    return float(value)
+
+
+def _mode(value: Any) -> Any:
+    if value not in MODES:
+        raise PydanticCustomError(
+            "invalid", "mode is not one of {modes}", {"modes": ", ".join(MODES)}
+        )
+    return value
+
+
+#: A short printable text (an id, a name); ``None`` (a JSON null) is refused as missing.
+ShortText = Annotated[str, BeforeValidator(_short_text)]
+_OptionalText = Annotated[str | None, BeforeValidator(_short_text)]
+
+
+class _Body(BaseModel):
+    # Other keys are the command's own (or the next check's): not refused here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Envelope(_Body):
+    """What every command carries: its ``req``."""
+
+    req: ShortText = Field(default=None, validate_default=True)
+
+
+class Stamp(_Body):
+    """When the command was sent: optional but for ``open``, checked after its name."""
+
+    ts: Annotated[float | None, BeforeValidator(_unix_seconds)] = None
+
+
+class ByBody(_Body):
+    """Who sent an ``open`` or ``mode`` (``mqtt:`` is put before it)."""
+
+    by: ShortText = "central"
+
+
+class ModeBody(_Body):
+    """``cmd/mode``: the mode to set."""
+
+    mode: Annotated[str, BeforeValidator(_mode)] = Field(default=None, validate_default=True)
+
+
+class RevokeBody(_Body):
+    """``cmd/revoke``: exactly one of a card uid, a pass's jti or a person id."""
+
+    card: _OptionalText = None
+    jti: _OptionalText = None
+    person: _OptionalText = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and sum(k in data for k in ("card", "jti", "person")) != 1:
+            raise PydanticCustomError("invalid", "give exactly one of card, jti or person")
+        return data
+
+
+_B = TypeVar("_B", bound=_Body)
+
+
+def _check(model: type[_B], msg: dict[str, Any]) -> _B:
+    """``msg`` read as ``model``; the first problem as a :class:`CommandError`."""
+    try:
+        return model.model_validate(msg)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise CommandError(first["msg"], first["type"]) from None
 
 
 def _req_of(msg: dict[str, Any]) -> str | None:
     """``req`` if it is a valid one, else None (for the answer to a refused command)."""
     try:
-        return _text(msg, "req")
+        return _check(Envelope, msg).req
     except CommandError:
         return None
 
@@ -110,7 +203,7 @@ class Commands:
         self.snapshots = registry_build.Snapshots(
             controller.submit,
             controller.ledger.conn,
-            lambda: datetime.fromtimestamp(clock.time(), UTC).isoformat(),
+            lambda: iso_utc(clock.time()),
         )
         self._count_lock = threading.Lock()
 
@@ -146,10 +239,10 @@ class Commands:
                     " (clear this one with an empty retained message)",
                     "retained",
                 )
-            req = _text(msg, "req")
+            req = _check(Envelope, msg).req
             if name not in NAMES:
                 raise CommandError(f"unknown command {name[:32]!r}", "unknown")
-            self._check_ts(name, msg)
+            self._check_ts(name, _check(Stamp, msg).ts)
             run = getattr(self, f"_{name}")(msg)
         except CommandError as exc:
             return self._refuse(name, req, str(exc), exc.code)
@@ -194,19 +287,16 @@ class Commands:
             )
             return added.rowcount == 1
 
-    def _check_ts(self, name: str, msg: dict[str, Any]) -> None:
-        ts = msg.get("ts")
+    def _check_ts(self, name: str, ts: float | None) -> None:
         if ts is None:
             if name == "open":
                 # Without a ts, only the req memory stands between a recorded open and
                 # its replay: an open is the one command that must carry its time.
                 raise CommandError("open needs ts (unix seconds)", "ts")
             return
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-            raise CommandError("ts is not unix seconds", "ts")
         if not self.controller.ledger.clock_synced():
             return  # the gate's clock may be years off: it cannot judge a ts
-        skew = float(ts) - self.controller.clock.time()
+        skew = ts - self.controller.clock.time()
         if skew < -self.max_age_s:
             raise CommandError(f"stale command ({-skew:.0f} s old)", "ts")
         if skew > self.max_age_s:
@@ -214,7 +304,7 @@ class Commands:
 
     @staticmethod
     def _by(msg: dict[str, Any]) -> str:
-        return "mqtt:" + _text(msg, "by", "central")
+        return "mqtt:" + _check(ByBody, msg).by
 
     # -- each command: check here, return the callable the controller runs ------------
 
@@ -224,9 +314,7 @@ class Commands:
         return lambda: {"event": ctl.open_once(by)["id"]}
 
     def _mode(self, msg: dict[str, Any]) -> Runner:
-        mode = msg.get("mode")
-        if mode not in MODES:
-            raise CommandError(f"mode is not one of {', '.join(MODES)}")
+        mode = _check(ModeBody, msg).mode
         by = self._by(msg)
         ctl = self.controller
         return lambda: {"event": ctl.set_mode(mode, by)["id"]}
@@ -253,7 +341,7 @@ class Commands:
         clock = self.controller.clock
 
         def run() -> dict[str, Any]:
-            when = datetime.fromtimestamp(clock.time(), UTC).isoformat()
+            when = iso_utc(clock.time())
             detail = registry_sync.apply(conn, change, when)
             log.info("registry: %s", detail)
             return {"version": registry_sync.applied_version(conn)}
@@ -261,32 +349,28 @@ class Commands:
         return run
 
     def _revoke(self, msg: dict[str, Any]) -> Runner:
-        if sum(k in msg for k in ("card", "jti", "person")) != 1:
-            raise CommandError("give exactly one of card, jti or person")
+        body = _check(RevokeBody, msg)
         reg = self.controller.registry
         clock = self.controller.clock
-        if "person" in msg:
+        if body.person is not None:
             # The person's cards and every pass issued to them (``sub``), whatever its jti.
-            pid = _text(msg, "person")
-            return lambda: {
-                "cards": reg.revoke_person(
-                    pid, datetime.fromtimestamp(clock.time(), UTC).isoformat()
-                )
-            }
-        if "card" in msg:
-            uid = _text(msg, "card")
+            pid = body.person
+            return lambda: {"cards": reg.revoke_person(pid, iso_utc(clock.time()))}
+        if body.card is not None:
+            uid = body.card
 
             def revoke_card() -> dict[str, Any]:
-                when = datetime.fromtimestamp(clock.time(), UTC).isoformat()
+                when = iso_utc(clock.time())
                 if not reg.revoke_card(uid, when):
                     raise LookupError(f"no active card ending {mask_uid(uid)}")
                 return {}
 
             return revoke_card
-        jti = _text(msg, "jti")
+        jti = body.jti
+        assert jti is not None  # exactly one of the three
 
         def revoke_pass() -> dict[str, Any]:
-            reg.revoke_pass(jti, datetime.fromtimestamp(clock.time(), UTC).isoformat())
+            reg.revoke_pass(jti, iso_utc(clock.time()))
             return {}
 
         return revoke_pass

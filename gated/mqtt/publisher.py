@@ -41,15 +41,14 @@ from zoneinfo import ZoneInfo
 import paho.mqtt.client as mqtt
 
 from gated import __version__
-from gated.clock import clock_synced
-from gated.ledger import iso_utc
+from gated.clock import clock_synced, iso_utc
 from gated.mqtt import registry_sync
 from gated.mqtt.commands import Commands
 from gated.mqtt.ha_discovery import discovery_messages
 from gated.mqtt.inbound import decode
 from gated.mqtt.link import Backoff, Link, _close
 from gated.privacy import reduce_event
-from gated.storage import connect
+from gated.storage import Transaction, connect
 
 if TYPE_CHECKING:
     from gated.app import App
@@ -417,13 +416,8 @@ class Publisher:
     def _delete(self, acked: list[int]) -> None:
         if not acked:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
-            self.conn.execute("COMMIT")
-        except Exception:
-            self.conn.execute("ROLLBACK")
-            raise
+        with Transaction(self.conn) as c:
+            c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
         self.delivered += len(acked)
         acked.clear()
 

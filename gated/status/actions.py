@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gated.events import MODES
-from gated.status.auth import GUARD_ID, Session, check_pin_text, hash_pin, verify_pin
+from gated.status.auth import GUARD_ID, Login, check_pin_text, hash_pin, verify_pin
 from gated.status.view import screen_event
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class GuardActions:
             return _error(400, "expected a JSON object")
         return data
 
-    def session(self, request: web.Request) -> Session | web.Response:
+    def session(self, request: web.Request) -> Login | web.Response:
         """The guard's session, or 401 (none) / 403 (no valid CSRF token)."""
         s = self.auth.session(request.cookies.get(COOKIE))
         if s is None:
@@ -107,7 +107,7 @@ class GuardActions:
                 content_type="application/json",
             ) from None
 
-    async def _guarded(self, request: web.Request) -> tuple[Session, dict[str, Any]] | web.Response:
+    async def _guarded(self, request: web.Request) -> tuple[Login, dict[str, Any]] | web.Response:
         data = await self.body(request)
         if isinstance(data, web.Response):
             return data

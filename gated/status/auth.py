@@ -138,7 +138,7 @@ def verify_pin(pin: str, stored: str) -> bool:
 
 
 @dataclass
-class Session:
+class Login:
     """A logged-in guard at one browser: the cookie value is ``sid``."""
 
     sid: str
@@ -181,7 +181,7 @@ class GuardAuth:
     lockout_s: float
     session_s: float
     clock: Callable[[], float]
-    sessions: dict[str, Session] = field(default_factory=dict)
+    sessions: dict[str, Login] = field(default_factory=dict)
     budgets: dict[bool, _Budget] = field(
         default_factory=lambda: {True: _Budget(), False: _Budget()}
     )
@@ -229,7 +229,7 @@ class GuardAuth:
         budget.guards.setdefault(guard, []).append(attempt)
         return attempt
 
-    def right(self, attempt: Try) -> Session:
+    def right(self, attempt: Try) -> Login:
         """The PIN of ``attempt`` was right: its try no longer counts; a session opens.
 
         The wrong tries before it still count: a guess that a guard's own login came
@@ -243,14 +243,14 @@ class GuardAuth:
             budget.guards.pop(attempt.guard, None)
         return self.open_session(attempt.guard)
 
-    def open_session(self, guard: str) -> Session:
+    def open_session(self, guard: str) -> Login:
         """A new session of ``guard`` (its PIN was right)."""
         now = self.clock()
-        session = Session(secrets.token_urlsafe(32), guard, secrets.token_urlsafe(24), now, now)
+        session = Login(secrets.token_urlsafe(32), guard, secrets.token_urlsafe(24), now, now)
         self.sessions[session.sid] = session
         return session
 
-    def session(self, sid: str | None) -> Session | None:
+    def session(self, sid: str | None) -> Login | None:
         """The live session with cookie ``sid``, touched; None when absent or expired."""
         if not sid:
             return None
@@ -263,7 +263,7 @@ class GuardAuth:
         s.last_seen = now
         return s
 
-    def expired(self) -> list[Session]:
+    def expired(self) -> list[Login]:
         """Remove and return the sessions past their lifetime."""
         now = self.clock()
         gone = [s for s in self.sessions.values() if now - s.created > self.session_s]
@@ -271,7 +271,7 @@ class GuardAuth:
             del self.sessions[s.sid]
         return gone
 
-    def end(self, sid: str) -> Session | None:
+    def end(self, sid: str) -> Login | None:
         """Log one session out."""
         return self.sessions.pop(sid, None)
 

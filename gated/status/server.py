@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp_sse import sse_response
 
 from gated import __version__
+from gated.clock import iso_utc
 from gated.status.actions import GuardActions
 from gated.status.auth import (
     GuardAuth,
@@ -47,7 +49,7 @@ from gated.status.auth import (
 )
 from gated.status.limits import ConnectionLimit, LoopErrors, host_allowed, host_name
 from gated.status.metrics import GateMetrics
-from gated.status.view import History, screen_event
+from gated.status.view import ScreenHistory, screen_event
 
 if TYPE_CHECKING:
     from gated.config import Config
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT_S = 3.0
 #: How long a snapshot answers ``GET /api/state`` and ``/metrics`` while no event came.
 SNAPSHOT_MAX_AGE_S = 0.5
+#: Seconds between the ``: ping`` comments on a live stream (aiohttp-sse writes them).
 HEARTBEAT_S = 10.0
 CLIENT_QUEUE = 500
 KIOSK_COOKIE = "gated_kiosk"
@@ -67,6 +70,8 @@ GONE_CHECK_S = 1.0
 READS = ("/api/state", "/api/events", "/metrics")
 #: File descriptors the daemon needs besides the screen's connections.
 FD_HEADROOM = 128
+#: What waits in a live screen's queue: the event's name and its JSON data; None ends it.
+Message = tuple[str, str] | None
 STATIC = ("app.js", "style.css", "i18n.js")
 _TYPES = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
 CSP = (
@@ -132,10 +137,10 @@ class StatusServer:
             self.tls.load_cert_chain(status.tls_cert_file, status.tls_key_file)
         self.streams = 0
         self._listener: asyncio.base_events.Server | None = None
-        self.history = History(ZoneInfo(config.gate.timezone), boot)
+        self.history = ScreenHistory(ZoneInfo(config.gate.timezone), boot)
         self.metrics = GateMetrics(self._backlog, self._broker_state, mqtt_refusals)
         self.loop = asyncio.new_event_loop()
-        self.clients: set[asyncio.Queue[str | None]] = set()
+        self.clients: set[asyncio.Queue[Message]] = set()
         self.snap: dict[str, Any] = {}
         self.snapshot_max_age_s = SNAPSHOT_MAX_AGE_S
         self._snap_at = -1e9
@@ -362,8 +367,6 @@ class StatusServer:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            for q in list(self.clients):
-                self._put(q, ": ping\n\n")
             for s in self.auth.expired():
                 log.info("guard %s: login expired", s.guard)
                 if not self.auth.on_duty(s.guard):
@@ -407,7 +410,7 @@ class StatusServer:
             "version": __version__,
             "boot": self.history.boot,
             "language": self.config.status.language,
-            "now": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "now": iso_utc(time.time()),
             "mode": snap.get("mode"),
             "fire": bool(snap.get("fire")),
             "clock_synced": snap.get("clock_synced", True),
@@ -442,13 +445,13 @@ class StatusServer:
 
     def broadcast(self, kind: str, data: Any) -> None:
         """Send one message to every connected screen; a screen too slow is dropped."""
-        text = f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        message = (kind, json.dumps(data, ensure_ascii=False))
         for q in list(self.clients):
-            self._put(q, text)
+            self._put(q, message)
 
-    def _put(self, q: asyncio.Queue[str | None], text: str) -> None:
+    def _put(self, q: asyncio.Queue[Message], message: Message) -> None:
         try:
-            q.put_nowait(text)
+            q.put_nowait(message)
         except asyncio.QueueFull:
             self.clients.discard(q)
             log.warning("status screen: dropped a client that did not keep up")
@@ -564,38 +567,38 @@ class StatusServer:
             self.streams -= 1
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        q: asyncio.Queue[str | None] = asyncio.Queue(CLIENT_QUEUE)
+        # aiohttp-sse frames the messages and writes the pings; a screen that stops
+        # reading for its send_timeout (120 s) is cut off.
+        q: asyncio.Queue[Message] = asyncio.Queue(CLIENT_QUEUE)
+        response: web.StreamResponse | None = None
         try:
-            await response.prepare(request)
-            hello = json.dumps(self.view(full=True), ensure_ascii=False)
-            await response.write(f"retry: 2000\nevent: hello\ndata: {hello}\n\n".encode())
-            self.clients.add(q)
-            self.metrics.sse_clients.set(len(self.clients))
-            while True:
-                try:
-                    text = await asyncio.wait_for(q.get(), GONE_CHECK_S)
-                except TimeoutError:
-                    # A screen that closed its end frees its place within a second, not
-                    # at the next heartbeat that fails to be written.
-                    if request.transport is None or request.transport.is_closing():
+            async with sse_response(request, sep="\n", ping_interval=HEARTBEAT_S) as sse:
+                response = sse
+                # The reconnection delay opens the stream, before the first state (the
+                # library writes ``retry`` after a message's data).
+                await sse.write(b"retry: 2000\n\n")
+                await sse.send(json.dumps(self.view(full=True), ensure_ascii=False), event="hello")
+                self.clients.add(q)
+                self.metrics.sse_clients.set(len(self.clients))
+                while sse.is_connected():
+                    try:
+                        message = await asyncio.wait_for(q.get(), GONE_CHECK_S)
+                    except TimeoutError:
+                        # A screen that closed its end frees its place within a second, not
+                        # at the next ping that fails to be written.
+                        if request.transport is None or request.transport.is_closing():
+                            break
+                        continue
+                    if message is None or q not in self.clients:
                         break
-                    continue
-                if text is None or q not in self.clients:
-                    break
-                await response.write(text.encode())
-        except (ConnectionResetError, asyncio.CancelledError):
+                    kind, data = message
+                    await sse.send(data, event=kind)
+        except (ConnectionResetError, TimeoutError, asyncio.CancelledError):
             pass
         finally:
             self.clients.discard(q)
             self.metrics.sse_clients.set(len(self.clients))
-        return response
+        return response if response is not None else web.StreamResponse()
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """``GET /metrics``: Prometheus text format."""

@@ -12,10 +12,11 @@ import json
 import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gated.clock import iso_utc, parse_iso_utc
 from gated.privacy import reduce_event
 
 RECENT = 50
@@ -66,8 +67,8 @@ def screen_event(event: dict[str, Any]) -> dict[str, Any]:
 def local_day(ts: str, tz: ZoneInfo) -> str:
     """The gate-local date (``YYYY-MM-DD``) of an ISO UTC stamp."""
     try:
-        when = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
+        when = parse_iso_utc(ts)
+    except (ValueError, AttributeError):
         return ""
     return when.astimezone(tz).date().isoformat()
 
@@ -110,7 +111,7 @@ class Today:
             self.counts["fever"] += 1
 
 
-class History:
+class ScreenHistory:
     """The screen's memory: the last events, today's counts and the open alarms."""
 
     def __init__(self, tz: ZoneInfo, boot: int):
@@ -126,8 +127,8 @@ class History:
         alarms of the last day that no ``ack`` closed."""
         today = now.astimezone(self.tz).date().isoformat()
         self.today = Today(today)
-        start = datetime.fromisoformat(today).replace(tzinfo=self.tz).astimezone(UTC)
-        since = start.strftime("%Y-%m-%dT%H:%M:%S")
+        start = datetime.fromisoformat(today).replace(tzinfo=self.tz)
+        since = iso_utc(start.timestamp())
         for (body,) in conn.execute("SELECT body FROM events WHERE ts >= ? ORDER BY seq", (since,)):
             self._count(json.loads(body))
         rows = conn.execute(
@@ -135,7 +136,7 @@ class History:
         ).fetchall()
         for (body,) in reversed(rows):
             self._keep(json.loads(body))
-        since = (now - ALARM_WINDOW).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        since = iso_utc((now - ALARM_WINDOW).timestamp())
         for (body,) in conn.execute(
             "SELECT body FROM events WHERE ts >= ? AND kind IN ('alarm', 'ack') ORDER BY seq",
             (since,),
