@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_status_api import Gate
+from tests.support.status_gate import Gate
 
 try:
     from playwright import sync_api as playwright

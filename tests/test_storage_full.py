@@ -24,11 +24,11 @@ import pytest
 from drivers.common.base import Reading
 from gated.ledger import Ledger, iso_utc
 from gated.storage_watch import CommitFailed
-from tests.conftest import Rig
 from tests.support.gate_process import GateProcess, arrival
+from tests.support.remote import Remote
+from tests.support.rig import Rig
+from tests.support.status_gate import Gate
 from tests.support.waiting import wait_until
-from tests.test_commands import Remote
-from tests.test_status_api import Gate
 
 GREEN = "0A1B2C3D4E"
 

@@ -16,8 +16,8 @@ from typing import Any
 from tests.support.daemon import Daemon
 from tests.support.ledger_file import ledger_events, wait_for_event
 from tests.support.mosquitto import free_port
+from tests.support.status_gate import HASH_G01, HASH_SHARED
 from tests.support.waiting import wait_until
-from tests.test_status_api import HASH_G01, HASH_SHARED
 
 CONFIG = """\
 [gate]
