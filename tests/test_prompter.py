@@ -23,6 +23,7 @@ from drivers import driver_class
 from drivers.common.base import DeviceHealth, DriverContext, Prompter, Reading
 from drivers.prompter import GpioPrompter, dfplayer_play_frame, in_hours, track_number
 from tests.support.fake_aplay import FAKE_APLAY
+from tests.support.readings import next_reading
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,11 +73,7 @@ class Rig:
         self.p = GpioPrompter("prompter", self.readings.put, opts, DriverContext("mock"))
 
     def next(self, kind: str, timeout: float = 10.0) -> Reading:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.readings.get(timeout=max(0.0, deadline - time.monotonic()))
-            if r.kind == kind:
-                return r
+        return next_reading(self.readings, kind, timeout)
 
 
 def welcomes_heard(log: Path, n: int) -> bool:

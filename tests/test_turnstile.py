@@ -28,6 +28,7 @@ from tests.support.gpio_turnstile import (
     closed_tamper_contact,
 )
 from tests.support.ledger_file import ledger_events, wait_for_event
+from tests.support.readings import next_reading
 from tests.support.waiting import wait_until
 
 
@@ -58,11 +59,7 @@ class Rig:
         return bool(self.pin(RELAY).state)
 
     def next(self, kind: str, timeout: float = 10.0) -> Reading:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.readings.get(timeout=max(0.0, deadline - time.monotonic()))
-            if r.kind == kind:
-                return r
+        return next_reading(self.readings, kind, timeout)
 
     def drained(self) -> list[Reading]:
         out = []

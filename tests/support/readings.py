@@ -46,3 +46,13 @@ class Readings:
             except queue.Empty:
                 self.seen += out
                 return out
+
+
+def next_reading(readings: queue.Queue[Reading], kind: str, timeout: float = 10.0) -> Reading:
+    """The next reading of ``kind`` from ``readings`` (others are dropped); ``queue.Empty``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = readings.get(timeout=max(0.0, deadline - time.monotonic()))
+        if r.kind == kind:
+            return r
