@@ -15,16 +15,8 @@ from gated.ledger import Ledger
 from gated.passes import PassVerifier, generate_keypair, issue_pass
 from gated.registry import Person, Registry
 from gated.storage import connect
+from tests.support.gate_config import deep_merge
 from tests.support.ledger_file import ledger_events
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = (
-            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
 
 
 def make_config(tmp_path: Path, **sections: Any) -> Config:
