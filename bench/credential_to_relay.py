@@ -18,21 +18,16 @@ import sys
 import tempfile
 import threading
 import time
-from functools import reduce
 from pathlib import Path
 
 from drivers.common.gpio import pin_factory
+from drivers.rdm6300 import encode_frame
 from gated.app import App
 from gated.config import config_from_dict
 from gated.registry import Person
 
 GOAL_P99_MS = 5.0
 WIRE_MS = 14 * 10 / 9600 * 1000  # 14 bytes, 10 bits each (8N1), at 9600 baud
-
-
-def frame(uid: str) -> bytes:
-    checksum = reduce(lambda a, b: a ^ b, bytes.fromhex(uid))
-    return b"\x02" + uid.encode() + f"{checksum:02X}".encode() + b"\x03"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -86,7 +81,7 @@ def main() -> int:
     latencies: list[float] = []
     try:
         for uid in uids:
-            data = frame(uid)
+            data = encode_frame(uid)
             t0 = time.perf_counter()
             os.write(master, data)
             t1 = wait_pin(relay, True)

@@ -20,7 +20,6 @@ import queue
 import sys
 import tempfile
 import time
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from drivers.rdm6300 import encode_frame
 from tests.support.daemon import Daemon
 from tests.support.mosquitto import Mosquitto
 
@@ -63,11 +63,6 @@ urls = ["{url}"]
 """
 
 COLUMNS = "person_id,name,id_number,unit,household,category,color,verified,card_uid"
-
-
-def frame(uid: str) -> bytes:
-    checksum = reduce(lambda a, b: a ^ b, bytes.fromhex(uid))
-    return b"\x02" + uid.encode() + f"{checksum:02X}".encode() + b"\x03"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -129,7 +124,7 @@ def main() -> int:
         # its decision comes back, then the gate is listening.
         deadline = time.monotonic() + 60
         while True:
-            os.write(master, frame(uids[0]))
+            os.write(master, encode_frame(uids[0]))
             try:
                 consumer.decisions.get(timeout=0.5)
                 break
@@ -137,7 +132,7 @@ def main() -> int:
                 if time.monotonic() > deadline or daemon.proc.poll() is not None:
                     raise SystemExit("bench: no decision:\n" + daemon.output()) from None
         for uid in uids[1:]:
-            data = frame(uid)
+            data = encode_frame(uid)
             t0 = time.perf_counter()
             os.write(master, data)
             t1 = consumer.next_decision(timeout=10)

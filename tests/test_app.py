@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gated.app import App
-from tests.conftest import make_config
+from tests.support.rig import make_config
 
 
 class BrokenService:

@@ -11,10 +11,10 @@ import pytest
 from gpiozero import DigitalInputDevice
 
 from drivers.rdm6300 import encode_frame
-from tests.conftest import make_config
+from tests.support.rig import make_config
 from tests.support.running_app import RunningApp, register_residents
+from tests.support.serial import PtyPort
 from tests.support.waiting import wait_until
-from tests.test_serialport import PtyPort
 
 RELAY, PIR = 17, 4
 

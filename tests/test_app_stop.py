@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from gated.app import App
-from tests.conftest import CARDS, ZHANG, make_config
 from tests.support.daemon import EVENT_LINE
 from tests.support.gate_process import GateProcess
+from tests.support.gpio_turnstile import FIRE, RELAY, closed_fire_contact
 from tests.support.mosquitto import Collector, Mosquitto, free_port
+from tests.support.rig import CARDS, ZHANG, make_config
+from tests.support.status_gate import PIN_G01
 from tests.support.waiting import wait_until
-from tests.test_status_api import PIN_G01
-from tests.test_turnstile import FIRE, RELAY, closed_fire_contact
 
 
 def test_a_stop_during_an_open_grant_leaves_the_relay_de_energised(

@@ -20,11 +20,10 @@ from hypothesis import strategies as st
 from drivers import driver_class
 from drivers.camera import CameraQrScanner
 from drivers.qr_decode import DECODERS, MotionGate, QrScan, decode_zxing, make_decoder
-from tests.conftest import Rig, make_config
 from tests.support.qr_corpus import CASES, empty_video, pass_text, pass_video, render, scaled
-from tests.test_serialport import Readings, stopper, wait_until
-
-__all__ = ["stopper"]  # fixture shared with test_serialport
+from tests.support.readings import Readings
+from tests.support.rig import Rig, make_config
+from tests.support.waiting import wait_until
 
 TEXT = pass_text(3)
 

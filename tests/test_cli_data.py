@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gated import __version__
-from tests.conftest import Rig
+from tests.support.rig import Rig
 
 SCRIPT = Path(sys.executable).with_name("gated")
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gated.example.toml"

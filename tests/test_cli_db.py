@@ -8,7 +8,6 @@ failing SD card or a power cut during a write leaves it.
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 from pathlib import Path
@@ -20,53 +19,17 @@ from gated.ledger import Ledger
 from gated.registry import Person, Registry
 from gated.storage import connect
 from tests.support.daemon import Daemon
+from tests.support.gate_config import write_sim_gate
 from tests.support.ledger_file import ledger_events
 
 EVENTS = 3000
 PEOPLE = 300
 
-CONFIG = """
-[gate]
-id = "g1"
-site = "s1"
-
-[storage]
-path = "{db}"
-
-[status]
-listen = ""
-
-[card]
-driver = "sim"
-
-[thermometer]
-driver = "sim"
-
-[turnstile]
-driver = "sim"
-open_s = 1.0
-
-[prompter]
-driver = "sim"
-
-[sim]
-scenario = "{scenario}"
-exit_when_done = {exit_when_done}
-"""
-
 
 def write_config(tmp_path: Path, lines: list[dict[str, object]], exit_when_done: bool) -> Path:
-    scenario = tmp_path / "scenario.jsonl"
-    scenario.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    config = tmp_path / "gated.toml"
-    config.write_text(
-        CONFIG.format(
-            db=tmp_path / "gated.db",
-            scenario=scenario,
-            exit_when_done=str(exit_when_done).lower(),
-        )
+    return write_sim_gate(
+        tmp_path, lines, turnstile={"open_s": 1.0}, sim={"exit_when_done": exit_when_done}
     )
-    return config
 
 
 def make_database(db: Path) -> None:

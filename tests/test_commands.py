@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,89 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.common.base import DeviceHealth, Reading
 from gated.mqtt.commands import REMEMBER_S
-from gated.mqtt.link import Backoff
-from gated.mqtt.publisher import Publisher
-from tests.conftest import Rig
-from tests.support.mosquitto import Collector, Door, Mosquitto, publish
+from tests.support.mosquitto import Collector, publish
+from tests.support.remote import ROOT, Remote
 from tests.support.waiting import wait_until
-
-ROOT = "gated/s1/g1"
-
-
-class Remote:
-    """A rig whose controller runs on its thread, a publisher with commands, a broker.
-
-    ``door``: the gate reaches the broker through a :class:`Door` the test can shut.
-    ``auth``: the test's own clients log in with it (an ACL broker); ``mqtt`` goes into
-    the gate's ``[mqtt]`` section.
-    """
-
-    def __init__(
-        self,
-        tmp_path: Path,
-        broker: Mosquitto | None = None,
-        door: bool = False,
-        auth: dict[str, Any] | None = None,
-        **mqtt: Any,
-    ):
-        self.broker = broker or Mosquitto(tmp_path).start()
-        self.auth = auth or {}
-        self.door = Door(self.broker.port) if door else None
-        url = self.door.url if self.door is not None else self.broker.url
-        self.rig = Rig(tmp_path, mqtt={"urls": [url], **mqtt})
-        self.stop = threading.Event()
-        ctl = self.rig.controller
-        self.thread = threading.Thread(target=ctl.run, args=(self.stop,), daemon=True)
-        self.thread.start()
-        self.col = Collector(self.broker.port, [f"{ROOT}/#"], **self.auth)
-        self.publisher = self._publisher()
-        assert self.publisher.connected.wait(30)
-
-    def _publisher(self) -> Publisher:
-        pub = Publisher.for_controller(
-            self.rig.config, self.rig.controller, backoff=Backoff(0.05, 0.5)
-        )
-        assert pub.commands is not None
-        self.commands = pub.commands
-        pub.start()
-        return pub
-
-    def restart(self) -> None:
-        """Stop the publisher and start a new one, as a restarted daemon would."""
-        self.publisher.stop()
-        self.rig.controller.observers.remove(self.publisher.observe)
-        self.publisher = self._publisher()
-        assert self.publisher.connected.wait(30)
-
-    def send(self, name: str, payload: Any, retain: bool = False) -> dict[str, Any]:
-        """Publish a command and wait for its result (matched by req, or the n-th result)."""
-        before = len(self.results())
-        publish(self.broker.port, f"{ROOT}/cmd/{name}", payload, retain=retain, **self.auth)
-        self.col.wait_for(lambda m: len(self.results()) > before, timeout=30)
-        return self.results()[before]
-
-    def now(self) -> float:
-        """The gate's clock: what a command's ``ts`` is checked against."""
-        return self.rig.clock.time()
-
-    def results(self) -> list[dict[str, Any]]:
-        with self.col.cond:
-            return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/cmd_result"]
-
-    def statuses(self) -> list[dict[str, Any]]:
-        with self.col.cond:
-            return [json.loads(p) for t, p, _ in self.col.messages if t == f"{ROOT}/status"]
-
-    def close(self, keep_broker: bool = False) -> None:
-        self.publisher.stop()
-        self.stop.set()
-        self.thread.join(10)
-        self.col.close()
-        if self.door is not None:
-            self.door.close()
-        if not keep_broker:
-            self.broker.kill()
-        self.rig.conn.close()
 
 
 @pytest.fixture

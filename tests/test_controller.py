@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from drivers.common.base import DeviceHealth, Reading
-from tests.conftest import Rig
+from tests.support.rig import Rig
 
 
 def test_a_resident_is_granted_the_turnstile_opens_and_the_passage_is_recorded(rig: Rig) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gated.registry import Person
-from tests.conftest import ZHANG, Rig
+from tests.support.rig import ZHANG, Rig
 
 
 def reasons(rig: Rig) -> list[list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import Rig
+from tests.support.rig import Rig
 
 
 def test_a_grant_shows_granted(rig: Rig) -> None:

@@ -13,34 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import Daemon
-
-CONFIG = """
-[gate]
-id = "g1"
-site = "s1"
-
-[storage]
-path = "{db}"
-
-[status]
-listen = ""
-
-[card]
-driver = "sim"
-
-[thermometer]
-driver = "sim"
-
-[turnstile]
-driver = "sim"
-open_s = 2.0
-
-[prompter]
-driver = "sim"
-
-[sim]
-scenario = "{scenario}"
-"""
+from tests.support.gate_config import write_sim_gate
 
 
 def write_gate(tmp_path: Path, sessions: int, spacing: float, extra: str = "") -> Path:
@@ -53,10 +26,8 @@ def write_gate(tmp_path: Path, sessions: int, spacing: float, extra: str = "") -
             {"t": t + spacing / 4, "card": uid},
             {"t": t + spacing / 2, "passage": True},
         ]
-    scenario = tmp_path / "scenario.jsonl"
-    scenario.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    config = tmp_path / "gated.toml"
-    config.write_text(CONFIG.format(db=tmp_path / "gated.db", scenario=scenario) + extra)
+    config = write_sim_gate(tmp_path, lines, turnstile={"open_s": 2.0})
+    config.write_text(config.read_text() + extra)
     return config
 
 

@@ -13,8 +13,8 @@ from drivers.common.gpio import pin_factory
 from gated.config import load_config
 from tests.support.daemon import Daemon
 from tests.support.running_app import RunningApp, register_residents
+from tests.support.serial import PtyPort
 from tests.support.waiting import wait_until
-from tests.test_serialport import PtyPort
 
 CONFIG = """
 [gate]

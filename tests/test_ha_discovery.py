@@ -12,7 +12,7 @@ import pytest
 from gated.mqtt.ha_discovery import OPEN_COMMAND, discovery_messages
 from tests.support import ha_schema
 from tests.support.mosquitto import Collector
-from tests.test_commands import ROOT, Remote
+from tests.support.remote import ROOT, Remote
 
 NODE = "gated_s1_g1"
 AVAILABILITY = {

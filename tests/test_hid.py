@@ -24,7 +24,7 @@ from drivers.hid import (
     HidCardReader,
     HidDecoder,
 )
-from tests.test_serialport import Readings
+from tests.support.readings import Readings
 
 HAVE_EVDEV = importlib.util.find_spec("evdev") is not None
 HAVE_UINPUT = os.access("/dev/uinput", os.W_OK)

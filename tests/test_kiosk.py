@@ -7,21 +7,20 @@ Playwright) against a gate running in this process; the page is never clicked.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_status_api import Gate
+from tests.support.screen import CHROMIUM, need_browser
+from tests.support.status_gate import Gate
 
 try:
     from playwright import sync_api as playwright
 except ImportError:  # pragma: no cover - the dev extra is not installed
     playwright = None
 
-CHROMIUM = "/usr/bin/chromium"
 INSTALL = Path(__file__).resolve().parent.parent / "docs" / "install.md"
 # Records each AudioContext the page makes, and its states, before the page's own script.
 WATCH_AUDIO = """
@@ -41,17 +40,7 @@ HEADLESS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", 
 @pytest.fixture(autouse=True)
 def _browser_present() -> None:
     """Skip without Playwright or Chromium; under CI=true or GATED_REQUIRE_BROWSER=1, fail."""
-    problem = None
-    if playwright is None:
-        problem = "Playwright is not installed (scripts/setup.sh installs the dev extra)"
-    elif not Path(CHROMIUM).exists():
-        problem = f"Debian's chromium is not at {CHROMIUM} (scripts/setup.sh installs it)"
-    if problem is None:
-        return
-    required = os.environ.get("CI", "").lower() in ("true", "1", "yes")
-    if required or os.environ.get("GATED_REQUIRE_BROWSER") == "1":
-        pytest.fail(problem, pytrace=False)
-    pytest.skip(problem)
+    need_browser()
 
 
 def kiosk_flags() -> list[str]:

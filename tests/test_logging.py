@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,6 +13,7 @@ import pytest
 
 from gated.cli.main import main
 from gated.notify import JournalFormatter, priority, stderr_is_journal
+from tests.support.gate_config import write_sim_gate
 
 SNIPPET = """
 import logging, sys
@@ -127,30 +127,6 @@ def test_a_value_with_newlines_stays_on_its_line(tmp_path: Path, journal: bool) 
     assert lines[1].endswith("INFO gated.mqtt.commands: name 张伟 ok")
 
 
-CONFIG = """
-[gate]
-id = "g1"
-site = "s1"
-timezone = "Asia/Shanghai"
-[storage]
-path = "{db}"
-[status]
-listen = ""
-[card]
-driver = "sim"
-[thermometer]
-driver = "sim"
-[turnstile]
-driver = "sim"
-open_s = 1.0
-[prompter]
-driver = "sim"
-[sim]
-scenario = "{scenario}"
-exit_when_done = true
-speed = 4.0
-"""
-
 REGISTRY = (
     "person_id,name,id_number,unit,household,category,color,verified,card_uid\n"
     "P1,Zhang Wei,320623199001011234,1-101,H1,resident,green,0,0A1B2C3D4E\n"
@@ -158,7 +134,6 @@ REGISTRY = (
 
 
 def test_the_daemon_logs_to_the_journal_without_personal_data(tmp_path: Path) -> None:
-    scenario = tmp_path / "scenario.jsonl"
     inputs = [
         {"t": 0.0, "temp": 36.6},
         {"t": 0.4, "card": "0A1B2C3D4E"},
@@ -167,9 +142,13 @@ def test_the_daemon_logs_to_the_journal_without_personal_data(tmp_path: Path) ->
         {"t": 2.2, "temp": 38.3},
         {"t": 2.6, "card": "FF00FF00FF"},
     ]
-    scenario.write_text("".join(json.dumps(x) + "\n" for x in inputs))
-    config = tmp_path / "gated.toml"
-    config.write_text(CONFIG.format(db=tmp_path / "gated.db", scenario=scenario))
+    config = write_sim_gate(
+        tmp_path,
+        inputs,
+        gate={"timezone": "Asia/Shanghai"},
+        turnstile={"open_s": 1.0},
+        sim={"exit_when_done": True, "speed": 4.0},
+    )
     csv = tmp_path / "registry.csv"
     csv.write_text(REGISTRY)
     assert main(["registry", "import", str(csv), "-c", str(config)]) == 0

@@ -35,10 +35,9 @@ from drivers.mlx90614 import (
     raw_to_celsius,
     word_from_block,
 )
-from tests.conftest import make_config
-from tests.test_serialport import Readings, stopper, wait_until
-
-__all__ = ["stopper"]  # fixture shared with test_serialport
+from tests.support.readings import Readings
+from tests.support.rig import make_config
+from tests.support.waiting import wait_until
 
 ADDRESS = 0x5A
 

@@ -14,9 +14,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.common.base import DeviceHealth, Reading
 from tests.support.mosquitto import Collector, Mosquitto, free_port, publish
+from tests.support.publishing import Gate
+from tests.support.remote import Remote
 from tests.support.waiting import wait_until
-from tests.test_commands import Remote
-from tests.test_publisher import Gate
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
 USERS = ("g1", "g2", "central", "homeassistant")

@@ -20,11 +20,12 @@ from gated.clock import SystemClock
 from gated.ledger import Ledger
 from gated.mqtt.link import Backoff
 from gated.storage import connect
-from tests.conftest import make_config
 from tests.support.daemon import Daemon
 from tests.support.gate_process import GateProcess
 from tests.support.mosquitto import Collector, Door, Mosquitto, publish
-from tests.test_publisher import check_complete, has_seq, wait_until
+from tests.support.publishing import check_complete, has_seq
+from tests.support.rig import make_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from drivers.common.base import DeviceHealth, Reading
 from gated.mqtt import registry_sync
 from gated.mqtt.inbound import COMMAND_MAX_BYTES, MAX_DEPTH, InputRefused, decode, nesting_depth
 from tests.support.mosquitto import publish
+from tests.support.remote import ROOT, Remote
 from tests.support.waiting import wait_until
-from tests.test_commands import ROOT, Remote
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
 DEEP_COMMAND = b"[" * 30_000 + b"]" * 30_000  # within the 64 KiB of a command

@@ -17,18 +17,11 @@ import pytest
 from drivers.common.base import Reading
 from gated.mqtt.link import Backoff
 from gated.mqtt.publisher import Publisher
-from tests.conftest import Rig
 from tests.support.fake_broker import FakeBroker
 from tests.support.mosquitto import Collector, Mosquitto, pump
+from tests.support.publishing import Gate
+from tests.support.rig import Rig
 from tests.support.waiting import wait_until
-from tests.test_publisher import Gate
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    b = Mosquitto(tmp_path).start()
-    yield b
-    b.kill()
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:

@@ -16,8 +16,8 @@ import pytest
 from gated.app import App
 from gated.clock import FakeClock
 from gated.notify import Notifier
-from tests.conftest import make_config
 from tests.support.daemon import Daemon
+from tests.support.rig import make_config
 
 
 class NotifySocket:

@@ -41,11 +41,10 @@ from drivers.osdp import (
 from drivers.wiegand import decode_bits, encode_bits
 from gated.config.drivers import OsdpCardConfig
 from gated.errors import ConfigError
-from tests.conftest import make_config
+from tests.support.readings import Readings
+from tests.support.rig import make_config
+from tests.support.serial import REPLUG_S, PtyPort
 from tests.support.waiting import wait_until
-from tests.test_serialport import REPLUG_S, PtyPort, Readings, stopper
-
-__all__ = ["stopper"]  # fixture shared with test_serialport
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = bytes.fromhex("0123456789abcdef0123456789abcdef")

@@ -22,32 +22,12 @@ from gpiozero.pins.mock import MockPin
 from drivers import driver_class
 from drivers.common.base import DeviceHealth, DriverContext, Prompter, Reading
 from drivers.prompter import GpioPrompter, dfplayer_play_frame, in_hours, track_number
+from tests.support.fake_aplay import FAKE_APLAY
+from tests.support.readings import next_reading
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 PIR = 4
-
-FAKE_APLAY = """#!/bin/sh
-# A stand-in for aplay: logs start/end/killed with its arguments, plays for
-# $FAKE_APLAY_S seconds, fails when the file is named in $FAKE_APLAY_FAIL,
-# pauses $FAKE_APLAY_PAUSE_S seconds right after logging "start".
-log="$FAKE_APLAY_LOG"
-for last; do :; done
-name=$(basename "$last" .wav)
-# The TERM trap is set before "start" is logged: a test that sees "start" may
-# have the prompter send SIGTERM at once, and a TERM that came before the trap
-# ended the shell unlogged (no "killed" line: the flaky order test). $! is the
-# sleep once it runs, empty (nothing to kill) before.
-trap 'kill $! 2>/dev/null; echo "killed $name" >> "$log"; exit 143' TERM
-echo "start $name $*" >> "$log"
-sleep "${FAKE_APLAY_PAUSE_S:-0}"
-case " $FAKE_APLAY_FAIL " in *" $name "*)
-    echo "aplay: main:831: audio open error: Device or resource busy" >&2; exit 1;;
-esac
-sleep "${FAKE_APLAY_S:-0.05}" &
-wait $!
-echo "end $name" >> "$log"
-"""
 
 
 def hours_around_now(inside: bool) -> tuple[str, str]:
@@ -93,11 +73,7 @@ class Rig:
         self.p = GpioPrompter("prompter", self.readings.put, opts, DriverContext("mock"))
 
     def next(self, kind: str, timeout: float = 10.0) -> Reading:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.readings.get(timeout=max(0.0, deadline - time.monotonic()))
-            if r.kind == kind:
-                return r
+        return next_reading(self.readings, kind, timeout)
 
 
 def welcomes_heard(log: Path, n: int) -> bool:

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from drivers import driver_class
 from drivers.rdm6300 import ETX, STX, Rdm6300CardReader, Rdm6300Framer, encode_frame
-from tests.conftest import Rig
-from tests.test_serialport import Readings, chunked, pty_port, stopper, wait_until
-
-__all__ = ["pty_port", "stopper"]  # fixtures shared with test_serialport
+from tests.support.readings import Readings
+from tests.support.rig import Rig
+from tests.support.serial import chunked
+from tests.support.waiting import wait_until
 
 # A real EM4100 frame as an RDM6300 sends it: version 0x62, tag 0xE3086CED;
 # 0x62 ^ 0xE3 ^ 0x08 ^ 0x6C ^ 0xED = 0x08, worked out by hand.

@@ -21,11 +21,11 @@ from gated.mqtt.registry_sync import RegistryMessageError, applied_version, appl
 from gated.registry import Registry
 from gated.registry_build import SnapshotBuild, Snapshots
 from gated.storage import connect
-from tests.conftest import Rig
 from tests.support.mosquitto import Collector, Mosquitto, publish
+from tests.support.remote import Remote
+from tests.support.rig import Rig
+from tests.support.status_gate import Gate
 from tests.support.waiting import wait_until
-from tests.test_commands import Remote
-from tests.test_status_api import Gate
 
 WHEN = "2026-03-01T00:00:00+00:00"
 

@@ -13,7 +13,7 @@ import pytest
 from gated.cli.main import main
 from gated.report import daily_report, day_bounds, format_text
 from gated.retention import Retention, purge_now
-from tests.conftest import Rig
+from tests.support.rig import Rig
 
 TZ = ZoneInfo("Asia/Shanghai")
 ZHANG_CARD, LI_CARD, STRANGER = "0A1B2C3D4E", "1122334455", "FF00FF00FF"

@@ -15,7 +15,7 @@ from gated.events import KINDS, topic_for
 from gated.ledger import Ledger
 from gated.retention import DAY_S, Retention, RetentionService, purge_now
 from gated.storage import connect
-from tests.conftest import Rig, make_config
+from tests.support.rig import Rig, make_config
 from tests.support.waiting import wait_until
 
 

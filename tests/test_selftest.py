@@ -13,8 +13,8 @@ import pytest
 from drivers.common.base import Prompter
 from gated.cli.main import main
 from gated.cli.selftest import run_selftest
-from tests.conftest import make_config
-from tests.test_prompter import FAKE_APLAY
+from tests.support.fake_aplay import FAKE_APLAY
+from tests.support.rig import make_config
 
 SIM = """
 [gate]

@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from drivers import driver_class
 from drivers.serial_qr import MAX_TEXT_BYTES, QrFramer, SerialQrScanner
-from tests.conftest import Rig
-from tests.test_serialport import Readings, chunked, pty_port, stopper, wait_until
-
-__all__ = ["pty_port", "stopper"]  # fixtures shared with test_serialport
+from tests.support.readings import Readings
+from tests.support.rig import Rig
+from tests.support.serial import chunked
+from tests.support.waiting import wait_until
 
 TOKEN = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJQMSJ9.c2lnbmF0dXJl"
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from drivers import driver_class
 from drivers.serial_thermometer import PLAUSIBLE_C, SerialThermometer, ThermometerFramer
-from tests.conftest import Rig
-from tests.test_serialport import Readings, chunked, pty_port, stopper, wait_until
-
-__all__ = ["pty_port", "stopper"]  # fixtures shared with test_serialport
+from tests.support.readings import Readings
+from tests.support.rig import Rig
+from tests.support.serial import chunked
+from tests.support.waiting import wait_until
 
 
 def test_the_default_regex_takes_the_first_number():

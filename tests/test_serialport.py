@@ -7,12 +7,7 @@ the master is pulling the plug, a new pty behind the same symlink is plugging it
 
 from __future__ import annotations
 
-import itertools
-import os
-import queue
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,110 +16,10 @@ from drivers import driver_class
 from drivers.common.base import DeviceHealth, Reading
 from drivers.common.serialport import LineFramer, SerialReader
 from drivers.rdm6300 import encode_frame
-from tests.conftest import Rig
+from tests.support.readings import Readings
+from tests.support.rig import Rig
+from tests.support.serial import REPLUG_S, PtyPort
 from tests.support.waiting import wait_until
-
-DEADLINE_S = 10.0
-#: Seconds within which a reader unplugged and plugged back is healthy again (the contract).
-REPLUG_S = 2.0
-
-
-class PtyPort:
-    """A pty pair whose slave is reached through a symlink, like a udev name."""
-
-    def __init__(self, link: Path):
-        self.link = link
-        self.master: int | None = None
-        self.plug()
-
-    def plug(self) -> None:
-        """A new pty behind the same name (the device plugged back in)."""
-        master, slave = os.openpty()
-        name = os.ttyname(slave)
-        os.close(slave)
-        tmp = self.link.with_name(self.link.name + ".new")
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(name, tmp)
-        os.replace(tmp, self.link)
-        self.master = master
-
-    def unplug(self) -> None:
-        """Close the master: the port is gone for whoever has it open."""
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-
-    def write(self, data: bytes) -> None:
-        assert self.master is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view) :]
-
-    def close(self) -> None:
-        self.unplug()
-
-    stop = close
-
-
-class Readings:
-    """An emit callback that queues readings; ``wait`` takes them until one matches."""
-
-    def __init__(self) -> None:
-        self.q: queue.Queue[Reading] = queue.Queue()
-        self.seen: list[Reading] = []
-
-    def __call__(self, reading: Reading) -> None:
-        self.q.put(reading)
-
-    def wait(self, pred: Callable[[Reading], bool], what: str = "a reading") -> Reading:
-        deadline = time.monotonic() + DEADLINE_S
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                r = self.q.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(r)
-            if pred(r):
-                return r
-        raise AssertionError(f"no {what} within {DEADLINE_S} s; saw {self.seen}")
-
-    def wait_health(self, ok: bool) -> Reading:
-        return self.wait(
-            lambda r: r.kind == "device" and r.value.ok is ok, f"device health ok={ok}"
-        )
-
-    def drain(self) -> list[Reading]:
-        out = []
-        while True:
-            try:
-                out.append(self.q.get_nowait())
-            except queue.Empty:
-                self.seen += out
-                return out
-
-
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    """``data`` cut at the positions ``cuts`` (taken modulo its length), in order."""
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in itertools.pairwise([0, *points, len(data)])]
-
-
-@pytest.fixture
-def pty_port(tmp_path: Path) -> Iterator[PtyPort]:
-    port = PtyPort(tmp_path / "ttyGATE")
-    yield port
-    port.close()
-
-
-@pytest.fixture
-def stopper() -> Iterator[list[Any]]:
-    """Things with ``stop()`` that the test started; stopped at the end whatever happens."""
-    started: list[Any] = []
-    yield started
-    for thing in started:
-        thing.stop()
-
 
 # ---- the line framer ---------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from gated.ledger import Ledger
 from gated.status.server import SNAPSHOT_TIMEOUT_S
 from gated.status.view import MAX_ALARMS, ScreenHistory
 from gated.storage import connect
-from tests.test_status_api import Gate, wait_until
+from tests.support.status_gate import Gate
+from tests.support.waiting import wait_until
 
 DECIDE = "/api/guard/decide"
 

@@ -25,11 +25,11 @@ from drivers.common.base import Reading
 from gated.clock import iso_utc
 from gated.ledger import Ledger
 from gated.storage_watch import CommitFailed
-from tests.conftest import Rig
 from tests.support.gate_process import GateProcess, arrival
+from tests.support.remote import Remote
+from tests.support.rig import Rig
+from tests.support.status_gate import Gate
 from tests.support.waiting import wait_until
-from tests.test_commands import Remote
-from tests.test_status_api import Gate
 
 GREEN = "0A1B2C3D4E"
 

@@ -9,11 +9,9 @@ import pytest
 
 from drivers.sim import ScenarioError, SimTurnstile, parse_scenario
 from gated.status.metrics import GateMetrics
-from tests.conftest import Rig
 from tests.support.gate_process import GateProcess
-from tests.test_status_browser import START, Screen, browser, gate
-
-__all__ = ["browser", "gate"]  # fixtures shared with test_status_browser
+from tests.support.rig import Rig
+from tests.support.screen import START, Screen
 
 
 def test_a_scenario_plays_tamper_on_the_simulated_turnstile():

@@ -16,31 +16,20 @@ from drivers import driver_class
 from drivers.common.base import DeviceHealth, DriverContext, Reading
 from drivers.turnstile import FIRE_CLEAR_S, PASSAGE_MERGE_S, TAMPER_CLEAR_S, GpioTurnstile
 from drivers.wiegand import encode_bits
+from tests.support.gpio_turnstile import (
+    BUZZER,
+    FIRE,
+    GREEN,
+    PASSAGE,
+    RED,
+    RELAY,
+    TAMPER,
+    closed_fire_contact,
+    closed_tamper_contact,
+)
 from tests.support.ledger_file import ledger_events, wait_for_event
+from tests.support.readings import next_reading
 from tests.support.waiting import wait_until
-
-RELAY, PASSAGE, FIRE, BUZZER, GREEN, RED, TAMPER = 17, 27, 22, 23, 24, 25, 26
-
-
-class ContactPin(MockPin):
-    """An input wired to a contact to ground: while ``closed`` the pull-up cannot lift it."""
-
-    closed = True
-
-    def _set_pull(self, value: Any) -> None:
-        super()._set_pull(value)
-        if self.closed:
-            self.drive_low()
-
-
-def closed_fire_contact(factory: Any) -> None:
-    """Wire the normally closed fire contact, closed: no fire."""
-    factory.pin(FIRE, pin_class=ContactPin)
-
-
-def closed_tamper_contact(factory: Any) -> None:
-    """Wire the normally closed tamper contact, closed: the enclosure is shut."""
-    factory.pin(TAMPER, pin_class=ContactPin)
 
 
 class Rig:
@@ -70,11 +59,7 @@ class Rig:
         return bool(self.pin(RELAY).state)
 
     def next(self, kind: str, timeout: float = 10.0) -> Reading:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.readings.get(timeout=max(0.0, deadline - time.monotonic()))
-            if r.kind == kind:
-                return r
+        return next_reading(self.readings, kind, timeout)
 
     def drained(self) -> list[Reading]:
         out = []

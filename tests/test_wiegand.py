@@ -20,6 +20,7 @@ from drivers.wiegand import (
     decode_bits,
     encode_bits,
 )
+from tests.support.readings import next_reading
 
 # Facility 8, card 12345 (0x083039) and 0x12345678, as a reader sends them;
 # parity checked by hand: 3 ones in the first half (even bit 1), 4 in the second
@@ -225,11 +226,7 @@ class Rig:
         )
 
     def next(self, kind: str, timeout: float = 10.0) -> Reading:
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.readings.get(timeout=max(0.0, deadline - time.monotonic()))
-            if r.kind == kind:
-                return r
+        return next_reading(self.readings, kind, timeout)
 
 
 def send(factory: Any, frame: list[int], pulse_s: float = 80e-6, period_s: float = 0.0015) -> None:

@@ -8,57 +8,16 @@ ledger is read back from the SQLite file. The browser tests drive its screen.
 from __future__ import annotations
 
 import http.client
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import Daemon
+from tests.support.gate_config import write_scenario, write_sim_gate
 from tests.support.ledger_file import ledger_events, wait_for_event
 from tests.support.mosquitto import free_port
+from tests.support.status_gate import HASH_G01, HASH_SHARED
 from tests.support.waiting import wait_until
-from tests.test_status_api import HASH_G01, HASH_SHARED
-
-CONFIG = """\
-[gate]
-id = "{gate}"
-site = "{site}"
-direction = "in"
-timezone = "{timezone}"
-
-[storage]
-path = "{db}"
-
-[policy]
-guard_timeout_s = 120
-session_timeout_s = 5
-
-[status]
-listen = "{host}:{port}"
-guard_pin_hash = "{shared}"
-lockout_after = 3
-lockout_s = 300
-language = "zh-CN"
-
-[status.guards]
-G01 = "{g01}"
-
-[card]
-driver = "sim"
-
-[thermometer]
-driver = "sim"
-
-[turnstile]
-driver = "sim"
-open_s = {open_s}
-
-[prompter]
-driver = "sim"
-
-[sim]
-scenario = "{scenario}"
-"""
 
 COLUMNS = "person_id,name,id_number,unit,household,category,color,verified,card_uid"
 #: Registry CSV rows (SPEC §3): Zhang Wei is green, Li Na yellow (a guard decides).
@@ -100,21 +59,20 @@ class GateProcess:
         self.port = free_port(host)
         self.db = tmp_path / "gated.db"
         self.scenario = tmp_path / "scenario.jsonl"
-        self.config = tmp_path / "gated.toml"
-        self.config.write_text(
-            CONFIG.format(
-                gate=gate,
-                site=site,
-                timezone=timezone,
-                db=self.db,
-                host=host,
-                port=self.port,
-                shared=HASH_SHARED,
-                g01=HASH_G01,
-                open_s=open_s,
-                scenario=self.scenario,
-            )
-            + (f'\n[mqtt]\nurls = ["{mqtt_url}"]\n' if mqtt_url else "")
+        self.config = write_sim_gate(
+            tmp_path,
+            gate={"id": gate, "site": site, "direction": "in", "timezone": timezone},
+            policy={"guard_timeout_s": 120, "session_timeout_s": 5},
+            status={
+                "listen": f"{host}:{self.port}",
+                "guard_pin_hash": HASH_SHARED,
+                "lockout_after": 3,
+                "lockout_s": 300,
+                "language": "zh-CN",
+                "guards": {"G01": HASH_G01},
+            },
+            turnstile={"open_s": open_s},
+            **({"mqtt": {"urls": [mqtt_url]}} if mqtt_url else {}),
         )
         self.play([])
         registry = tmp_path / "registry.csv"
@@ -130,7 +88,7 @@ class GateProcess:
 
     def play(self, lines: Sequence[dict[str, Any]]) -> None:
         """What the sim drivers play from the next start, ``t`` in seconds from it."""
-        self.scenario.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        write_scenario(self.scenario, lines)
 
     def start(self) -> GateProcess:
         """``gated run`` until its screen answers ``/healthz``."""

@@ -15,7 +15,7 @@ from typing import Any
 from gated.app import App
 from gated.registry import Registry
 from gated.storage import connect
-from tests.conftest import CARDS, LI, ZHANG
+from tests.support.rig import CARDS, LI, ZHANG
 from tests.support.waiting import wait_until
 
 
