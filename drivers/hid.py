@@ -20,9 +20,12 @@ import select
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.options import CARD_DRIVER, StrictModel
 from drivers.common.serialport import ReaderDriver, ReconnectingReader, with_dropped
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,19 @@ MODIFIERS = frozenset({42, 54, 29, 97, 56, 100, 58, 69})
 MAX_UID_LEN = 32
 #: Seconds between two keys of one uid; a longer pause starts over (a reader types fast).
 GAP_S = 0.5
+
+
+class HidCardConfig(StrictModel):
+    """A reader that types the card number like a keyboard (evdev)."""
+
+    driver: Literal["hid"] = Field(default="hid", description=CARD_DRIVER)
+    device: str = Field(
+        min_length=1,
+        description="evdev device of the reader; a /dev/input/by-id/ path survives re-plugging.",
+    )
+    grab: bool = Field(
+        default=True, description="Grab the device so its digits reach nothing else."
+    )
 
 
 class HidDecoder:
@@ -193,26 +209,24 @@ class HidReader(ReconnectingReader):
 class HidCardReader(ReaderDriver):
     """A keyboard-like card reader: emits a ``card`` reading with the digits typed.
 
-    Options (``[card] driver = "hid"``): ``device`` (evdev path), ``grab`` (true).
+    Config: :class:`HidCardConfig` (``[card] driver = "hid"``).
     """
 
+    config_model = HidCardConfig
+    config: HidCardConfig
     reader: HidReader
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self.decoder = HidDecoder()
         self.reader = HidReader(
-            self.name,
-            self.emit,
-            str(self.options.get("device", "")),
-            bool(self.options.get("grab", True)),
-            self.decoder,
+            self.name, self.emit, self.config.device, self.config.grab, self.decoder
         )
 
     @property
