@@ -8,6 +8,15 @@ is unplugged is reported unhealthy and re-opened by its path (a
 :class:`HidDecoder` is pure: key events in, uids out. :class:`HidReader` reads the
 kernel's input events from the device node directly (``struct input_event``, the
 ``EVIOCGRAB`` ioctl), so no library beyond Python's own is needed.
+
+Why not python-evdev's ``InputDevice`` for reading: it opens only a real evdev node
+(it asks the kernel for the device's name and capabilities first) and its ``read``
+drops the rest of a record split across two reads. The reader here takes any file
+that carries ``struct input_event`` records, so its decoding, unplug and re-open run
+in the tests on a FIFO on every machine, where a real node needs ``/dev/uinput``
+(rarely there in CI or a container). python-evdev is what the tests use, where
+``/dev/uinput`` is, to make a real virtual reader, and to check ``KEYS`` against
+the kernel's key codes.
 """
 
 from __future__ import annotations
@@ -138,9 +147,10 @@ class HidDecoder:
 class HidReader(ReconnectingReader):
     """Reads one input device (``/dev/input/event*``), grabbed, into a :class:`HidDecoder`.
 
-    It reads the kernel's ``struct input_event`` records itself, so no evdev library is
-    needed. A device that goes away answers the read with an error (ENODEV) or an end of
-    file: the reader reports it unhealthy and re-opens it by its path.
+    It reads the kernel's ``struct input_event`` records itself (see the module for why
+    not python-evdev), joining a record split across two reads. A device that goes away
+    answers the read with an error (ENODEV) or an end of file: the reader reports it
+    unhealthy and re-opens it by its path.
     """
 
     def __init__(self, name: str, emit: Emit, device: str, grab: bool, decoder: HidDecoder):
