@@ -11,11 +11,11 @@ has moved for the gate's hold, two frames in three are only taken off the camera
 two frames (0.2 s at 10 fps) to noticing someone.
 
 A decoded text is emitted once per presentation (debounced per text for
-``DEBOUNCE_S``) and never logged: logs carry its length and a hash. A camera that
-fails to open or stops giving frames makes the device unhealthy, and is re-opened
-with backoff until it comes back (which reports it healthy again). A video file is
-played at ``fps`` and from the start again when it ends; a file that has gone away
-is a lost camera.
+``DEBOUNCE_S`` by :class:`drivers.common.debounce.Debouncer`) and never logged: logs
+carry its length and a hash. A camera that fails to open or stops giving frames
+makes the device unhealthy, and is re-opened with backoff until it comes back (which
+reports it healthy again). A video file is played at ``fps`` and from the start again
+when it ends; a file that has gone away is a lost camera.
 
 cv2 is imported in ``start``, so this module imports on any machine.
 """
@@ -26,11 +26,15 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field
 
 from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.debounce import Debouncer
+from drivers.common.options import QR_DRIVER, StrictModel
 from drivers.common.serialport import ReaderDriver, ReconnectingReader
-from drivers.qr_decode import Debouncer, MotionGate, QrScan, fingerprint, make_decoder, to_grey
+from drivers.qr_decode import MotionGate, QrScan, fingerprint, make_decoder, to_grey
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,38 @@ DEBOUNCE_S = 2.0
 MAX_MISSED_FRAMES = 5
 #: While the gate is idle, one frame in this many is converted and looked at.
 IDLE_EVERY = 3
+
+
+def _check_capture_source(value: object) -> object:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+        raise ValueError("a camera index (0), a device path, a video file or a URL")
+    if isinstance(value, int) and value < 0:
+        raise ValueError("a camera index is 0 or more")
+    return value
+
+
+CaptureSource = Annotated[int | str, BeforeValidator(_check_capture_source)]
+
+
+class CameraQrConfig(StrictModel):
+    """A camera read through OpenCV, decoding QR codes only."""
+
+    driver: Literal["camera"] = Field(default="camera", description=QR_DRIVER)
+    device: CaptureSource = Field(
+        default=0, description="Capture source: camera index, V4L2 path, video file or stream URL."
+    )
+    fps: float = Field(default=10, gt=0, le=120, description="Frames per second captured.")
+    decoder: Literal["zxing", "pyzbar"] = Field(
+        default="zxing", description="QR decoder: zxing (zxing-cpp) or pyzbar."
+    )
+    width: int = Field(default=640, gt=0, description="Capture width in pixels.")
+    height: int = Field(default=480, gt=0, description="Capture height in pixels.")
+    motion_gate: bool = Field(
+        default=True,
+        description="Decode only when something moves, so an empty gate costs little CPU.",
+    )
 
 
 class CaptureReader(ReconnectingReader):
@@ -67,7 +103,7 @@ class CaptureReader(ReconnectingReader):
         """Open the source with a one-frame buffer and the configured size and rate."""
         import cv2
 
-        opts = self.scanner.options
+        config = self.scanner.config
         source = self.source
         if isinstance(source, str) and "://" not in source and not Path(source).exists():
             raise FileNotFoundError(f"no such device or file: {source}")
@@ -78,9 +114,9 @@ class CaptureReader(ReconnectingReader):
             raise OSError("cannot open capture source")
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not self.is_file:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(opts.get("width", 640)))
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(opts.get("height", 480)))
-            cap.set(cv2.CAP_PROP_FPS, float(opts.get("fps", 10)))
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+            cap.set(cv2.CAP_PROP_FPS, config.fps)
         self._cap = cap
         self._missed = 0
         self._since_open = 0
@@ -159,27 +195,29 @@ def _is_file(source: str) -> bool:
 class CameraQrScanner(ReaderDriver):
     """A camera decoding QR passes: emits a ``qr`` reading per presentation.
 
-    Options (``[qr] driver = "camera"``): ``device`` (index, V4L2 path, video file or
-    URL), ``fps``, ``decoder`` (``zxing`` or ``pyzbar``), ``width``, ``height``,
-    ``motion_gate``. ``stats`` counts frames, what the gates let through, texts
-    emitted, repeats held back and decoder errors.
+    Config: :class:`CameraQrConfig` (``[qr] driver = "camera"``). ``stats`` counts
+    frames, what the gates let through, texts emitted, repeats held back and decoder
+    errors.
     """
+
+    config_model = CameraQrConfig
+    config: CameraQrConfig
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
-        self.period = 1.0 / float(self.options.get("fps", 10))
-        self.use_gate = bool(self.options.get("motion_gate", True))
+        super().__init__(name, emit, config, ctx)
+        self.period = 1.0 / self.config.fps
+        self.use_gate = self.config.motion_gate
         self.gate = MotionGate()
         self.debouncer = Debouncer(DEBOUNCE_S)
         self.scan: QrScan | None = None
         self.counts = {"texts": 0, "repeats": 0, "errors": 0}
-        source = self.options.get("device", 0)
+        source = self.config.device
         if isinstance(source, str) and source.strip().isdigit():
             source = int(source)
         self.reader = CaptureReader(self, source)
@@ -194,7 +232,7 @@ class CameraQrScanner(ReaderDriver):
         """Load the decoder and start capturing; a camera missing now is retried."""
         import cv2  # noqa: F401  (fail here, clearly, if OpenCV is missing)
 
-        self.scan = QrScan(make_decoder(str(self.options.get("decoder", "zxing"))))
+        self.scan = QrScan(make_decoder(self.config.decoder))
         self.reader.start()
 
     @property

@@ -8,6 +8,15 @@ is unplugged is reported unhealthy and re-opened by its path (a
 :class:`HidDecoder` is pure: key events in, uids out. :class:`HidReader` reads the
 kernel's input events from the device node directly (``struct input_event``, the
 ``EVIOCGRAB`` ioctl), so no library beyond Python's own is needed.
+
+Why not python-evdev's ``InputDevice`` for reading: it opens only a real evdev node
+(it asks the kernel for the device's name and capabilities first) and its ``read``
+drops the rest of a record split across two reads. The reader here takes any file
+that carries ``struct input_event`` records, so its decoding, unplug and re-open run
+in the tests on a FIFO on every machine, where a real node needs ``/dev/uinput``
+(rarely there in CI or a container). python-evdev is what the tests use, where
+``/dev/uinput`` is, to make a real virtual reader, and to check ``KEYS`` against
+the kernel's key codes.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import select
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.options import CARD_DRIVER, StrictModel
 from drivers.common.serialport import ReaderDriver, ReconnectingReader, with_dropped
 
 log = logging.getLogger(__name__)
@@ -49,6 +61,19 @@ MODIFIERS = frozenset({42, 54, 29, 97, 56, 100, 58, 69})
 MAX_UID_LEN = 32
 #: Seconds between two keys of one uid; a longer pause starts over (a reader types fast).
 GAP_S = 0.5
+
+
+class HidCardConfig(StrictModel):
+    """A reader that types the card number like a keyboard (evdev)."""
+
+    driver: Literal["hid"] = Field(default="hid", description=CARD_DRIVER)
+    device: str = Field(
+        min_length=1,
+        description="evdev device of the reader; a /dev/input/by-id/ path survives re-plugging.",
+    )
+    grab: bool = Field(
+        default=True, description="Grab the device so its digits reach nothing else."
+    )
 
 
 class HidDecoder:
@@ -122,9 +147,10 @@ class HidDecoder:
 class HidReader(ReconnectingReader):
     """Reads one input device (``/dev/input/event*``), grabbed, into a :class:`HidDecoder`.
 
-    It reads the kernel's ``struct input_event`` records itself, so no evdev library is
-    needed. A device that goes away answers the read with an error (ENODEV) or an end of
-    file: the reader reports it unhealthy and re-opens it by its path.
+    It reads the kernel's ``struct input_event`` records itself (see the module for why
+    not python-evdev), joining a record split across two reads. A device that goes away
+    answers the read with an error (ENODEV) or an end of file: the reader reports it
+    unhealthy and re-opens it by its path.
     """
 
     def __init__(self, name: str, emit: Emit, device: str, grab: bool, decoder: HidDecoder):
@@ -193,26 +219,24 @@ class HidReader(ReconnectingReader):
 class HidCardReader(ReaderDriver):
     """A keyboard-like card reader: emits a ``card`` reading with the digits typed.
 
-    Options (``[card] driver = "hid"``): ``device`` (evdev path), ``grab`` (true).
+    Config: :class:`HidCardConfig` (``[card] driver = "hid"``).
     """
 
+    config_model = HidCardConfig
+    config: HidCardConfig
     reader: HidReader
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self.decoder = HidDecoder()
         self.reader = HidReader(
-            self.name,
-            self.emit,
-            str(self.options.get("device", "")),
-            bool(self.options.get("grab", True)),
-            self.decoder,
+            self.name, self.emit, self.config.device, self.config.grab, self.decoder
         )
 
     @property

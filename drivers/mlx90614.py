@@ -33,9 +33,12 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from drivers.common.base import DriverContext, Emit, Reading
+from drivers.common.options import OFFSET_C, THERMOMETER_DRIVER, StrictModel
 from drivers.common.serialport import ReaderDriver, ReconnectingReader
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,29 @@ MAX_PER_PRESENTATION = 3
 GAP_S = 1.0
 #: Seconds "someone in front" may last before the scene is learnt afresh (a warm wall).
 PRESENT_MAX_S = 30.0
+
+
+class Mlx90614ThermometerConfig(StrictModel):
+    """An MLX90614 infrared thermometer on I2C (SMBus)."""
+
+    driver: Literal["mlx90614"] = Field(default="mlx90614", description=THERMOMETER_DRIVER)
+    bus: int = Field(
+        default=1, ge=0, description="I2C bus number (1 = /dev/i2c-1 on a Raspberry Pi)."
+    )
+    address: int = Field(
+        default=0x5A, ge=0x03, le=0x77, description="7-bit I2C address of the sensor (0x5A = 90)."
+    )
+    offset_c: float = Field(default=0.0, ge=-10, le=10, description=OFFSET_C)
+    emissivity: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=1.0,
+        description=(
+            "Emissivity of what is measured, 0.1 to 1.0 (skin is about 0.98): readings are"
+            " corrected in software from the sensor's own setting, which is never written."
+        ),
+    )
+    interval_s: float = Field(default=0.2, gt=0, description="Seconds between reads.")
 
 
 def crc8(data: bytes) -> int:
@@ -278,33 +304,34 @@ class SensorReader(ReconnectingReader):
 class Mlx90614Thermometer(ReaderDriver):
     """An MLX90614 on I2C: emits one ``temp`` reading (degrees Celsius) per person in front.
 
-    Options (``[thermometer] driver = "mlx90614"``): ``bus`` (1), ``address`` (0x5A),
-    ``offset_c``, ``emissivity`` (software correction, see the module), ``interval_s``.
-    ``smbus`` (a keyword argument, not an option) is an SMBus-like object to use
+    Config: :class:`Mlx90614ThermometerConfig` (``[thermometer] driver = "mlx90614"``;
+    ``emissivity`` is a software correction, see the module). ``smbus`` (a keyword
+    argument, not in the config) is an SMBus-like object to use
     instead of opening ``/dev/i2c-N``: tests pass a fake one. ``clock`` (a keyword
     argument too) is the monotonic clock reads are timed and stamped with, in seconds.
     """
+
+    config_model = Mlx90614ThermometerConfig
+    config: Mlx90614ThermometerConfig
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
         *,
         smbus: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self.injected_bus = smbus
         self.clock = clock
-        self.interval_s = float(self.options.get("interval_s", 0.2))
-        self.offset_c = float(self.options.get("offset_c", 0.0))
-        self.emissivity = float(self.options.get("emissivity", 1.0))
+        self.interval_s = self.config.interval_s
+        self.offset_c = self.config.offset_c
+        self.emissivity = self.config.emissivity
         self.presentation = Presentation()
-        self.reader = SensorReader(
-            self, int(self.options.get("bus", 1)), int(self.options.get("address", 0x5A))
-        )
+        self.reader = SensorReader(self, self.config.bus, self.config.address)
         self.last: tuple[float, float] | None = None
 
     @property

@@ -45,10 +45,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
 
 from drivers.common.base import DriverContext, Emit, Reading
-from drivers.common.serialport import ReaderDriver, ReconnectingReader, with_dropped
+from drivers.common.options import CARD_DRIVER, KeyProblem, OptionalFile, SerialConfig, SerialPort
+from drivers.common.serialport import (
+    ReaderDriver,
+    ReconnectingReader,
+    open_serial,
+    with_dropped,
+)
 from drivers.wiegand import LENGTHS, decode_bits
 
 log = logging.getLogger(__name__)
@@ -83,6 +91,41 @@ STATUS_REPORT_LOCAL = 2
 
 #: Counters of card reads (and local status reports) that were dropped.
 DROPS = ("parity", "bad_data", "format", "insecure")
+
+
+class OsdpCardConfig(SerialConfig):
+    """An OSDP reader on RS-485, polled by gated as the Control Panel (libosdp)."""
+
+    driver: Literal["osdp"] = Field(default="osdp", description=CARD_DRIVER)
+    port: SerialPort = Field(
+        description="Serial port of the RS-485 adapter the reader is wired to."
+    )
+    baud: int = Field(
+        default=9600, gt=0, description="Serial speed in baud, as set on the reader (OSDP: 9600)."
+    )
+    address: int = Field(
+        default=0, ge=0, le=126, description="OSDP address of the reader, 0 to 126, as set on it."
+    )
+    scbk_file: OptionalFile = Field(
+        default=None,
+        description=(
+            "File holding the reader's secure channel key (SCBK) as 32 hex digits;"
+            " none = no secure channel."
+        ),
+    )
+    install_mode: bool = Field(
+        default=False,
+        description=(
+            "Let a reader still on the default key (SCBK-D) connect and be given the key in"
+            " scbk_file; turn it off once the reader has it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _install_needs_key(self) -> OsdpCardConfig:
+        if self.install_mode and self.scbk_file is None:
+            raise KeyProblem("scbk_file", "required when install_mode = true (the key to give)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -238,20 +281,8 @@ class OsdpLink(ReconnectingReader):
     def open(self) -> None:
         """Open the port, start a CP on it and wait up to 1 s for the reader to come online."""
         import osdp
-        import serial
 
-        try:
-            port = serial.Serial(
-                self.port,
-                self.baud,
-                timeout=0,
-                write_timeout=WRITE_TIMEOUT_S,
-                exclusive=True,
-            )
-        except OSError as exc:
-            if "exclusively lock" in str(exc):
-                raise OSError(errno.EBUSY, "in use by another process") from None
-            raise
+        port = open_serial(self.port, self.baud, timeout=0, write_timeout=WRITE_TIMEOUT_S)
         try:
             port.reset_input_buffer()
             channel = PortChannel(port)
@@ -348,36 +379,37 @@ class OsdpCardReader(ReaderDriver):
     """An OSDP reader on RS-485: emits one ``card`` reading per card read it reports,
     and a ``tamper`` reading when its tamper status changes.
 
-    Options (``[card] driver = "osdp"``): ``port``, ``baud`` (9600), ``address`` (0),
-    ``scbk_file`` (the secure channel key; none = no secure channel) and
-    ``install_mode`` (let a reader on the default key connect and be given that key).
-    ``stats`` adds ``cards``, the dropped reads (``parity``, ``bad_data``, ``format``
-    and ``insecure``: read while the secure channel a key asks for was down),
+    Config: :class:`OsdpCardConfig` (``[card] driver = "osdp"``): ``scbk_file`` is the
+    secure channel key (none = no secure channel), ``install_mode`` lets a reader on
+    the default key connect and be given that key. ``stats`` adds ``cards``, the
+    dropped reads (``parity``, ``bad_data``, ``format`` and ``insecure``: read while
+    the secure channel a key asks for was down),
     ``status`` (local status reports taken; a malformed one is ``bad_data``, an
     untrusted clear ``insecure``) and ``other_events`` (keypad, other status reports and
     the rest, ignored).
     """
 
-    DEFAULT_BAUD = 9600
+    config_model = OsdpCardConfig
+    config: OsdpCardConfig
     reader: OsdpLink
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self.counts: dict[str, int] = dict.fromkeys(("cards", *DROPS, "status", "other_events"), 0)
         self.tamper = False  # the reader's tamper as last reported to the controller
         self.power_failure = False
         self.reader = OsdpLink(
             self.name,
             self.emit,
-            str(self.options.get("port", "")),
-            int(self.options.get("baud", self.DEFAULT_BAUD)),
-            int(self.options.get("address", 0)),
+            self.config.port,
+            self.config.baud,
+            self.config.address,
             self.on_event,
         )
         self._lock = threading.Lock()
@@ -399,8 +431,10 @@ class OsdpCardReader(ReaderDriver):
 
         if not self.reader.port:
             raise ValueError(f"{self.name}: no serial port configured")
-        key_file = self.options.get("scbk_file")
-        install_mode = bool(self.options.get("install_mode", False))
+        key_file = self.config.scbk_file
+        install_mode = self.config.install_mode
+        # The config refuses install_mode without a key too; a driver built from a
+        # mapping (a test, a bench) is not validated, so it checks again.
         if install_mode and not key_file:
             raise ValueError(f"{self.name}: install_mode needs scbk_file, the key to give")
         self.reader.scbk = read_scbk(key_file) if key_file else None

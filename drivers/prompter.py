@@ -22,10 +22,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from pydantic import Field, model_validator
 
 from drivers.common.base import DeviceHealth, Prompter, Reading
 from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.options import (
+    NIGHT,
+    NIGHT_DEFAULT,
+    PROMPTER_DRIVER,
+    HhMm,
+    KeyProblem,
+    OptionalDir,
+    Pin,
+    StrictModel,
+)
+from drivers.common.serialport import open_serial
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +140,14 @@ class DfPlayer:
         self._serial: Any = None
 
     def open(self) -> None:
-        """Open the serial port."""
+        """Open the serial port (a path or a pyserial URL)."""
         import serial
 
         try:
-            self._serial = serial.Serial(self.port, self.baud, timeout=0.05, write_timeout=1)
+            # not exclusive: a selftest while the daemon runs may play a prompt too
+            self._serial = open_serial(
+                self.port, self.baud, exclusive=False, timeout=0.05, write_timeout=1
+            )
         except (serial.SerialException, ValueError) as exc:
             raise OSError(f"DFPlayer port {self.port}: {exc}") from exc
 
@@ -245,26 +261,55 @@ class PromptQueue:
                     self._cond.notify_all()
 
 
+class GpioPrompterConfig(StrictModel):
+    """A PIR sensor on a GPIO input and spoken prompts."""
+
+    driver: Literal["gpio"] = Field(default="gpio", description=PROMPTER_DRIVER)
+    pir_pin: Pin = Field(description="GPIO input of the PIR motion sensor.")
+    audio: Literal["aplay", "dfplayer", "none"] = Field(
+        default="aplay",
+        description="Prompts via aplay (sounds_dir), a DFPlayer Mini (port) or none.",
+    )
+    port: str = Field(
+        default="", description="Serial port of the DFPlayer Mini (audio = dfplayer)."
+    )
+    sounds_dir: OptionalDir = Field(
+        default=None,
+        description="Directory of the prompt WAV files, welcome.wav ... (audio = aplay).",
+    )
+    night: tuple[HhMm, HhMm] = Field(default=NIGHT_DEFAULT, description=NIGHT)
+
+    @model_validator(mode="after")
+    def _audio_needs(self) -> GpioPrompterConfig:
+        if self.audio == "dfplayer" and not self.port:
+            raise KeyProblem("port", 'required when audio = "dfplayer"')
+        if self.audio == "aplay" and self.sounds_dir is None:
+            raise KeyProblem("sounds_dir", 'required when audio = "aplay"')
+        return self
+
+
 class GpioPrompter(Prompter):
     """A PIR on GPIO (``motion`` readings) and spoken prompts via aplay or a DFPlayer.
 
-    Options (``[prompter] driver = "gpio"``): ``pir_pin`` (HC-SR501 output, active
-    high), ``audio`` (``aplay``, ``dfplayer`` or ``none``), ``port`` (DFPlayer UART),
-    ``sounds_dir`` (WAV files for aplay), ``night`` (``["HH:MM", "HH:MM"]``).
+    Config: :class:`GpioPrompterConfig` (``[prompter] driver = "gpio"``): the PIR is
+    an HC-SR501 output, active high.
     """
+
+    config_model = GpioPrompterConfig
+    config: GpioPrompterConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        o = self.options
-        night = o.get("night") or ("22:00", "06:00")
+        night = self.config.night
         self.night = (str(night[0]), str(night[1]))
         self.health_tracker = HealthTracker(self.name, self.emit)
         self.player: Player | None = None
-        audio = o.get("audio", "aplay")
+        audio = self.config.audio
         if audio == "aplay":
-            self.player = AplayPlayer(Path(o.get("sounds_dir") or "sounds/zh-CN"))
+            # the config requires sounds_dir here; a mapping (a test) may leave it out
+            self.player = AplayPlayer(Path(self.config.sounds_dir or "sounds/zh-CN"))
         elif audio == "dfplayer":
-            self.player = DfPlayer(str(o.get("port", "")))
+            self.player = DfPlayer(self.config.port)
         self.queue: PromptQueue | None = None
         self._pir: Any = None
         self.motions = 0
@@ -281,7 +326,7 @@ class GpioPrompter(Prompter):
         factory = pin_factory(self.ctx.pin_factory)
         from gpiozero import MotionSensor
 
-        pin = self.options["pir_pin"]
+        pin = self.config.pir_pin
         try:
             self._pir = MotionSensor(pin, pin_factory=factory)
         except Exception as exc:  # gpiozero raises many kinds

@@ -14,16 +14,18 @@ cheapest first:
    every ``full_every``-th such frame (a small or far code still turns up within a
    few frames; a person walking by without one costs little).
 
-cv2 and the decoder libraries are imported on first use, so this module imports on
-any machine.
+numpy, cv2 and the decoder libraries are imported on first use, so this module
+imports on any machine, and quickly (the config imports the camera's model).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The decoders a ``[qr] decoder`` may name.
 DECODERS = ("zxing", "pyzbar")
@@ -38,7 +40,7 @@ MOTION_HOLD_S = 3.0
 #: Widest image, in pixels, the first look decodes.
 FIRST_LOOK_WIDTH = 640
 
-Decode = Callable[[np.ndarray], list[str]]
+Decode = Callable[["np.ndarray"], list[str]]
 
 
 def to_grey(frame: np.ndarray) -> np.ndarray:
@@ -75,6 +77,7 @@ def _texts(payloads: list[bytes]) -> list[str]:
 
 def decode_zxing(grey: np.ndarray) -> list[str]:
     """The texts of the QR codes zxing-cpp finds in a grey image."""
+    import numpy as np
     import zxingcpp
 
     found = zxingcpp.read_barcodes(
@@ -85,6 +88,7 @@ def decode_zxing(grey: np.ndarray) -> list[str]:
 
 def decode_pyzbar(grey: np.ndarray) -> list[str]:
     """The texts of the QR codes pyzbar (zbar) finds in a grey image."""
+    import numpy as np
     from pyzbar import pyzbar
 
     h, w = grey.shape[:2]
@@ -112,6 +116,8 @@ def make_decoder(name: str) -> Decode:
 
 def motion_share(previous: np.ndarray, current: np.ndarray) -> float:
     """Share (0-1) of pixels that changed by more than ``MOTION_PIXEL_DELTA`` grey levels."""
+    import numpy as np
+
     if previous.shape != current.shape:
         return 1.0
     diff = np.abs(previous.astype(np.int16) - current.astype(np.int16))
@@ -204,28 +210,6 @@ class QrScan:
             self._misses = 0
             self.stats["found"] += 1
         return texts
-
-
-class Debouncer:
-    """Lets a text through once while it stays in view.
-
-    A text seen again within ``window_s`` of its last sighting is held back, and each
-    sighting extends the window, so a pass held up for a minute counts once; shown
-    again after ``window_s`` away, it counts again.
-    """
-
-    def __init__(self, window_s: float = 2.0):
-        self.window_s = window_s
-        self._seen: dict[str, float] = {}
-
-    def accept(self, text: str, now: float) -> bool:
-        """Whether ``text`` seen at monotonic ``now`` is a new presentation."""
-        last = self._seen.get(text)
-        self._seen[text] = now
-        if len(self._seen) > 64:  # forget long-gone texts; a gate sees few at once
-            cutoff = now - self.window_s
-            self._seen = {t: s for t, s in self._seen.items() if s >= cutoff}
-        return last is None or now - last > self.window_s
 
 
 def fingerprint(text: str) -> str:

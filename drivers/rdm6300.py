@@ -15,9 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from drivers.common.base import Reading
+from drivers.common.debounce import Debouncer
+from drivers.common.options import CARD_DRIVER, SerialConfig, SerialPort
 from drivers.common.serialport import SerialDriver
 
 log = logging.getLogger(__name__)
@@ -29,6 +33,21 @@ FRAME_LEN = 14
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 #: Uids remembered for debouncing before the old ones are pruned.
 _MAX_REMEMBERED = 256
+
+
+class Rdm6300CardConfig(SerialConfig):
+    """An RDM6300 125 kHz EM4100 reader on a UART (9600 8N1)."""
+
+    driver: Literal["rdm6300"] = Field(default="rdm6300", description=CARD_DRIVER)
+    port: SerialPort = Field(description="Serial port the reader's TX is wired to.")
+    baud: int = Field(
+        default=9600, gt=0, description="Serial speed in baud (the RDM6300 sends 9600)."
+    )
+    debounce_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds within which the same card read again counts as one presentation.",
+    )
 
 
 def encode_frame(uid: str) -> bytes:
@@ -56,7 +75,7 @@ class Rdm6300Framer:
     DROPS: tuple[str, ...] = ("bad_checksum", "bad_framing")
 
     def __init__(self, debounce_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
-        self.debounce_s = debounce_s
+        self.debouncer = Debouncer(debounce_s, _MAX_REMEMBERED)
         self.clock = clock
         self.stats: dict[str, int] = {
             "frames": 0,
@@ -66,7 +85,6 @@ class Rdm6300Framer:
             "bad_framing": 0,
         }
         self._buf = bytearray()
-        self._seen: dict[str, float] = {}
         self._skipping = False  # dropping bytes up to the next STX, already counted
 
     def reset(self) -> None:
@@ -122,12 +140,7 @@ class Rdm6300Framer:
         return body[:10].decode("ascii").upper()
 
     def _fresh(self, uid: str) -> bool:
-        now = self.clock()
-        last = self._seen.get(uid)
-        self._seen[uid] = now
-        if len(self._seen) > _MAX_REMEMBERED:
-            self._seen = {u: t for u, t in self._seen.items() if now - t < self.debounce_s}
-        if last is not None and now - last < self.debounce_s:
+        if not self.debouncer.accept(uid, self.clock()):
             self.stats["repeats"] += 1
             return False
         self.stats["cards"] += 1
@@ -137,12 +150,15 @@ class Rdm6300Framer:
 class Rdm6300CardReader(SerialDriver):
     """An RDM6300 on a serial port: emits one ``card`` reading per presentation.
 
-    Options (``[card] driver = "rdm6300"``): ``port``, ``baud`` (9600), ``debounce_s``.
+    Config: :class:`Rdm6300CardConfig` (``[card] driver = "rdm6300"``).
     """
+
+    config_model = Rdm6300CardConfig
+    config: Rdm6300CardConfig
 
     def make_framer(self) -> Rdm6300Framer:
         """The RDM6300 framer with the configured debounce."""
-        return Rdm6300Framer(float(self.options.get("debounce_s", 1.0)))
+        return Rdm6300Framer(self.config.debounce_s)
 
     def on_item(self, item: Any) -> None:
         """Emit the uid of a new presentation."""

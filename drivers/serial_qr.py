@@ -10,12 +10,15 @@ handed on (the controller verifies it as a pass), never logged.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from drivers.common.base import Reading
+from drivers.common.debounce import Debouncer
+from drivers.common.options import QR_DRIVER, SerialConfig, SerialPort
 from drivers.common.serialport import LineFramer, SerialDriver
 
 #: Longest text accepted, in bytes; a signed pass is a few hundred.
@@ -24,6 +27,16 @@ MAX_TEXT_BYTES = 4096
 DEBOUNCE_S = 2.0
 #: Texts remembered for debouncing before the old ones are pruned.
 _MAX_REMEMBERED = 64
+
+
+class SerialQrConfig(SerialConfig):
+    """A serial QR scanner (GM65-style) that sends each decoded text ended by CR/LF."""
+
+    driver: Literal["serial"] = Field(default="serial", description=QR_DRIVER)
+    port: SerialPort = Field(description="Serial port of the scanner.")
+    baud: int = Field(
+        default=9600, gt=0, description="Serial speed in baud (9600 or 115200 mostly)."
+    )
 
 
 class QrFramer:
@@ -43,10 +56,9 @@ class QrFramer:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.lines = LineFramer(max_len=max_bytes)
-        self.debounce_s = debounce_s
+        self.debouncer = Debouncer(debounce_s, _MAX_REMEMBERED)
         self.clock = clock
         self._stats: dict[str, int] = {"texts": 0, "undecodable": 0, "blank": 0, "repeats": 0}
-        self._seen: dict[bytes, float] = {}
 
     @property
     def stats(self) -> dict[str, int]:
@@ -69,29 +81,22 @@ class QrFramer:
             if not text:
                 self._stats["blank"] += 1
                 continue
-            if not self._fresh(text):
+            if not self.debouncer.accept(text, self.clock()):
                 self._stats["repeats"] += 1
                 continue
             self._stats["texts"] += 1
             texts.append(text)
         return texts
 
-    def _fresh(self, text: str) -> bool:
-        # A digest, not the text: a pass is personal data and may be 4 KB.
-        key = hashlib.sha256(text.encode("utf-8")).digest()
-        now = self.clock()
-        last = self._seen.get(key)
-        self._seen[key] = now
-        if len(self._seen) > _MAX_REMEMBERED:
-            self._seen = {k: t for k, t in self._seen.items() if now - t < self.debounce_s}
-        return last is None or now - last >= self.debounce_s
-
 
 class SerialQrScanner(SerialDriver):
     """A QR scanner module on a serial port: emits a ``qr`` reading per scanned text.
 
-    Options (``[qr] driver = "serial"``): ``port``, ``baud`` (9600).
+    Config: :class:`SerialQrConfig` (``[qr] driver = "serial"``).
     """
+
+    config_model = SerialQrConfig
+    config: SerialQrConfig
 
     def make_framer(self) -> QrFramer:
         """The CR/LF line framer with UTF-8 decoding."""

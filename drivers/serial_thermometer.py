@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
 
 from drivers.common.base import Reading
+from drivers.common.options import OFFSET_C, THERMOMETER_DRIVER, SerialConfig, SerialPort
 from drivers.common.serialport import LineFramer, SerialDriver
 
 #: The regex used when none is configured: the first number on the line.
@@ -30,6 +33,30 @@ MAX_LINE_BYTES = 256
 MAX_LINE_AGE_S = 1.0
 #: Words (or dashes) a thermometer sends instead of a value when it has none.
 FLAGGED = re.compile(r"\b(?:err(?:or)?|fail\w*|fault|invalid|lo|hi|ol|nan|inf)\b|--", re.I)
+
+
+class SerialThermometerConfig(SerialConfig):
+    """A thermometer that sends one reading per line over a UART."""
+
+    driver: Literal["serial"] = Field(default="serial", description=THERMOMETER_DRIVER)
+    port: SerialPort = Field(description="Serial port of the thermometer.")
+    baud: int = Field(default=9600, gt=0, description="Serial speed in baud.")
+    line_regex: str = Field(
+        default=DEFAULT_LINE_REGEX,
+        description="Regular expression whose one group captures degrees Celsius from a line.",
+    )
+    offset_c: float = Field(default=0.0, ge=-10, le=10, description=OFFSET_C)
+
+    @field_validator("line_regex")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        if groups != 1:
+            raise ValueError(f"needs exactly one capturing group, has {groups}")
+        return value
 
 
 class ThermometerFramer:
@@ -109,16 +136,15 @@ class ThermometerFramer:
 class SerialThermometer(SerialDriver):
     """A thermometer on a serial port: emits a ``temp`` reading per good line.
 
-    Options (``[thermometer] driver = "serial"``): ``port``, ``baud`` (9600),
-    ``line_regex``, ``offset_c``.
+    Config: :class:`SerialThermometerConfig` (``[thermometer] driver = "serial"``).
     """
+
+    config_model = SerialThermometerConfig
+    config: SerialThermometerConfig
 
     def make_framer(self) -> ThermometerFramer:
         """The line framer with the configured regex and offset."""
-        return ThermometerFramer(
-            str(self.options.get("line_regex") or DEFAULT_LINE_REGEX),
-            float(self.options.get("offset_c", 0.0)),
-        )
+        return ThermometerFramer(self.config.line_regex, self.config.offset_c)
 
     def on_item(self, item: Any) -> None:
         """Emit one reading."""

@@ -13,7 +13,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
 
 from drivers.common.base import (
     Driver,
@@ -22,6 +24,19 @@ from drivers.common.base import (
     Prompter,
     Reading,
     Turnstile,
+)
+from drivers.common.options import (
+    CARD_DRIVER,
+    NIGHT,
+    NIGHT_DEFAULT,
+    OFFSET_C,
+    OPEN_S,
+    PROMPTER_DRIVER,
+    QR_DRIVER,
+    THERMOMETER_DRIVER,
+    TURNSTILE_DRIVER,
+    HhMm,
+    StrictModel,
 )
 
 #: scenario key -> (reading kind, the value's type check)
@@ -146,6 +161,39 @@ class _Player:
             self._thread.join(timeout=2)
 
 
+class SimCardConfig(StrictModel):
+    """Cards come from the [sim] scenario."""
+
+    driver: Literal["sim"] = Field(default="sim", description=CARD_DRIVER)
+
+
+class SimQrConfig(StrictModel):
+    """QR codes come from the [sim] scenario."""
+
+    driver: Literal["sim"] = Field(default="sim", description=QR_DRIVER)
+
+
+class SimThermometerConfig(StrictModel):
+    """Temperatures come from the [sim] scenario."""
+
+    driver: Literal["sim"] = Field(default="sim", description=THERMOMETER_DRIVER)
+    offset_c: float = Field(default=0.0, ge=-10, le=10, description=OFFSET_C)
+
+
+class SimTurnstileConfig(StrictModel):
+    """A simulated turnstile; passages come from the [sim] scenario."""
+
+    driver: Literal["sim"] = Field(default="sim", description=TURNSTILE_DRIVER)
+    open_s: float = Field(default=5.0, gt=0, le=300, description=OPEN_S)
+
+
+class SimPrompterConfig(StrictModel):
+    """Prompts are logged, motion comes from the [sim] scenario."""
+
+    driver: Literal["sim"] = Field(default="sim", description=PROMPTER_DRIVER)
+    night: tuple[HhMm, HhMm] = Field(default=NIGHT_DEFAULT, description=NIGHT)
+
+
 class _SimDevice(Driver):
     KEYS: tuple[str, ...] = ()
 
@@ -153,10 +201,10 @@ class _SimDevice(Driver):
         self,
         name: str,
         emit: Emit,
-        options: dict[str, Any] | None = None,
+        config: BaseModel | dict[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self._player = _Player(self, self.KEYS)
 
     def start(self) -> None:
@@ -175,22 +223,26 @@ class SimCardReader(_SimDevice):
     """A card reader that presents the scenario's ``card`` uids."""
 
     KEYS = ("card",)
+    config_model = SimCardConfig
 
 
 class SimQrScanner(_SimDevice):
     """A QR scanner that reads the scenario's ``qr`` texts."""
 
     KEYS = ("qr",)
+    config_model = SimQrConfig
 
 
 class SimThermometer(_SimDevice):
     """A thermometer that measures the scenario's ``temp`` values (plus ``offset_c``)."""
 
     KEYS = ("temp",)
+    config_model = SimThermometerConfig
+    config: SimThermometerConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        offset = float(self.options.get("offset_c", 0.0))
+        offset = self.config.offset_c
         inner = self.emit
 
         def emit(r: Reading) -> None:
@@ -208,6 +260,7 @@ class SimTurnstile(_SimDevice, Turnstile):
     """
 
     KEYS = ("passage", "fire", "tamper")
+    config_model = SimTurnstileConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -252,6 +305,7 @@ class SimPrompter(_SimDevice, Prompter):
     """A prompter that records what it would say and reports the scenario's motion."""
 
     KEYS = ("motion",)
+    config_model = SimPrompterConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

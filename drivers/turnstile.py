@@ -15,10 +15,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from drivers.common.base import DeviceHealth, Reading, Turnstile
 from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.options import OPEN_S, TURNSTILE_DRIVER, OptionalPin, Pin, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,41 @@ SIGNALS: dict[str, tuple[str, float, int, float]] = {
     "denied": ("red", 2.0, 2, 0.15),
     "guard": ("red", 3.0, 3, 0.3),
 }
+
+
+class GpioTurnstileConfig(StrictModel):
+    """A turnstile released by a relay on a GPIO output (de-energised = locked)."""
+
+    driver: Literal["gpio"] = Field(default="gpio", description=TURNSTILE_DRIVER)
+    relay_pin: Pin = Field(description="GPIO output driving the release relay.")
+    active_high: bool = Field(default=True, description="The relay is energised by a high output.")
+    pulse_ms: int | None = Field(
+        default=None,
+        gt=0,
+        description="Release with a pulse of this many ms; leave out to hold for open_s.",
+    )
+    open_s: float = Field(default=5.0, gt=0, le=300, description=OPEN_S)
+    passage_pin: OptionalPin = Field(
+        default=None, description="GPIO input of the sensor that sees a person go through."
+    )
+    fire_pin: OptionalPin = Field(
+        default=None, description="GPIO input of the fire alarm: free passage while it is active."
+    )
+    fire_nc: bool = Field(
+        default=True, description="The fire contact is normally closed: an open circuit means fire."
+    )
+    tamper_pin: OptionalPin = Field(
+        default=None,
+        description="GPIO input of the enclosure or reader tamper switch:"
+        " an alarm while it is active.",
+    )
+    tamper_nc: bool = Field(
+        default=True,
+        description="The tamper contact is normally closed: an open circuit means tamper.",
+    )
+    buzzer_pin: OptionalPin = Field(default=None, description="GPIO output of a buzzer.")
+    green_led_pin: OptionalPin = Field(default=None, description="GPIO output of the green lamp.")
+    red_led_pin: OptionalPin = Field(default=None, description="GPIO output of the red lamp.")
 
 
 class LatchedContact:
@@ -132,21 +170,21 @@ class LatchedContact:
 class GpioTurnstile(Turnstile):
     """A turnstile released by a relay on a GPIO output; de-energised means locked.
 
-    Options (``[turnstile] driver = "gpio"``): ``relay_pin``, ``active_high``,
-    ``pulse_ms`` (ms, or None to hold), ``open_s`` (s), ``passage_pin``, ``fire_pin``,
-    ``fire_nc``, ``tamper_pin``, ``tamper_nc``, ``buzzer_pin``, ``green_led_pin``,
-    ``red_led_pin``. Inputs are wired to ground with the Pi's pull-up: active low.
+    Config: :class:`GpioTurnstileConfig` (``[turnstile] driver = "gpio"``). Inputs are
+    wired to ground with the Pi's pull-up: active low.
     Emits ``passage``, ``fire`` and ``tamper`` readings (True when the tamper contact
     opens, False once it has been closed for :data:`TAMPER_CLEAR_S`).
     """
 
+    config_model = GpioTurnstileConfig
+    config: GpioTurnstileConfig
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        o = self.options
-        pulse_ms = o.get("pulse_ms")
+        pulse_ms = self.config.pulse_ms
         self.pulse_s: float | None = pulse_ms / 1000.0 if pulse_ms else None
-        self.fire_nc = bool(o.get("fire_nc", True))
-        self.tamper_nc = bool(o.get("tamper_nc", True))
+        self.fire_nc = self.config.fire_nc
+        self.tamper_nc = self.config.tamper_nc
         self.health_tracker = HealthTracker(self.name, self.emit)
         self._lock = threading.RLock()
         self._relay: Any = None
@@ -178,19 +216,18 @@ class GpioTurnstile(Turnstile):
         factory = pin_factory(self.ctx.pin_factory)
         from gpiozero import LED, Buzzer, DigitalInputDevice, OutputDevice
 
-        o = self.options
+        config = self.config
         try:
             self._relay = OutputDevice(
-                o["relay_pin"],
-                active_high=bool(o.get("active_high", True)),
+                config.relay_pin,
+                active_high=config.active_high,
                 initial_value=False,
                 pin_factory=factory,
             )
         except Exception as exc:  # gpiozero raises many kinds; the relay is the gate
-            raise GpioError(f"relay on GPIO {o['relay_pin']}: {describe(exc)}") from exc
+            raise GpioError(f"relay on GPIO {config.relay_pin}: {describe(exc)}") from exc
 
-        def optional(part: str, key: str, build: Any) -> Any:
-            pin = o.get(key)
+        def optional(part: str, pin: int | str | None, build: Any) -> Any:
             if pin is None:
                 return None
             try:
@@ -201,36 +238,38 @@ class GpioTurnstile(Turnstile):
             return device
 
         def contact(
-            what: str, key: str, nc: bool, clear_s: float, on: Callable[[bool], None]
+            what: str, pin: int | str | None, nc: bool, clear_s: float, on: Callable[[bool], None]
         ) -> LatchedContact | None:
             device = optional(
-                what, key, lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory)
+                what, pin, lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory)
             )
             if device is None:
                 return None
             return LatchedContact(what, device, nc, clear_s, self._lock, on)
 
         self._fire_in = contact(
-            "fire input", "fire_pin", self.fire_nc, FIRE_CLEAR_S, self._set_fire
+            "fire input", config.fire_pin, self.fire_nc, FIRE_CLEAR_S, self._set_fire
         )
         self._tamper_in = contact(
-            "tamper input", "tamper_pin", self.tamper_nc, TAMPER_CLEAR_S, self._set_tamper
+            "tamper input", config.tamper_pin, self.tamper_nc, TAMPER_CLEAR_S, self._set_tamper
         )
         self._passage = optional(
             "passage sensor",
-            "passage_pin",
+            config.passage_pin,
             lambda p: DigitalInputDevice(p, pull_up=True, pin_factory=factory),
         )
-        for lamp in ("green", "red"):
+        for lamp, pin in (("green", config.green_led_pin), ("red", config.red_led_pin)):
             device = optional(
                 f"{lamp} lamp",
-                f"{lamp}_led_pin",
+                pin,
                 lambda p: LED(p, initial_value=False, pin_factory=factory),
             )
             if device is not None:
                 self._lamps[lamp] = device
         self._buzzer = optional(
-            "buzzer", "buzzer_pin", lambda p: Buzzer(p, initial_value=False, pin_factory=factory)
+            "buzzer",
+            config.buzzer_pin,
+            lambda p: Buzzer(p, initial_value=False, pin_factory=factory),
         )
         for latched in (self._fire_in, self._tamper_in):
             if latched is not None:

@@ -19,10 +19,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from drivers.common.base import DeviceHealth, Driver, Reading
 from drivers.common.gpio import GpioError, HealthTracker, close_quietly, describe, pin_factory
+from drivers.common.options import CARD_DRIVER, Pin, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,15 @@ LENGTHS = (26, 34)
 MAX_BITS = 128
 #: Seconds a line may stay low before it counts as stuck (no reader pulses that long).
 STUCK_S = 1.0
+
+
+class WiegandCardConfig(StrictModel):
+    """A Wiegand 26/34 reader on two GPIO inputs."""
+
+    driver: Literal["wiegand"] = Field(default="wiegand", description=CARD_DRIVER)
+    d0_pin: Pin = Field(description="GPIO input of the reader's D0 line (active low).")
+    d1_pin: Pin = Field(description="GPIO input of the reader's D1 line (active low).")
+    gap_ms: float = Field(default=25, gt=0, description="Milliseconds of silence that end a frame.")
 
 
 @dataclass(frozen=True)
@@ -119,13 +131,16 @@ class WiegandDecoder:
 class WiegandCardReader(Driver):
     """A Wiegand 26/34 reader on GPIO: emits ``card`` readings with the uid in hex.
 
-    Options (``[card] driver = "wiegand"``): ``d0_pin``, ``d1_pin`` (inputs with the
-    Pi's pull-up, active low), ``gap_ms`` (milliseconds of silence that end a frame).
+    Config: :class:`WiegandCardConfig` (``[card] driver = "wiegand"``): D0 and D1 are
+    inputs with the Pi's pull-up, active low.
     """
+
+    config_model = WiegandCardConfig
+    config: WiegandCardConfig
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.decoder = WiegandDecoder(float(self.options.get("gap_ms", 25)) / 1000.0)
+        self.decoder = WiegandDecoder(self.config.gap_ms / 1000.0)
         self.health_tracker = HealthTracker(self.name, self.emit)
         self._cond = threading.Condition()
         self._edges: list[tuple[int, float]] = []
@@ -139,8 +154,7 @@ class WiegandCardReader(Driver):
         factory = pin_factory(self.ctx.pin_factory)
         from gpiozero import DigitalInputDevice
 
-        for bit, key in ((0, "d0_pin"), (1, "d1_pin")):
-            pin = self.options[key]
+        for bit, pin in ((0, self.config.d0_pin), (1, self.config.d1_pin)):
             try:
                 line = DigitalInputDevice(pin, pull_up=True, pin_factory=factory)
             except Exception as exc:  # gpiozero raises many kinds

@@ -112,8 +112,7 @@ class App:
             if cfg.driver == "none":
                 continue
             cls = driver_class(section, cfg.driver)
-            options = cfg.model_dump(exclude={"driver"})
-            self.devices[section] = cls(section, self._emit, options, ctx)
+            self.devices[section] = cls(section, self._emit, cfg, ctx)  # its own model
 
     def _emit(self, reading: Reading) -> None:
         self.controller.put(reading)

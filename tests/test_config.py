@@ -354,6 +354,22 @@ def test_gpio_prompter_needs_what_its_audio_needs(tmp_path: Path):
     assert f": prompter.sounds_dir: no such directory: {tmp_path / 'sounds'}" in missing_dir
 
 
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ('[card]\ndriver = "rdm6300"', "loop://"),
+        ('[card]\ndriver = "osdp"', "spy:///dev/ttyUSB0?file=/tmp/osdp.txt"),
+        ('[qr]\ndriver = "serial"', "rfc2217://192.0.2.7:4000"),
+        ('[thermometer]\ndriver = "serial"', "socket://192.0.2.7:7000"),
+        ('[prompter]\ndriver = "gpio"\npir_pin = 4\naudio = "dfplayer"', "loop://"),
+    ],
+)
+def test_a_serial_port_may_be_a_pyserial_url(tmp_path: Path, section: str, url: str):
+    config = load_config(write(tmp_path, f'{MINIMAL}\n{section}\nport = "{url}"\n'))
+    name = section.split("]")[0].lstrip("[")
+    assert getattr(config, name).port == url
+
+
 # ---- secrets and files ------------------------------------------------------------
 
 

@@ -210,7 +210,10 @@ def test_a_device_that_cannot_be_grabbed_is_unhealthy(tmp_path):
         device.unplug()
 
 
-@pytest.mark.skipif(not (HAVE_EVDEV and HAVE_UINPUT), reason="needs evdev and /dev/uinput")
+@pytest.mark.skipif(
+    not (HAVE_EVDEV and HAVE_UINPUT),
+    reason="needs python-evdev and a writable /dev/uinput to make a virtual reader",
+)
 def test_a_virtual_reader_is_grabbed_read_unplugged_and_plugged_back(tmp_path):
     from evdev import UInput, ecodes
 

@@ -9,10 +9,10 @@ import segno
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.common.debounce import Debouncer
 from drivers.qr_decode import (
     DECODERS,
     FIRST_LOOK_WIDTH,
-    Debouncer,
     MotionGate,
     QrScan,
     decode_pyzbar,

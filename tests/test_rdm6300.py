@@ -108,7 +108,7 @@ def test_the_debounce_memory_stays_bounded():
     for i in range(2000):
         clock.now += 0.01
         assert f.feed(encode_frame(f"{i:010X}")) == [f"{i:010X}"]
-    assert len(f._seen) <= 257
+    assert len(f.debouncer._seen) <= 257
 
 
 # ---- garbage -----------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_the_debounce_memory_stays_bounded():
     for i in range(1000):
         now[0] += 0.1
         assert f.feed(f"text {i}\n".encode()) == [f"text {i}"]
-    assert len(f._seen) <= 65
+    assert len(f.debouncer._seen) <= 65
 
 
 def test_empty_and_blank_lines_are_ignored():

@@ -235,3 +235,27 @@ def test_the_controller_records_the_loss_and_the_recovery(tmp_path, pty_port, st
         assert [k for k in kinds if k[0] == "alarm"] == [("alarm", None, None, "device")]
     finally:
         rig.conn.close()
+
+
+# ---- ports as pyserial URLs ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "driver", "config", "sent", "kind", "value"),
+    [
+        ("card", "rdm6300", {}, encode_frame("62E3086CED"), "card", "62E3086CED"),
+        ("qr", "serial", {}, b"https://example.invalid/p\r\n", "qr", "https://example.invalid/p"),
+        ("thermometer", "serial", {"offset_c": 0.5}, b"T 36.4\r\n", "temp", 36.9),
+    ],
+)
+def test_a_serial_driver_reads_a_loop_url(section, driver, config, sent, kind, value, stopper):
+    """``loop://`` is a port whose writes come back as reads: the device is the test."""
+    cls = driver_class(section, driver)
+    readings = Readings()
+    device = cls(section, readings, cls.config_model.model_validate({"port": "loop://", **config}))
+    stopper.append(device)
+    device.start()
+    readings.wait_health(True)
+    device.reader._serial.write(sent)
+    assert readings.wait(lambda r: r.kind == kind).value == value
+    assert device.stats["opens"] == 1

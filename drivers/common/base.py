@@ -6,7 +6,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from drivers.common.options import NoConfig, take
 
 #: Kinds of reading a driver may emit, and the type of ``Reading.value`` for each.
 #: ``motion`` bool, ``temp`` float (degrees Celsius, already offset-corrected),
@@ -61,7 +65,7 @@ Emit = Callable[[Reading], None]
 
 @dataclass
 class DriverContext:
-    """What a driver may need beyond its own options.
+    """What a driver may need beyond its own config.
 
     ``pin_factory`` names gpiozero's pin factory (``mock`` in tests); ``scenario`` is
     the shared :class:`drivers.sim.Scenario` that simulated drivers play.
@@ -77,21 +81,29 @@ class Driver(ABC):
     Readings go to ``emit``, which must be cheap and thread-safe (the controller's
     queue ``put``). Hardware libraries are imported in ``start`` so that the module
     imports on any machine.
+
+    ``config`` is the driver's own config model (``config_model``, defined in the
+    driver's module), the ``[section]`` the daemon validated; a driver reads its
+    settings from it. A mapping is taken as given, the model's defaults filling what
+    it leaves out (see :func:`drivers.common.options.take`).
     """
 
     #: The name used in health reports and readings, e.g. ``"card"``.
     name: str = "device"
+    #: The model of this driver's config section.
+    config_model: ClassVar[type[BaseModel]] = NoConfig
+    config: BaseModel
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
         self.name = name
         self.emit = emit
-        self.options = dict(options or {})
+        self.config = take(self.config_model, config)
         self.ctx = ctx or DriverContext()
 
     @abstractmethod

@@ -2,12 +2,16 @@
 
 The pattern is pyserial's ``threaded.ReaderThread``: reading kept apart from framing.
 :class:`ReconnectingReader` opens a device, reads it until it fails, then reports the
-device unhealthy, waits (backoff doubling from 50 ms, capped at 0.5 s, so a port that
-comes back is open again well within 2 s) and opens it again, by the same path: a
-udev rule's stable name (``/dev/serial/by-id/...``, ``/dev/rdm6300``) survives a
-re-plug. :class:`SerialReader` hands every chunk of bytes to a pure framing object
-(``feed(bytes) -> list[item]``, ``reset()``) and every item to a callback.
-:class:`SerialDriver` is the base of the serial device drivers.
+device unhealthy, waits (:class:`~drivers.common.backoff.Backoff` doubling from 50 ms,
+capped at 0.5 s, so a port that comes back is open again well within 2 s) and opens
+it again, by the same path: a udev rule's stable name (``/dev/serial/by-id/...``,
+``/dev/rdm6300``) survives a re-plug. :class:`SerialReader` hands every chunk of bytes
+to a pure framing object (``feed(bytes) -> list[item]``, ``reset()``) and every item
+to a callback. :class:`SerialDriver` is the base of the serial device drivers.
+
+Ports are opened with pyserial's ``serial_for_url``: a device path, or a URL such as
+``loop://`` (what is written is read back: a device in a test) or
+``spy:///dev/ttyUSB0`` (the traffic logged, for finding a wiring fault).
 
 pyserial is imported in ``open``, so this module imports on any machine.
 """
@@ -23,7 +27,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
+from drivers.common.backoff import Backoff
 from drivers.common.base import DeviceHealth, Driver, DriverContext, Emit, Reading, describe
+from drivers.common.options import SerialConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,8 @@ class ReconnectingReader(ABC):
     Health goes to ``emit`` as ``Reading("device", DeviceHealth(...), name)`` only when
     it changes between working and failing, so a port that stays away raises one
     alarm, not one per retry. ``stats`` counts ``opens``, ``reconnects`` (opens after
-    the first) and ``failures`` (failed opens and lost devices).
+    the first) and ``failures`` (failed opens and lost devices). Failed opens in a row
+    wait ``backoff`` (no jitter: one local device has no crowd to spread).
     """
 
     def __init__(self, name: str, emit: Emit, what: str):
@@ -84,6 +93,7 @@ class ReconnectingReader(ABC):
         self._lock = threading.Lock()
         self._drops_logged = 0
         self._drops_logged_at = float("-inf")
+        self.backoff = Backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, jitter=0)
 
     @abstractmethod
     def open(self) -> None:
@@ -151,23 +161,23 @@ class ReconnectingReader(ABC):
                 self._health = DeviceHealth(False, f"reader stopped: {describe(exc)}")
 
     def _loop(self) -> None:
-        delay = BACKOFF_FIRST_S
+        self.backoff.reset()
         while not self._stop.is_set():
             try:
                 self.open()
             except Exception as exc:  # OSError, SerialException, ImportError, ValueError...
                 self.stats["failures"] += 1
                 self._set_health(False, f"{self.what}: {describe(exc)}")
+                delay = self.backoff.next()
                 log.debug("%s: open failed, next try in %.2f s", self.name, delay)
                 if self._stop.wait(delay):
                     break
-                delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             self.stats["opens"] += 1
             if self.stats["opens"] > 1:
                 self.stats["reconnects"] += 1
             self._set_health(True, f"{self.what} open")
-            delay = BACKOFF_FIRST_S
+            self.backoff.reset()
             try:
                 while not self._stop.is_set():
                     self.read_once()
@@ -179,7 +189,7 @@ class ReconnectingReader(ABC):
                 self._set_health(False, f"{self.what}: {describe(exc)}")
             finally:
                 self.close()
-            self._stop.wait(BACKOFF_FIRST_S)
+            self._stop.wait(self.backoff.low)
 
 
 class SerialReader(ReconnectingReader):
@@ -209,17 +219,8 @@ class SerialReader(ReconnectingReader):
         self._serial: Any = None
 
     def open(self) -> None:
-        """Open the port by its path and drop whatever was waiting in it."""
-        import serial
-
-        # exclusive: a second reader of the same port (a selftest while the daemon
-        # runs) would take half the bytes of every frame; it is refused instead.
-        try:
-            port = serial.Serial(self.port, self.baud, timeout=READ_TIMEOUT_S, exclusive=True)
-        except OSError as exc:
-            if "exclusively lock" in str(exc):
-                raise OSError(errno.EBUSY, "in use by another process") from None
-            raise
+        """Open the port by its path (or URL) and drop whatever was waiting in it."""
+        port = open_serial(self.port, self.baud, timeout=READ_TIMEOUT_S)
         try:
             port.reset_input_buffer()
         except Exception:
@@ -265,6 +266,23 @@ class SerialReader(ReconnectingReader):
             port.close()
         except Exception as exc:  # closing a vanished port may fail; nothing to do
             log.debug("%s: close failed: %s", self.name, exc)
+
+
+def open_serial(port: str, baud: int, exclusive: bool = True, **kwargs: Any) -> Any:
+    """The serial port ``port`` (a path or a pyserial URL such as ``loop://``), opened.
+
+    ``exclusive``: a second reader of the same port (a selftest while the daemon runs)
+    would take half the bytes of every frame; it is refused (EBUSY) instead.
+    ``kwargs`` go to pyserial (``timeout``, ``write_timeout``).
+    """
+    import serial
+
+    try:
+        return serial.serial_for_url(port, baud, exclusive=exclusive, **kwargs)
+    except OSError as exc:
+        if "exclusively lock" in str(exc):
+            raise OSError(errno.EBUSY, "in use by another process") from None
+        raise
 
 
 _LINE_END = re.compile(rb"[\r\n]")
@@ -353,31 +371,27 @@ class ReaderDriver(Driver):
 class SerialDriver(ReaderDriver):
     """A device on a serial port: ``make_framer`` frames its bytes, ``on_item`` emits.
 
-    Options: ``port`` (path; a stable udev name survives re-plugging) and ``baud``.
+    Its config derives from :class:`~drivers.common.options.SerialConfig`: ``port``
+    (a path, a stable udev name survives re-plugging, or a pyserial URL) and ``baud``.
     ``stats`` merges the framer's counters with the reader's (``opens``,
     ``reconnects``, ``failures``, ``bytes``, ``errors``) and ``dropped``, the sum of
     the framer's counters of dropped input.
     """
 
-    DEFAULT_BAUD = 9600
     reader: SerialReader
+    config: SerialConfig
 
     def __init__(
         self,
         name: str,
         emit: Emit,
-        options: Mapping[str, Any] | None = None,
+        config: BaseModel | Mapping[str, Any] | None = None,
         ctx: DriverContext | None = None,
     ):
-        super().__init__(name, emit, options, ctx)
+        super().__init__(name, emit, config, ctx)
         self.framer = self.make_framer()
         self.reader = SerialReader(
-            self.name,
-            self.emit,
-            str(self.options.get("port", "")),
-            int(self.options.get("baud", self.DEFAULT_BAUD)),
-            self.framer,
-            self.on_item,
+            self.name, self.emit, self.config.port, self.config.baud, self.framer, self.on_item
         )
 
     @abstractmethod

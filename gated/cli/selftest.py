@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from drivers import driver_class
 from drivers.common.base import DeviceHealth, Driver, DriverContext, Prompter, Reading, Turnstile
+from drivers.prompter import GpioPrompterConfig
 from gated.app import SECTIONS
 from gated.passes import describe_qr
 from gated.privacy import mask_uid
@@ -74,9 +75,7 @@ def run_selftest(
             continue
         readings: queue.Queue[Reading] = queue.Queue()
         try:
-            device = driver_class(section, cfg.driver)(
-                section, readings.put, cfg.model_dump(exclude={"driver"}), ctx
-            )
+            device = driver_class(section, cfg.driver)(section, readings.put, cfg, ctx)
             device.start()
         except Exception as exc:  # the installer needs the reason, whatever it is
             results.append(Check(section, cfg.driver, False, f"did not start: {exc}"))
@@ -115,7 +114,7 @@ def _exercise(
         device.lock()
         detail = f"relay pulsed for {pulse_s:g} s, then locked"
     elif isinstance(device, Prompter):
-        if device.options.get("audio") == "none":
+        if isinstance(device.config, GpioPrompterConfig) and device.config.audio == "none":
             detail = "no audio configured (PIR only)"
         else:
             device.play("welcome")

@@ -18,7 +18,6 @@ then MQTT 5 is tried first again. ``"5"`` and ``"3.1.1"`` speak only that protoc
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 import threading
 import time
@@ -29,6 +28,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from drivers.common.backoff import Backoff  # shared with the device readers; named here too
 
 if TYPE_CHECKING:
     from gated.config import MqttConfig
@@ -68,25 +69,6 @@ class BrokerUrl:
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-class Backoff:
-    """Exponential delays with full jitter between ``low`` and ``high`` seconds."""
-
-    def __init__(self, low: float = 0.5, high: float = 15.0):
-        self.low = low
-        self.high = high
-        self.current = low
-
-    def next(self) -> float:
-        """The next delay (random in [current/2, current]); doubles ``current``."""
-        delay = random.uniform(self.current / 2, self.current)
-        self.current = min(self.high, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        """Back to the shortest delay (after a connection that proved good)."""
-        self.current = self.low
 
 
 def read_secret(path: Path | None) -> str | None:
