@@ -22,6 +22,7 @@ from gated.mqtt.link import Backoff
 from gated.storage import connect
 from tests.conftest import make_config
 from tests.support.daemon import Daemon
+from tests.support.events import event
 from tests.support.gate_process import GateProcess
 from tests.support.mosquitto import Collector, Door, Mosquitto, publish
 from tests.test_publisher import check_complete, has_seq, wait_until
@@ -106,7 +107,7 @@ def prefill(db: Path, n: int) -> None:
     ledger = Ledger(conn, site="s1", gate="g1", clock=SystemClock())
     ledger.start_boot()
     for i in range(n):
-        ledger.append({"kind": "guard_on" if i % 2 else "guard_off", "guard": "G7"})
+        ledger.append(event("guard_on" if i % 2 else "guard_off", guard="G7"))
     conn.close()
 
 

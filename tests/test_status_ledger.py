@@ -18,6 +18,7 @@ from gated.ledger import Ledger
 from gated.status.server import SNAPSHOT_TIMEOUT_S
 from gated.status.view import MAX_ALARMS, History
 from gated.storage import connect
+from tests.support.events import event
 from tests.test_status_api import Gate, wait_until
 
 DECIDE = "/api/guard/decide"
@@ -237,12 +238,12 @@ def test_open_alarms_are_rebuilt_from_the_last_day_of_the_ledger(tmp_path: Path)
     clock = FakeClock()
     ledger = Ledger(conn, site="s1", gate="g1", clock=clock)
     ledger.start_boot()
-    old = ledger.append({"kind": "alarm", "alarm": "device", "detail": "card: gone"})
+    old = ledger.append(event("alarm", alarm="device", detail="card: gone")).body()
     clock.advance(2 * 86400)
-    acked = ledger.append({"kind": "alarm", "alarm": "tailgate", "detail": "x"})
-    ledger.append({"kind": "ack", "ref": acked["id"], "alarm": "tailgate", "guard": "G01"})
+    acked = ledger.append(event("alarm", alarm="tailgate", detail="x")).body()
+    ledger.append(event("ack", ref=acked["id"], alarm="tailgate", guard="G01"))
     ledger.start_boot()  # a restart in between: the alarm stays open
-    still = ledger.append({"kind": "alarm", "alarm": "fire", "detail": "fire input active"})
+    still = ledger.append(event("alarm", alarm="fire", detail="fire input active")).body()
     from datetime import UTC, datetime
 
     history = History(ZoneInfo("Asia/Shanghai"), boot=ledger.boot)

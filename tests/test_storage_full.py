@@ -25,6 +25,7 @@ from drivers.common.base import Reading
 from gated.ledger import Ledger, iso_utc
 from gated.storage_watch import CommitFailed
 from tests.conftest import Rig
+from tests.support.events import event
 from tests.support.gate_process import GateProcess, arrival
 from tests.support.waiting import wait_until
 from tests.test_commands import Remote
@@ -43,7 +44,7 @@ def fill(ledger: Ledger) -> None:
     misses = 0
     while misses < 50:
         try:
-            ledger.append({"kind": "device", "device": "filler", "ok": True})
+            ledger.append(event("device", device="filler", ok=True))
             misses = 0
         except sqlite3.OperationalError as exc:
             assert "full" in str(exc)
