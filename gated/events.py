@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, get_args
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gated.errors import EventError
 
+#: Every kind of event (each has its type in :data:`TYPES`).
 KINDS = (
     "decision",
     "passage",
@@ -42,40 +43,12 @@ KINDS = (
     "purge",
     "ack",
 )
-DECISIONS = ("granted", "denied", "needs_guard", "guard_granted", "guard_denied")
-ALARMS = ("fever", "tailgate", "device", "unattended", "fire", "tamper")
-MODES = ("normal", "locked", "free", "guard_only")
-
-REASONS = (
-    "fever",
-    "temp_missing",
-    "temp_invalid",
-    "credential_missing",
-    "unknown_card",
-    "card_revoked",
-    "pass_invalid",
-    "pass_expired",
-    "pass_not_yet_valid",
-    "pass_revoked",
-    "pass_replayed",
-    "pass_wrong_gate",
-    "person_mismatch",
-    "color_guard",
-    "color_denied",
-    "quota_exceeded",
-    "antipassback",
-    "outside_schedule",
-    "gate_locked",
-    "guard_only",
-    "guard_timeout",
-    "fire_release",
-)
-
 #: The fields the ledger stamps, in the order they close a body.
 HEADER = ("id", "ts", "site", "gate", "clock_synced", "boot", "seq")
 #: Fields that hold a body temperature (``mqtt.pii = "none"`` clears them).
 TEMPERATURE_FIELDS = ("temperature_c", "readings_c", "confirm_temp_c")
 
+#: The words of the vocabulary; the tuples below are the same words, for iterating.
 Decided = Literal["granted", "denied", "needs_guard", "guard_granted", "guard_denied"]
 Reason = Literal[
     "fever",
@@ -103,6 +76,12 @@ Reason = Literal[
 ]
 AlarmName = Literal["fever", "tailgate", "device", "unattended", "fire", "tamper"]
 ModeName = Literal["normal", "locked", "free", "guard_only"]
+
+DECISIONS: tuple[str, ...] = get_args(Decided)
+REASONS: tuple[str, ...] = get_args(Reason)
+ALARMS: tuple[str, ...] = get_args(AlarmName)
+MODES: tuple[str, ...] = get_args(ModeName)
+
 Direction = Literal["in", "out", "both"]
 #: A JSON number as written: an int stays an int (``37`` is not ``37.0``).
 Number = int | float

@@ -93,7 +93,7 @@ def stored(tmp_path: Path) -> list[str]:
 
 
 def test_every_kind_the_gate_writes_round_trips_byte_for_byte(stored: list[str]) -> None:
-    assert {json.loads(b)["kind"] for b in stored} == set(KINDS)
+    assert {json.loads(b)["kind"] for b in stored} == set(KINDS) == set(TYPES)
     for body in stored:
         event = parse_event(body)
         assert event.to_json() == body
