@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, Self, get_args
+from typing import Any, Literal, Self, get_args
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -151,9 +151,6 @@ class Event(_Strict):
     clock_synced: bool | None = None
     boot: int | None = Field(default=None, ge=0, le=_SEQ_MAX)
     seq: int | None = Field(default=None, ge=1, le=_SEQ_MAX)
-
-    #: Topic suffix the event is published on.
-    topic: ClassVar[str] = "event"
 
     def body(self) -> dict[str, Any]:
         """The JSON object of this event: its fields, then the header (SPEC §4)."""
@@ -302,8 +299,6 @@ class Alarm(Event):
     #: A storage outage: since when no event could be committed, and how many were not.
     since: str | None = None
     not_written: int | None = None
-
-    topic: ClassVar[str] = "alarm"
 
     @classmethod
     def raised(cls, alarm: str, detail: str, **fields: Any) -> Alarm:
