@@ -22,7 +22,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from drivers.common.base import DeviceHealth, Prompter, Reading, Turnstile
 from gated.clock import Clock
-from gated.events import MODES
+from gated.events import (
+    MODES,
+    Ack,
+    Alarm,
+    Credential,
+    Decision,
+    Device,
+    Event,
+    GuardShift,
+    Mode,
+    Passage,
+)
 from gated.facts import FactFinder
 from gated.ledger import Effects, Ledger, iso_utc
 from gated.mqtt import registry_sync
@@ -40,7 +51,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Observers get each committed event's body (the JSON object the ledger stored).
 Observer = Callable[[dict[str, Any]], None]
+E = TypeVar("E", bound=Event)
 
 #: What a ``tamper`` alarm says, by the device (the reading's source) that reported it.
 TAMPER_DETAIL = {"turnstile": "turnstile enclosure opened", "card": "card reader tampered"}
@@ -50,7 +63,7 @@ TAMPER_DETAIL = {"turnstile": "turnstile enclosure opened", "card": "card reader
 class OpenGrant:
     """A granted person the turnstile is open for, until ``deadline`` (monotonic)."""
 
-    event: dict[str, Any]
+    decision: Decision
     deadline: float
 
 
@@ -58,9 +71,14 @@ class OpenGrant:
 class PendingGuard:
     """A ``needs_guard`` verdict waiting for the guard until ``deadline`` (monotonic)."""
 
-    event: dict[str, Any]
+    decision: Decision
     deadline: float
     effects: Effects
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The verdict's body, as the screen shows it."""
+        return self.decision.body()
 
 
 @dataclass
@@ -243,7 +261,7 @@ class Controller:
         for event_id, p in list(self.pending.items()):
             if now >= p.deadline:
                 del self.pending[event_id]
-                self._record(self._follow_up(p.event, "denied", ("guard_timeout",), None))
+                self._record(Decision.follow_up(p.decision, "denied", None, ("guard_timeout",)))
                 self.turnstile.signal("denied")
                 self._play("denied")
         for event_id, f in list(self.fever_checks.items()):
@@ -252,14 +270,7 @@ class Controller:
         for g in list(self.grants):
             if now >= g.deadline:
                 self.grants.remove(g)
-                self._record(
-                    {
-                        "kind": "passage",
-                        "ref": g.event["id"],
-                        "passed": False,
-                        "direction": g.event.get("direction"),
-                    }
-                )
+                self._record(Passage.of_grant(g.decision, passed=False))
                 if not self.grants and not self._free():
                     self.turnstile.lock()
 
@@ -324,26 +335,23 @@ class Controller:
         decide_ms = (time.perf_counter() - started) * 1000
         event = self._decision_event(s, facts, verdict, decide_ms)
         effects = self._effects(facts, verdict, event)
-        if verdict.decision == "granted":
-            self._record(event, effects)
-        else:
-            self._record(event)
+        event = self._record(event, effects if verdict.decision == "granted" else None)
         if verdict.alarm:
             # The decision is committed: it is acted on even if its alarm cannot be.
             with contextlib.suppress(CommitFailed):
                 self._alarm(
                     verdict.alarm,
                     f"session ended {verdict.decision}",
-                    ref=event["id"],
-                    person=event["person"],
-                    temperature_c=event["temperature_c"],
+                    ref=event.id,
+                    person=event.person,
+                    temperature_c=event.temperature_c,
                 )
         self._act(event, verdict, effects)
         if verdict.decision == "denied" and "fever" in verdict.reasons:
             self._offer_fever_check(event, s, facts, effects)
 
     def _offer_fever_check(
-        self, event: dict[str, Any], s: Session, facts: Facts, effects: Effects
+        self, event: Decision, s: Session, facts: Facts, effects: Effects
     ) -> None:
         # Only when nothing but the fever denied: at a normal temperature the verdict would
         # be a grant or a guard's call, so a clinical reading can decide it.
@@ -351,33 +359,29 @@ class Controller:
         if decide(normal, self.policy).decision == "denied":
             return
         deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-        self.fever_checks[event["id"]] = FeverCheck(event, deadline, effects, s)
+        self.fever_checks[str(event.id)] = FeverCheck(event, deadline, effects, s)
 
-    def _decision_event(
-        self, s: Session, facts: Facts, v: Verdict, decide_ms: float
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _decision_event(s: Session, facts: Facts, v: Verdict, decide_ms: float) -> Decision:
         credential = None
         if facts.card is not None:
-            credential = {"kind": "card", "ref": facts.card.uid, "color": v.color}
-            if facts.qr is not None:
-                credential["pass"] = facts.qr.jti
+            credential = Credential.card(
+                facts.card.uid, v.color, facts.qr.jti if facts.qr is not None else None
+            )
         elif facts.qr is not None:
-            credential = {"kind": "qr", "ref": facts.qr.jti, "color": v.color}
-        return {
-            "kind": "decision",
-            "direction": s.direction,
-            "decision": v.decision,
-            "reasons": list(v.reasons),
-            "person": v.person.as_event() if v.person else None,
-            "credential": credential,
-            "temperature_c": s.temperature,
-            "readings_c": list(s.readings) + list(s.invalid_readings),
-            "ref": None,
-            "guard": None,
-            "latency_ms": {"decide": round(decide_ms, 3)},
-        }
+            credential = Credential.qr(facts.qr.jti, v.color)
+        return Decision.verdict(
+            direction=s.direction,
+            decision=v.decision,
+            reasons=v.reasons,
+            person=v.person.as_event() if v.person else None,
+            credential=credential,
+            temperature_c=s.temperature,
+            readings_c=list(s.readings) + list(s.invalid_readings),
+            decide_ms=decide_ms,
+        )
 
-    def _effects(self, facts: Facts, v: Verdict, event: dict[str, Any]) -> Effects:
+    def _effects(self, facts: Facts, v: Verdict, event: Decision) -> Effects:
         person = v.person
         jti = facts.qr.jti if facts.qr is not None and facts.qr.otp else None
         if person is None or facts.fire or facts.mode == "free":
@@ -386,31 +390,31 @@ class Controller:
             return Effects(pass_use_jti=jti)
         return Effects(
             quota_household=person.household or None,
-            quota_direction=event["direction"],
+            quota_direction=event.direction,
             presence_person=person.id,
-            presence_direction=event["direction"],
+            presence_direction=event.direction,
             pass_use_jti=jti,
         )
 
-    def _act(self, event: dict[str, Any], v: Verdict, effects: Effects) -> None:
+    def _act(self, event: Decision, v: Verdict, effects: Effects) -> None:
         if v.decision == "granted":
             self._open(event)
         elif v.decision == "needs_guard":
             deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-            self.pending[event["id"]] = PendingGuard(event, deadline, effects)
+            self.pending[str(event.id)] = PendingGuard(event, deadline, effects)
             self.turnstile.signal("guard")
             if not self.guards_on_duty:
                 with contextlib.suppress(CommitFailed):
                     self._alarm(
                         "unattended",
                         "a guard decision is needed and no guard is on duty",
-                        ref=event["id"],
+                        ref=event.id,
                     )
         else:
             self.turnstile.signal("denied")
         self._play(prompt_for(v.decision, v.reasons))
 
-    def _open(self, event: dict[str, Any]) -> None:
+    def _open(self, event: Decision) -> None:
         self.grants.append(OpenGrant(event, self.clock.monotonic() + self.open_s))
         self.turnstile.signal("granted")
         if not self._free():
@@ -424,27 +428,13 @@ class Controller:
     def _passage(self) -> None:
         if self.grants:
             g = self.grants.pop(0)
-            self._record(
-                {
-                    "kind": "passage",
-                    "ref": g.event["id"],
-                    "passed": True,
-                    "direction": g.event.get("direction"),
-                }
-            )
+            self._record(Passage.of_grant(g.decision, passed=True))
             if not self.grants and not self._free():
                 self.turnstile.lock()
             return
-        event = self._record(
-            {
-                "kind": "passage",
-                "ref": None,
-                "passed": True,
-                "direction": self.config.gate.direction,
-            }
-        )
+        event = self._record(Passage.without_grant(self.config.gate.direction))
         if not self._free():
-            self._alarm("tailgate", "passage with no grant open", ref=event["id"])
+            self._alarm("tailgate", "passage with no grant open", ref=event.id)
 
     def _fire(self, active: bool, source: str) -> None:
         if active == self.fire:
@@ -454,15 +444,7 @@ class Controller:
         if active:
             self._alarm("fire", f"fire input active ({source}): passage is free")
         else:
-            self._record(
-                {
-                    "kind": "mode",
-                    "mode": self.mode,
-                    "previous": self.mode,
-                    "by": source,
-                    "detail": "fire input cleared",
-                }
-            )
+            self._record(Mode.fire_cleared(self.mode, by=source))
 
     def _tamper(self, active: bool, source: str) -> None:
         # An alarm, nothing more: the gate neither opens (an intruder must not gain a
@@ -471,21 +453,13 @@ class Controller:
             return  # one alarm per tamper, however often the device repeats it
         if active:
             detail = TAMPER_DETAIL.get(source, f"{source} tampered")
-            self.tampered[source] = self._alarm("tamper", detail, device=source)["id"]
+            self.tampered[source] = str(self._alarm("tamper", detail, device=source).id)
             return
         # The clear is the device back to normal: a ``device`` event (``mode`` is for
         # what changes passage, as fire does), ``ok`` its health as known now.
         health = self.health.get(source, DeviceHealth(True, ""))
         detail = "tamper cleared" + ("" if health.ok else f"; {health.detail}")
-        self._record(
-            {
-                "kind": "device",
-                "device": source,
-                "ok": health.ok,
-                "detail": detail,
-                "ref": self.tampered.pop(source),
-            }
-        )
+        self._record(Device.health(source, health.ok, detail, ref=self.tampered.pop(source)))
 
     def expect_devices(self, names: Iterable[str]) -> None:
         """Seed the health with every configured device: working until it reports."""
@@ -501,11 +475,9 @@ class Controller:
         self.health[name] = health
         if before == health or (before is None and health.ok):
             return
-        event = self._record(
-            {"kind": "device", "device": name, "ok": health.ok, "detail": health.detail}
-        )
+        event = self._record(Device.health(name, health.ok, health.detail))
         if not health.ok:
-            self._alarm("device", f"{name}: {health.detail}", ref=event["id"])
+            self._alarm("device", f"{name}: {health.detail}", ref=event.id)
 
     # -- guard and operator actions (run through submit) -------------------------------
 
@@ -514,12 +486,10 @@ class Controller:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
         previous = self.mode
-        event = self._record(
-            {"kind": "mode", "mode": mode, "previous": previous, "by": by}, Effects(mode=mode)
-        )
+        event = self._record(Mode.change(mode, previous, by), Effects(mode=mode))
         self.mode = mode  # only once committed: a mode the ledger does not know is no mode
         self.turnstile.free(self._free())
-        return event
+        return event.body()
 
     def open_once(self, by: str, guard: str | None = None) -> dict[str, Any]:
         """A remote open (MQTT ``cmd/open``): a ``granted`` decision whose credential is
@@ -527,33 +497,20 @@ class Controller:
         From the status screen ``guard`` is the guard's id, recorded in ``guard``."""
         if self.mode == "locked":
             raise PermissionError("the gate is locked")
-        event = self._record(
-            {
-                "kind": "decision",
-                "direction": self.config.gate.direction,
-                "decision": "granted",
-                "reasons": [],
-                "person": None,
-                "credential": {"kind": "remote", "ref": by, "color": None},
-                "temperature_c": None,
-                "readings_c": [],
-                "ref": None,
-                "guard": guard,
-            }
-        )
+        event = self._record(Decision.remote_open(self.config.gate.direction, by, guard))
         self._open(event)
         self._play("granted")
-        return event
+        return event.body()
 
     def guard_on(self, guard: str) -> dict[str, Any]:
         """A guard starts a shift at this gate."""
         self.guards_on_duty.add(guard)
-        return self._record({"kind": "guard_on", "guard": guard})
+        return self._record(GuardShift.on(guard)).body()
 
     def guard_off(self, guard: str) -> dict[str, Any]:
         """A guard ends a shift at this gate."""
         self.guards_on_duty.discard(guard)
-        return self._record({"kind": "guard_off", "guard": guard})
+        return self._record(GuardShift.off(guard)).body()
 
     def guard_decide(
         self, event_id: str, grant: bool, guard: str, confirm_temp_c: float | None = None
@@ -568,16 +525,14 @@ class Controller:
         if p is None:
             raise KeyError(f"no pending decision {event_id}")
         decision = "guard_granted" if grant else "guard_denied"
-        event = self._follow_up(p.event, decision, tuple(p.event["reasons"]), guard)
-        if confirm_temp_c is not None:
-            event["confirm_temp_c"] = confirm_temp_c
-        self._record(event, p.effects if grant else None)
+        event = Decision.follow_up(p.decision, decision, guard, confirm_temp_c=confirm_temp_c)
+        event = self._record(event, p.effects if grant else None)
         if grant:
             self._open(event)
         else:
             self.turnstile.signal("denied")
         self._play("granted" if grant else "denied")
-        return event
+        return event.body()
 
     def _fever_recheck(self, check: FeverCheck, grant: bool, reading: float | None) -> bool:
         """Whether a guard's clinical reading lets the person of a fever denial through."""
@@ -597,7 +552,7 @@ class Controller:
 
     def acknowledge(self, alarm_id: str, alarm: str, guard: str | None) -> dict[str, Any]:
         """A guard acknowledged an alarm: an ``ack`` event referring to it."""
-        return self._record({"kind": "ack", "ref": alarm_id, "alarm": alarm, "guard": guard})
+        return self._record(Ack.of(alarm_id, alarm, guard)).body()
 
     def end_stale_shifts(self) -> list[dict[str, Any]]:
         """At start: a guard whose last shift event is ``guard_on`` goes off duty (logins
@@ -607,34 +562,18 @@ class Controller:
             " WHERE kind IN ('guard_on', 'guard_off') GROUP BY guard"
         ).fetchall()
         return [
-            self._record({"kind": "guard_off", "guard": guard, "detail": "restart"})
+            self._record(GuardShift.off(guard, detail="restart")).body()
             for guard, kind, _ in rows
             if guard and kind == "guard_on"
         ]
 
     # -- recording ---------------------------------------------------------------------
 
-    @staticmethod
-    def _follow_up(
-        base: dict[str, Any], decision: str, reasons: tuple[str, ...], guard: str | None
-    ) -> dict[str, Any]:
-        return {
-            "kind": "decision",
-            "direction": base.get("direction"),
-            "decision": decision,
-            "reasons": list(reasons),
-            "person": base.get("person"),
-            "credential": base.get("credential"),
-            "temperature_c": base.get("temperature_c"),
-            "readings_c": base.get("readings_c"),
-            "ref": base["id"],
-            "guard": guard,
-        }
+    def _alarm(self, alarm: str, detail: str, **fields: Any) -> Alarm:
+        return self._record(Alarm.raised(alarm, detail, **fields))
 
-    def _alarm(self, alarm: str, detail: str, **fields: Any) -> dict[str, Any]:
-        return self._record({"kind": "alarm", "alarm": alarm, "detail": detail, **fields})
-
-    def _record(self, event: dict[str, Any], effects: Effects | None = None) -> dict[str, Any]:
+    def _record(self, event: E, effects: Effects | None = None) -> E:
+        """Commit ``event``, count it and tell the observers its body; the stamped event."""
         try:
             event = self.ledger.append(event, effects)
         except sqlite3.Error as exc:
@@ -643,22 +582,23 @@ class Controller:
             self._not_committed(event, exc)
             raise CommitFailed(f"event not committed: {exc}") from exc
         self.counters.events += 1
-        if event["kind"] == "decision":
-            d = event["decision"]
+        body = event.body()
+        if isinstance(event, Decision):
+            d = event.decision
             self.counters.decisions[d] = self.counters.decisions.get(d, 0) + 1
-            for r in event["reasons"]:
+            for r in event.reasons:
                 self.counters.reasons[r] = self.counters.reasons.get(r, 0) + 1
-            self.last_verdict = event
+            self.last_verdict = body
         for observe in self.observers:
             try:
-                observe(event)
+                observe(body)
             except Exception:  # an observer must never stop the gate
                 log.exception("event observer failed")
         if self.storage.failing:
             self._storage_works_again()
         return event
 
-    def _not_committed(self, event: dict[str, Any], exc: sqlite3.Error) -> None:
+    def _not_committed(self, event: Event, exc: sqlite3.Error) -> None:
         """Fail secure on an event that is not in the ledger: nothing acts on it, the
         turnstile locks unless a committed grant is open, the person waits for the guard."""
         self.counters.not_committed += 1
@@ -666,7 +606,7 @@ class Controller:
         self.health[STORAGE] = self.storage.health()
         if not self.grants and not self._free():
             self.turnstile.lock()
-        if event.get("kind") == "decision":
+        if isinstance(event, Decision):
             self.turnstile.signal("guard")
             self._play("wait_guard")
         if first:
@@ -690,15 +630,7 @@ class Controller:
                 since=iso_utc(outage.since),
                 not_written=outage.failures,
             )
-            self._record(
-                {
-                    "kind": "device",
-                    "device": STORAGE,
-                    "ok": True,
-                    "detail": "storage works again",
-                    "ref": alarm["id"],
-                }
-            )
+            self._record(Device.health(STORAGE, True, "storage works again", ref=alarm.id))
         except CommitFailed:
             self.storage.resume(outage)  # failing again: one alarm for the whole outage
             self.health[STORAGE] = self.storage.health()

@@ -29,3 +29,7 @@ class RegistryImportError(GatedError, ValueError):
 
 class PassError(GatedError, ValueError):
     """A pass could not be issued (bad key, bad claims)."""
+
+
+class EventError(GatedError, ValueError):
+    """A body is not an event of the vocabulary (unknown kind, a field missing or wrong)."""

@@ -20,11 +20,13 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gated.clock import Clock, iso_utc
-from gated.events import card_ref, topic_for
+from gated.events import Decision, Event, topic_for
 from gated.storage import Transaction
+
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True)
@@ -104,17 +106,20 @@ class Ledger:
         self.boot = int(self._meta("boot"))
         return self.boot
 
-    def append(self, event: dict[str, Any], effects: Effects | None = None) -> dict[str, Any]:
-        """Stamp ``event`` (id, seq, ts, site, gate, boot, clock_synced) and commit it."""
+    def append(self, event: E, effects: Effects | None = None) -> E:
+        """Commit ``event`` stamped with its header (id, ts, site, gate, clock_synced,
+        boot, seq) and ``effects``, in one transaction; returns the stamped event."""
         now = self.clock.time()
-        event.setdefault("id", str(uuid.uuid4()))
-        event["ts"] = iso_utc(now)
-        event["site"] = self.site
-        event["gate"] = self.gate
-        event["clock_synced"] = bool(self._clock_synced())
-        event["boot"] = self.boot
-        kind = event["kind"]
-        person = event.get("person") or {}
+        header = {
+            "id": event.id or str(uuid.uuid4()),
+            "ts": iso_utc(now),
+            "site": self.site,
+            "gate": self.gate,
+            "clock_synced": bool(self._clock_synced()),
+            "boot": self.boot,
+        }
+        person = getattr(event, "person", None)
+        decision = event.decision if isinstance(event, Decision) else None
         with Transaction(self.conn) as c:
             seq = int(
                 c.execute(
@@ -122,31 +127,33 @@ class Ledger:
                     " RETURNING CAST(value AS INTEGER) - 1"
                 ).fetchone()[0]
             )
-            event["seq"] = seq
+            stamped = event.stamped(**header, seq=seq)
             c.execute(
                 "INSERT INTO events(seq, id, ts, kind, decision, person_id, body)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,
-                    event["id"],
-                    event["ts"],
-                    kind,
-                    event.get("decision"),
-                    person.get("id"),
-                    json.dumps(event, ensure_ascii=False, separators=(",", ":")),
+                    stamped.id,
+                    stamped.ts,
+                    event.kind,
+                    decision,
+                    person.id if person is not None else None,
+                    stamped.to_json(),
                 ),
             )
             if self.outbox:
-                c.execute("INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(kind)))
-            card = card_ref(event) if kind == "decision" else None
+                c.execute(
+                    "INSERT INTO outbox(seq, topic) VALUES (?, ?)", (seq, topic_for(event.kind))
+                )
+            card = stamped.card_ref() if isinstance(stamped, Decision) else None
             if card is not None:
                 c.execute(
                     "INSERT OR IGNORE INTO card_first_use(uid, ts, seq) VALUES (?, ?, ?)",
-                    (card, event["ts"], seq),
+                    (card, stamped.ts, seq),
                 )
             if effects is not None:
                 self._apply(c, effects, seq, now)
-        return event
+        return stamped
 
     @staticmethod
     def _apply(c: sqlite3.Connection, fx: Effects, seq: int, now: float) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gated.events import TEMPERATURE_FIELDS
+
+#: What ``pii = "none"`` keeps of a person: what a consumer needs to count.
+_COUNTED = ("id", "household", "category")
+
 
 def mask_id_number(value: str | None) -> str | None:
     """Keep the first 4 and last 4 characters: ``3206**********1234``."""
@@ -55,15 +60,12 @@ def reduce_event(event: dict[str, Any], pii: str) -> dict[str, Any]:
     out = copy.deepcopy(event)
     person = out.get("person")
     if pii == "masked":
-        out["person"] = mask_person(person)
+        if "person" in out:  # an event of a kind with no person gets none
+            out["person"] = mask_person(person)
     else:
         if person is not None:
-            out["person"] = {
-                "id": person.get("id"),
-                "household": person.get("household"),
-                "category": person.get("category"),
-            }
-        for key in ("temperature_c", "readings_c", "confirm_temp_c"):
+            out["person"] = {key: person.get(key) for key in _COUNTED}
+        for key in TEMPERATURE_FIELDS:
             if key in out:
                 out[key] = None
     cred = out.get("credential")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gated.clock import Clock, iso_utc
+from gated.events import Alarm, Event, Purge
 from gated.storage import Transaction
 
 if TYPE_CHECKING:
@@ -73,21 +74,20 @@ class PurgePlan:
     kept_undelivered: int = 0
     pages_freed: int = 0
 
-    def event(self, retention_days: int) -> dict[str, Any]:
+    def event(self, retention_days: int) -> Purge:
         """The ``purge`` ledger event that records this purge."""
-        return {
-            "kind": "purge",
-            "before": self.cutoff,
-            "upto_seq": self.upto_seq,
-            "retention_days": retention_days,
-            "events": self.events,
-            "quota_use": self.quota_use,
-            "pass_uses": self.pass_uses,
-            "card_first_use": self.card_first_use,
-            "kept_undelivered": self.kept_undelivered,
-            "undelivered_before": self.undelivered_cutoff,
-            "undelivered_purged": self.undelivered_purged,
-        }
+        return Purge(
+            before=self.cutoff,
+            upto_seq=self.upto_seq,
+            retention_days=retention_days,
+            events=self.events,
+            quota_use=self.quota_use,
+            pass_uses=self.pass_uses,
+            card_first_use=self.card_first_use,
+            kept_undelivered=self.kept_undelivered,
+            undelivered_before=self.undelivered_cutoff,
+            undelivered_purged=self.undelivered_purged,
+        )
 
 
 class Retention:
@@ -212,7 +212,7 @@ class Retention:
         return int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
-def purge_now(retention: Retention, record: Callable[[dict[str, Any]], Any]) -> PurgePlan | None:
+def purge_now(retention: Retention, record: Callable[[Event], Any]) -> PurgePlan | None:
     """Run a whole purge on the calling thread (the controller's); record its event."""
     plan = retention.plan()
     if plan is None:
@@ -226,7 +226,7 @@ def purge_now(retention: Retention, record: Callable[[dict[str, Any]], Any]) -> 
     return plan
 
 
-def _record(retention: Retention, plan: PurgePlan, record: Callable[[dict[str, Any]], Any]) -> None:
+def _record(retention: Retention, plan: PurgePlan, record: Callable[[Event], Any]) -> None:
     if plan.events or plan.quota_use or plan.pass_uses or plan.card_first_use:
         purge = record(plan.event(retention.retention_days))
         log.info(
@@ -247,8 +247,8 @@ def _record(retention: Retention, plan: PurgePlan, record: Callable[[dict[str, A
             " never had them"
         )
         log.warning("%s", detail)
-        ref = purge.get("id") if isinstance(purge, dict) else None
-        record({"kind": "alarm", "alarm": "device", "detail": detail, "ref": ref})
+        ref = purge.id if isinstance(purge, Event) else None
+        record(Alarm.raised("device", detail, ref=ref))
 
 
 class RetentionService:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gated.clock import FakeClock
+from gated.events import parse_event
 from gated.ledger import Ledger
 from gated.registry import Person, Registry
 from gated.storage import connect
@@ -49,18 +50,21 @@ def make_database(db: Path) -> None:
         if i % 750 == 0:
             ledger.start_boot()
         ledger.append(
-            {
-                "kind": "decision",
-                "direction": "in",
-                "decision": "granted",
-                "reasons": [],
-                "person": {"id": f"P{i % PEOPLE}", "name": "x"},
-                "credential": {"kind": "card", "ref": f"{i % PEOPLE:010X}", "color": "green"},
-                "temperature_c": 36.5,
-                "readings_c": [36.5],
-                "ref": None,
-                "guard": None,
-            }
+            parse_event(
+                {
+                    "kind": "decision",
+                    "direction": "in",
+                    "decision": "granted",
+                    "reasons": [],
+                    "person": {"id": f"P{i % PEOPLE}", "name": "x"},
+                    "credential": {"kind": "card", "ref": f"{i % PEOPLE:010X}", "color": "green"},
+                    "temperature_c": 36.5,
+                    "readings_c": [36.5],
+                    "ref": None,
+                    "guard": None,
+                },
+                stamped=False,
+            )
         )
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -13,6 +13,7 @@ import pytest
 from gated.clock import FakeClock, iso_utc
 from gated.ledger import Effects, Ledger, iter_events
 from gated.storage import connect
+from tests.support.events import event
 
 HOUR = 3600.0
 
@@ -33,11 +34,7 @@ class Gate:
         return self.ledger
 
     def append(self, kind: str = "decision", effects: Effects | None = None, **fields: Any) -> Any:
-        event: dict[str, Any] = {"kind": kind, **fields}
-        if kind == "decision":
-            event.setdefault("decision", "granted")
-            event.setdefault("direction", "in")
-        return self.ledger.append(event, effects)
+        return self.ledger.append(event(kind, **fields), effects).body()
 
     def rows(self, sql: str) -> list[Any]:
         """Query the file through a connection of its own: only what is committed."""
@@ -77,7 +74,7 @@ def test_unsynced_clock_is_recorded(tmp_path: Path) -> None:
     conn = connect(tmp_path / "gated.db")
     try:
         ledger = Ledger(conn, site="s1", gate="g1", clock=FakeClock(), clock_synced=lambda: False)
-        assert ledger.append({"kind": "device"})["clock_synced"] is False
+        assert ledger.append(event("device")).body()["clock_synced"] is False
     finally:
         conn.close()
 

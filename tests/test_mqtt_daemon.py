@@ -21,6 +21,7 @@ from gated.ledger import Ledger
 from gated.mqtt.link import Backoff
 from gated.storage import connect
 from tests.support.daemon import Daemon
+from tests.support.events import event
 from tests.support.gate_process import GateProcess
 from tests.support.mosquitto import Collector, Door, Mosquitto, publish
 from tests.support.publishing import check_complete, has_seq
@@ -107,7 +108,7 @@ def prefill(db: Path, n: int) -> None:
     ledger = Ledger(conn, site="s1", gate="g1", clock=SystemClock())
     ledger.start_boot()
     for i in range(n):
-        ledger.append({"kind": "guard_on" if i % 2 else "guard_off", "guard": "G7"})
+        ledger.append(event("guard_on" if i % 2 else "guard_off", guard="G7"))
     conn.close()
 
 

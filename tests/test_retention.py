@@ -15,6 +15,7 @@ from gated.events import KINDS, topic_for
 from gated.ledger import Ledger
 from gated.retention import DAY_S, Retention, RetentionService, purge_now
 from gated.storage import connect
+from tests.support.events import event
 from tests.support.rig import Rig, make_config
 from tests.support.waiting import wait_until
 
@@ -107,22 +108,22 @@ def test_events_stamped_by_an_unsynchronised_clock_go_by_their_place_in_seq(
         return Ledger(conn, site="s1", gate="g1", clock=clock, clock_synced=lambda: ok)
 
     for _ in range(3):
-        ledger(synced, True).append({"kind": "guard_on", "guard": "G1"})  # seq 1..3, 40 days ago
+        ledger(synced, True).append(event("guard_on", guard="G1"))  # seq 1..3, 40 days ago
     for _ in range(2):
-        ledger(booted_1970, False).append({"kind": "guard_on", "guard": "G1"})  # 4, 5: "1970"
+        ledger(booted_1970, False).append(event("guard_on", guard="G1"))  # 4, 5: "1970"
     synced.advance(30 * DAY_S)
     for _ in range(2):
-        ledger(synced, True).append({"kind": "guard_on", "guard": "G1"})  # 6, 7: 10 days ago
+        ledger(synced, True).append(event("guard_on", guard="G1"))  # 6, 7: 10 days ago
     deliver(conn, 100)
 
     events: list[dict[str, object]] = []
     today = FakeClock(now)
-    plan = purge_now(Retention(conn, today, retention_days=30), events.append)
+    plan = purge_now(Retention(conn, today, retention_days=30), lambda e: events.append(e.body()))
     # 4 and 5 claim 1970 but came after 3 and may be recent: they stay.
     assert plan is not None and plan.upto_seq == 3 and plan.events == 3
     assert seqs(conn) == [4, 5, 6, 7]
     today.advance(25 * DAY_S)
-    plan = purge_now(Retention(conn, today, retention_days=30), events.append)
+    plan = purge_now(Retention(conn, today, retention_days=30), lambda e: events.append(e.body()))
     assert plan is not None and plan.upto_seq == 7 and plan.events == 4
     assert seqs(conn) == []
     assert [e["events"] for e in events] == [3, 4]
@@ -158,7 +159,7 @@ def test_the_database_stays_small(tmp_path: Path) -> None:
     ledger = Ledger(conn, site="s1", gate="g1", clock=clock)
     for _ in range(60):
         for _ in range(50):
-            ledger.append({"kind": "device", "device": "camera", "ok": True, "detail": "x" * 800})
+            ledger.append(event("device", device="camera", ok=True, detail="x" * 800))
         clock.advance(DAY_S)
     deliver(conn, 10**9)
 
@@ -279,11 +280,11 @@ def test_with_no_broker_no_event_waits_and_retention_purges_them(tmp_path: Path)
     clock = FakeClock()
     ledger = Ledger(conn, site="s1", gate="g1", clock=clock, outbox=False)
     for _ in range(40):  # one a day, days 0..39, nobody ever delivers anything
-        ledger.append({"kind": "guard_on", "guard": "G1"})
+        ledger.append(event("guard_on", guard="G1"))
         clock.advance(DAY_S)
     assert outbox_rows(conn) == 0
     events: list[dict[str, object]] = []
-    plan = purge_now(Retention(conn, clock, retention_days=30), events.append)
+    plan = purge_now(Retention(conn, clock, retention_days=30), lambda e: events.append(e.body()))
     # Day 40: days 0..9 are past retention, and nothing keeps them.
     assert plan is not None and plan.events == 10 and plan.kept_undelivered == 0
     assert seqs(conn) == list(range(11, 41))
@@ -358,7 +359,7 @@ def test_the_start_drops_the_outbox_when_no_broker_is_configured(
     app = App(with_broker, clock=FakeClock())
     try:
         for _ in range(3):
-            app.ledger.append({"kind": "guard_on", "guard": "G1"})
+            app.ledger.append(event("guard_on", guard="G1"))
         assert outbox_rows(app.conn) == 3
     finally:
         app.close()
@@ -378,7 +379,7 @@ def test_the_start_drops_the_outbox_when_no_broker_is_configured(
         said = [r.getMessage() for r in caplog.records if "outbox" in r.getMessage()]
         assert len(said) == 1 and "dropped 3 undelivered events" in said[0]
         assert len(seqs(app.conn)) == 3  # the events stay in the ledger
-        app.ledger.append({"kind": "guard_on", "guard": "G1"})  # and no new row is written
+        app.ledger.append(event("guard_on", guard="G1"))  # and no new row is written
         assert outbox_rows(app.conn) == 0
     finally:
         app.close()

@@ -18,6 +18,7 @@ from gated.ledger import Ledger
 from gated.status.server import SNAPSHOT_TIMEOUT_S
 from gated.status.view import MAX_ALARMS, ScreenHistory
 from gated.storage import connect
+from tests.support.events import event
 from tests.support.status_gate import Gate
 from tests.support.waiting import wait_until
 
@@ -238,12 +239,12 @@ def test_open_alarms_are_rebuilt_from_the_last_day_of_the_ledger(tmp_path: Path)
     clock = FakeClock()
     ledger = Ledger(conn, site="s1", gate="g1", clock=clock)
     ledger.start_boot()
-    old = ledger.append({"kind": "alarm", "alarm": "device", "detail": "card: gone"})
+    old = ledger.append(event("alarm", alarm="device", detail="card: gone")).body()
     clock.advance(2 * 86400)
-    acked = ledger.append({"kind": "alarm", "alarm": "tailgate", "detail": "x"})
-    ledger.append({"kind": "ack", "ref": acked["id"], "alarm": "tailgate", "guard": "G01"})
+    acked = ledger.append(event("alarm", alarm="tailgate", detail="x")).body()
+    ledger.append(event("ack", ref=acked["id"], alarm="tailgate", guard="G01"))
     ledger.start_boot()  # a restart in between: the alarm stays open
-    still = ledger.append({"kind": "alarm", "alarm": "fire", "detail": "fire input active"})
+    still = ledger.append(event("alarm", alarm="fire", detail="fire input active")).body()
     from datetime import UTC, datetime
 
     history = ScreenHistory(ZoneInfo("Asia/Shanghai"), boot=ledger.boot)

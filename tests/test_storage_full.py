@@ -25,6 +25,7 @@ from drivers.common.base import Reading
 from gated.clock import iso_utc
 from gated.ledger import Ledger
 from gated.storage_watch import CommitFailed
+from tests.support.events import event
 from tests.support.gate_process import GateProcess, arrival
 from tests.support.remote import Remote
 from tests.support.rig import Rig
@@ -44,7 +45,7 @@ def fill(ledger: Ledger) -> None:
     misses = 0
     while misses < 50:
         try:
-            ledger.append({"kind": "device", "device": "filler", "ok": True})
+            ledger.append(event("device", device="filler", ok=True))
             misses = 0
         except sqlite3.OperationalError as exc:
             assert "full" in str(exc)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gated.errors import GatedError
+from gated.events import Device
 from gated.storage import connect, problems
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def recover(config: Config, path: Path) -> tuple[Path, Recovered, dict[str, Any]]:
+def recover(config: Config, path: Path) -> tuple[Path, Recovered, Device]:
     """Recover the database at ``path``; the damaged file is kept beside it."""
     from gated.clock import SystemClock, clock_synced
     from gated.ledger import Ledger
@@ -267,20 +268,17 @@ def recover(config: Config, path: Path) -> tuple[Path, Recovered, dict[str, Any]
                 clock_synced=clock_synced,
             )
             event = ledger.append(
-                {
-                    "kind": "device",
-                    "device": "storage",
-                    "ok": True,
-                    "detail": (
-                        f"database recovered from {damaged.name}: {out.saved.get('events', 0)}"
-                        f" ledger events and {out.registry_rows()} registry rows saved"
-                        f" ({sum(out.dropped.values())} unreadable rows left out); seq goes on"
-                        f" after {out.last_seq}"
-                    ),
-                    "saved": dict(out.saved),
-                    "dropped": dict(out.dropped),
-                    "damaged_file": damaged.name,
-                }
+                Device.health(
+                    "storage",
+                    True,
+                    f"database recovered from {damaged.name}: {out.saved.get('events', 0)}"
+                    f" ledger events and {out.registry_rows()} registry rows saved"
+                    f" ({sum(out.dropped.values())} unreadable rows left out); seq goes on"
+                    f" after {out.last_seq}",
+                    saved=dict(out.saved),
+                    dropped=dict(out.dropped),
+                    damaged_file=damaged.name,
+                )
             )
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -324,7 +322,7 @@ def cmd_db_recover(args: argparse.Namespace) -> int:
     for table, n in sorted(out.saved.items()):
         lost = out.dropped.get(table, 0)
         print(f"  {table}: {n} rows saved" + (f", {lost} left out" if lost else ""))
-    print(f"seq goes on after {out.last_seq}; recorded as event {event['seq']} (device storage)")
+    print(f"seq goes on after {out.last_seq}; recorded as event {event.seq} (device storage)")
     found = problems(path)
     if found:
         print(f"{path}: the rebuilt file is not sound: {found[0]}", file=sys.stderr)

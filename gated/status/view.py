@@ -24,7 +24,7 @@ RECENT = 50
 MAX_ALARMS = 200
 ALARM_WINDOW = timedelta(days=1)
 
-#: keys of an event the screen uses; everything else stays in the ledger.
+#: Fields (of gated.events) of an event the screen uses; everything else stays in the ledger.
 _SHOWN = (
     "id",
     "seq",
@@ -50,6 +50,8 @@ _SHOWN = (
     "boot",
     "events",
 )
+#: ... and of its ``person`` (a field of :class:`gated.events.Person`).
+_SHOWN_PERSON = ("id", "name", "unit", "household", "category", "id_number")
 
 
 def screen_event(event: dict[str, Any]) -> dict[str, Any]:
@@ -58,9 +60,7 @@ def screen_event(event: dict[str, Any]) -> dict[str, Any]:
     out = {k: masked[k] for k in _SHOWN if k in masked}
     person = out.get("person")
     if isinstance(person, dict):
-        out["person"] = {
-            k: person.get(k) for k in ("id", "name", "unit", "household", "category", "id_number")
-        }
+        out["person"] = {k: person.get(k) for k in _SHOWN_PERSON}
     return out
 
 

@@ -11,6 +11,7 @@ from gated.ledger import Ledger
 from gated.mqtt.link import Backoff
 from gated.mqtt.publisher import Publisher
 from gated.storage import connect
+from tests.support.events import event
 from tests.support.rig import make_config
 
 PERSON = {
@@ -36,9 +37,9 @@ class Gate:
     def append(self, n: int) -> None:
         for i in range(n):
             if i % 10 == 9:
-                self.ledger.append({"kind": "alarm", "alarm": "fever", "person": dict(PERSON)})
+                self.ledger.append(event("alarm", alarm="fever", person=dict(PERSON)))
             else:
-                self.ledger.append({"kind": "device", "device": "card", "ok": i % 2 == 0})
+                self.ledger.append(event("device", device="card", ok=i % 2 == 0))
 
     def backlog(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
