@@ -290,3 +290,29 @@ def test_at_most_eight_requests_are_open() -> None:
     replayer.abandon("the gate is stopping")
     assert all("interrupted: the gate is stopping" in str(a.exception()) for a in answers)
     replayer.request("now-there-is-room", 1, 10)
+
+
+def test_a_stop_during_a_replay_answers_it_before_going_offline(gate: Gate) -> None:
+    n = 5_000
+    gate.record(n)
+    gate.delivered()
+    seen = len(gate.messages())
+    publish(gate.broker.port, f"{ROOT}/cmd/replay", {"req": "cut", "from": 1, "to": n})
+    gate.col.wait_for(lambda m: len(event_messages(gate.messages()[seen:])) >= 100, 30)
+    gate.publisher.stop()
+    gate.col.wait_for(lambda m: any(r.get("req") == "cut" for r in gate.results()), 30)
+    answer = next(r for r in gate.results() if r.get("req") == "cut")
+    assert answer == {
+        "req": "cut",
+        "ok": False,
+        "error": "replay interrupted: the gate is stopping; ask again",
+    }
+    after = gate.messages()[seen:]
+    replayed = len(event_messages(after))
+    assert 100 <= replayed < n
+    answer_at = next(i for i, (t, _) in enumerate(after) if t.endswith("/cmd_result"))
+    offline_at = next(
+        i for i, (t, p) in enumerate(after) if t.endswith("/status") and b'"offline"' in p
+    )
+    assert answer_at < offline_at
+    assert gate.commands.refusals["interrupted"] == 1
