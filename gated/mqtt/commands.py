@@ -10,7 +10,8 @@ retained command (the broker would hand it over again at every reconnect: a reta
 that is not a finite number, an ``open`` without ``ts``, a ``ts`` more than
 ``max_age_s`` away from the gate's clock while the clock is synchronised (a command
 queued during an outage must not fire hours later, nor one stamped in the future), a
-``req`` already handled (a replay), and a registry delta out of version order.
+``req`` already handled (a replay), a registry delta out of version order, and a
+``cmd/replay`` range that is not 1 to 10,000 seq numbers (:mod:`gated.mqtt.replay`).
 
 Handled ``req`` values are kept in the ``command_reqs`` table with the gate's time, so a
 replay is refused after a restart too. They are kept ``remember_s`` (30 days) and
@@ -47,6 +48,7 @@ from gated.clock import iso_utc
 from gated.events import MODES
 from gated.mqtt import registry_sync
 from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
+from gated.mqtt.replay import ReplayRefused, parse_range
 from gated.privacy import mask_uid
 from gated.storage import Transaction
 
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 #: What a checked command runs on the controller thread: its result's extra fields.
 Runner = Callable[[], dict[str, Any]]
 
-NAMES = ("open", "mode", "registry", "revoke", "ping")
+NAMES = ("open", "mode", "registry", "revoke", "ping", "replay")
 MAX_ID = 64
 #: Default of ``[mqtt] registry_max_bytes``: the limit of ``cmd/registry`` too (a delta).
 REGISTRY_MAX_BYTES = 64 * 1024 * 1024
@@ -206,6 +208,9 @@ class Commands:
             lambda: iso_utc(clock.time()),
         )
         self._count_lock = threading.Lock()
+        #: Queues a checked ``cmd/replay`` range (``req``, from, to) on the publisher's
+        #: thread; its future is the answer. Set by the publisher.
+        self.replay: Callable[[str, int, int], Future[dict[str, Any]]] | None = None
 
     def refusal_counts(self) -> dict[str, int]:
         """A copy of the refusals by code (any thread)."""
@@ -258,13 +263,17 @@ class Commands:
 
         def finish(inner: Future[dict[str, Any]]) -> None:
             exc = inner.exception()
+            later: Any = None if exc is not None else inner.result()
+            if isinstance(later, Future):
+                later.add_done_callback(finish)  # cmd/replay: done off the controller
+                return
             if exc is None:
                 extra = inner.result() or {}
                 self.applied += 1
                 log.info("command %s %s applied", name, req)
                 fut.set_result({"req": req, "ok": True, "error": None, **extra})
             else:
-                code = exc.code if isinstance(exc, CommandError) else "failed"
+                code = exc.code if isinstance(exc, (CommandError, ReplayRefused)) else "failed"
                 fut.set_result(self._refuse(name, req, str(exc), code).result())
 
         self.controller.submit(once).add_done_callback(finish)
@@ -378,3 +387,15 @@ class Commands:
     def _ping(self, msg: dict[str, Any]) -> Runner:
         ctl = self.controller
         return lambda: {"mode": ctl.mode, "last_seq": ctl.ledger.last_seq()}
+
+    def _replay(self, msg: dict[str, Any]) -> Any:
+        try:
+            first, last = parse_range(msg)
+        except ReplayRefused as exc:
+            raise CommandError(str(exc), exc.code) from None
+        replay, req = self.replay, _check(Envelope, msg).req
+        if replay is None:
+            raise CommandError("replay needs the publisher (no broker configured)", "replay")
+        # The controller thread only remembers the req and queues the range: the reading
+        # and publishing are the publisher thread's (gated/mqtt/replay.py).
+        return lambda: replay(req, first, last)

@@ -47,6 +47,7 @@ from gated.mqtt.commands import Commands
 from gated.mqtt.ha_discovery import discovery_messages
 from gated.mqtt.inbound import decode
 from gated.mqtt.link import Backoff, Link, _close
+from gated.mqtt.replay import Replayer
 from gated.privacy import reduce_event
 from gated.storage import Transaction, connect
 
@@ -64,6 +65,14 @@ STATUS_KINDS = frozenset({"mode", "device", "alarm", "decision", "passage"})
 
 #: How long the first connection waits for the gate's state (normally a few ms).
 FIRST_STATE_WAIT_S = 2.0
+
+
+def event_payload(body: str, pii: str) -> bytes:
+    """A ledger event's stored body as it is published, reduced by ``pii`` (SPEC §4)."""
+    if pii == "full":
+        return body.encode()
+    event = json.loads(body)
+    return json.dumps(reduce_event(event, pii), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class _Outgoing(queue.SimpleQueue[tuple[str, bytes, bool]]):
@@ -135,6 +144,12 @@ class Publisher:
         self._state_ready = threading.Event()
         self._status_wanted = False
         self._state_stale = False
+        #: ``cmd/replay``: ledger events again, between live rows (gated/mqtt/replay.py).
+        self.replayer = Replayer(
+            self.root, self.mq.qos, lambda body: event_payload(body, self.mq.pii), self.wake
+        )
+        if commands is not None:
+            commands.replay = self.replayer.request
         #: Counters for the screen, metrics and tests.
         self.published = 0
         self.delivered = 0
@@ -278,6 +293,9 @@ class Publisher:
                             return
                         inflight[info.mid] = seq
                         self.published += 1
+                if not more and not self.stop_event.is_set():
+                    # Live rows first: a replay batch only when the outbox has no more.
+                    more = self.replayer.step(client, self.conn, self.window - len(inflight))
                 if not self._take_acks(inflight, acked):
                     return
                 stopping = self.stop_event.is_set()
@@ -336,6 +354,11 @@ class Publisher:
                     self._publish_status(client)
         finally:
             self._delete(acked)  # what the broker confirmed leaves the outbox, whatever happened
+            # On a stop the answers still go out (in _goodbye); on a lost connection they cannot.
+            stopping = self.stop_event.is_set()
+            self.replayer.abandon(
+                "the gate is stopping" if stopping else "the connection to the broker ended"
+            )
         self._goodbye(client)
 
     def _turn(self, client: mqtt.Client, timeout: float) -> mqtt.MQTTErrorCode:
@@ -383,7 +406,8 @@ class Publisher:
         for mid, rc in acks:
             seq = inflight.pop(mid, None)
             if seq is None:
-                continue  # status, command results, discovery
+                self.replayer.acked(mid, rc)  # a replayed event, a status, a command result
+                continue
             if rc is not None and getattr(rc, "is_failure", False):
                 log.error("event seq %d refused by the broker; it stays in the outbox", seq)
                 ok = False
@@ -401,13 +425,8 @@ class Publisher:
         )
 
     def _payload(self, seq: int, body: str) -> bytes | None:
-        if self.mq.pii == "full":
-            return body.encode()
         try:
-            event = json.loads(body)
-            return json.dumps(
-                reduce_event(event, self.mq.pii), ensure_ascii=False, separators=(",", ":")
-            ).encode()
+            return event_payload(body, self.mq.pii)
         except (ValueError, TypeError, AttributeError) as exc:
             self.bad_rows += 1
             log.error("event seq %d cannot be published (%s); it stays in the outbox", seq, exc)
