@@ -15,30 +15,28 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from drivers.common.base import DeviceHealth, Prompter, Reading, Turnstile
+from drivers.common.base import Prompter, Reading, Turnstile
 from gated.clock import Clock
+from gated.device_watch import DeviceWatch
 from gated.events import MODES
 from gated.facts import FactFinder
-from gated.ledger import Effects, Ledger, iso_utc
+from gated.ledger import Effects, Ledger
 from gated.mqtt import registry_sync
 from gated.passes import PassVerifier
 from gated.policy import Facts, Verdict, decide
 from gated.prompts import prompt_for
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
-from gated.storage_watch import STORAGE, CommitFailed, StorageWatch, is_storage_failure
+from gated.storage_watch import CommitFailed, StorageWatch, is_storage_failure
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[dict[str, Any]], None]
-
-#: What a ``tamper`` alarm says, by the device (the reading's source) that reported it.
-TAMPER_DETAIL = {"turnstile": "turnstile enclosure opened", "card": "card reader tampered"}
 
 
 @dataclass
@@ -114,20 +112,14 @@ class Controller:
         self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
-        #: Devices whose tamper is active, with the id of the alarm it raised.
-        self.tampered: dict[str, str] = {}
         self.guards_on_duty: set[str] = set()
         self.grants: list[OpenGrant] = []
         self.pending: dict[str, PendingGuard] = {}
         self.fever_checks: dict[str, FeverCheck] = {}
-        #: Every configured device's health (see :meth:`expect_devices`), and what else
-        #: reports one; the screen and ``T/status.devices`` list all of it.
-        self.health: dict[str, DeviceHealth] = {}
+        #: Every device's health (the screen and ``T/status.devices``), tampers active now.
+        self.device_watch = DeviceWatch(self._record, self._alarm)
         #: Whether events can be committed: ``storage`` in the health map.
-        self.storage = StorageWatch(clock)
-        self.health[STORAGE] = self.storage.health()
-        #: Devices that reported their health at least once (a seeded entry is a guess).
-        self.reported: set[str] = set()
+        self.storage = StorageWatch(clock, self.device_watch.health)
         self.counters = Counters()
         self.observers: list[Observer] = []
         self.waiting_done: set[str] = set()
@@ -219,9 +211,9 @@ class Controller:
         elif kind == "fire":
             self._fire(bool(item.value), item.source)
         elif kind == "tamper":
-            self._tamper(bool(item.value), item.source)
+            self.device_watch.tamper(bool(item.value), item.source)
         elif kind == "device":
-            self._device(item.source, item.value)
+            self.device_watch.report(item.source, item.value)
         elif kind == "done":
             self.waiting_done.discard(item.source)
         else:
@@ -271,7 +263,9 @@ class Controller:
                 for i, p in {**self.pending, **self.fever_checks}.items()
             },
             "fever_checks": [f.event for f in self.fever_checks.values()],
-            "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
+            "devices": {
+                n: {"ok": h.ok, "detail": h.detail} for n, h in self.device_watch.health.items()
+            },
             "last_verdict": self.last_verdict,
             "registry_version": registry_sync.applied_version(self.ledger.conn),
             "counters": {
@@ -459,49 +453,6 @@ class Controller:
                 }
             )
 
-    def _tamper(self, active: bool, source: str) -> None:
-        # An alarm, nothing more: the gate neither opens (an intruder must not gain a
-        # free gate by opening a box) nor locks (no one is locked in by a loose lid).
-        if active == (source in self.tampered):
-            return  # one alarm per tamper, however often the device repeats it
-        if active:
-            detail = TAMPER_DETAIL.get(source, f"{source} tampered")
-            self.tampered[source] = self._alarm("tamper", detail, device=source)["id"]
-            return
-        # The clear is the device back to normal: a ``device`` event (``mode`` is for
-        # what changes passage, as fire does), ``ok`` its health as known now.
-        health = self.health.get(source, DeviceHealth(True, ""))
-        detail = "tamper cleared" + ("" if health.ok else f"; {health.detail}")
-        self._record(
-            {
-                "kind": "device",
-                "device": source,
-                "ok": health.ok,
-                "detail": detail,
-                "ref": self.tampered.pop(source),
-            }
-        )
-
-    def expect_devices(self, names: Iterable[str]) -> None:
-        """Seed the health with every configured device: working until it reports."""
-        for name in names:
-            self.health.setdefault(name, DeviceHealth(True, ""))
-
-    def _device(self, name: str, health: Any) -> None:
-        if not isinstance(health, DeviceHealth):
-            return
-        # A first report that says "working" is no news, whatever the seed's detail.
-        before = self.health.get(name) if name in self.reported else None
-        self.reported.add(name)
-        self.health[name] = health
-        if before == health or (before is None and health.ok):
-            return
-        event = self._record(
-            {"kind": "device", "device": name, "ok": health.ok, "detail": health.detail}
-        )
-        if not health.ok:
-            self._alarm("device", f"{name}: {health.detail}", ref=event["id"])
-
     # -- guard and operator actions (run through submit) -------------------------------
 
     def set_mode(self, mode: str, by: str) -> dict[str, Any]:
@@ -650,7 +601,7 @@ class Controller:
             except Exception:  # an observer must never stop the gate
                 log.exception("event observer failed")
         if self.storage.failing:
-            self._storage_works_again()
+            self.storage.works_again(self._alarm, self._record)
         return event
 
     def _not_committed(self, event: dict[str, Any], exc: sqlite3.Error) -> None:
@@ -658,7 +609,6 @@ class Controller:
         turnstile locks unless a committed grant is open, the person waits for the guard."""
         self.counters.not_committed += 1
         first = self.storage.failed(exc)
-        self.health[STORAGE] = self.storage.health()
         if not self.grants and not self._free():
             self.turnstile.lock()
         if event.get("kind") == "decision":
@@ -670,33 +620,6 @@ class Controller:
                     watch()
                 except Exception:  # a watcher must never stop the gate
                     log.exception("state watcher failed")
-
-    def _storage_works_again(self) -> None:
-        outage = self.storage.ended()
-        if outage is None:
-            return
-        self.health[STORAGE] = self.storage.health()
-        try:
-            alarm = self._alarm(
-                "device",
-                f"storage: no event could be committed from {iso_utc(outage.since)} to"
-                f" {iso_utc(self.clock.time())}, {outage.failures} not written: {outage.error}",
-                device=STORAGE,
-                since=iso_utc(outage.since),
-                not_written=outage.failures,
-            )
-            self._record(
-                {
-                    "kind": "device",
-                    "device": STORAGE,
-                    "ok": True,
-                    "detail": "storage works again",
-                    "ref": alarm["id"],
-                }
-            )
-        except CommitFailed:
-            self.storage.resume(outage)  # failing again: one alarm for the whole outage
-            self.health[STORAGE] = self.storage.health()
 
     def _play(self, prompt: str | None) -> None:
         if prompt and self.prompter is not None:

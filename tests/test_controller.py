@@ -280,7 +280,7 @@ def test_a_tamper_clear_on_a_failing_device_says_it_still_fails(rig: Rig) -> Non
 
 def test_every_expected_device_is_in_the_health_before_it_reports(rig: Rig) -> None:
     ctl = rig.controller
-    ctl.expect_devices(["turnstile", "prompter", "card", "thermometer"])
+    ctl.device_watch.expect(["turnstile", "prompter", "card", "thermometer"])
     devices = ctl.snapshot()["devices"]
     # storage is always there: whether events can be committed
     assert set(devices) == {"turnstile", "prompter", "card", "thermometer", "storage"}
