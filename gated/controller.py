@@ -3,7 +3,8 @@
 Drivers put :class:`~drivers.common.base.Reading` objects on ``queue``; other threads (the
 status screen, MQTT commands) submit callables that run on this thread, so the
 ledger has exactly one writer and a verdict is always committed before the
-turnstile moves.
+turnstile moves. What waits for a guard, and every operator action, is the
+controller's :class:`~gated.desk.GuardDesk` (``desk``), on this same thread.
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.common.base import Prompter, Reading, Turnstile
 from gated.clock import Clock
+from gated.desk import GuardDesk
 from gated.device_watch import DeviceWatch
-from gated.events import MODES
 from gated.facts import FactFinder
 from gated.ledger import Effects, Ledger
-from gated.mqtt import registry_sync
 from gated.passes import PassVerifier
 from gated.policy import Facts, Verdict, decide
 from gated.prompts import prompt_for
@@ -45,22 +45,6 @@ class OpenGrant:
 
     event: dict[str, Any]
     deadline: float
-
-
-@dataclass
-class PendingGuard:
-    """A ``needs_guard`` verdict waiting for the guard until ``deadline`` (monotonic)."""
-
-    event: dict[str, Any]
-    deadline: float
-    effects: Effects
-
-
-@dataclass
-class FeverCheck(PendingGuard):
-    """A fever denial a guard may re-check with a clinical reading until ``deadline``."""
-
-    session: Session
 
 
 @dataclass
@@ -112,10 +96,7 @@ class Controller:
         self.open_s = float(getattr(config.turnstile, "open_s", 5.0))
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
-        self.guards_on_duty: set[str] = set()
         self.grants: list[OpenGrant] = []
-        self.pending: dict[str, PendingGuard] = {}
-        self.fever_checks: dict[str, FeverCheck] = {}
         #: Every device's health (the screen and ``T/status.devices``), tampers active now.
         self.device_watch = DeviceWatch(self._record, self._alarm)
         #: Whether events can be committed: ``storage`` in the health map.
@@ -128,6 +109,8 @@ class Controller:
         self.heartbeat: Callable[[], None] | None = None
         #: Called when the state changes with no event to tell of it (storage fails).
         self.state_watchers: list[Callable[[], None]] = []
+        #: The guard's side: pending verdicts, fever re-checks, shifts, operator actions.
+        self.desk = GuardDesk(self)
 
     # -- from other threads ------------------------------------------------------------
 
@@ -152,11 +135,6 @@ class Controller:
 
     def run(self, stop: threading.Event, exit_when_done: bool = False) -> None:
         """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
-        try:
-            self.end_stale_shifts()
-        except (sqlite3.Error, CommitFailed) as exc:
-            # The gate runs on; the screen shows who logs in next.
-            log.error("could not end the shifts left open by the last run: %s", exc)
         while not stop.is_set():
             try:
                 item = self.queue.get(timeout=self._wait())
@@ -179,7 +157,7 @@ class Controller:
 
     def _wait(self) -> float:
         deadlines = [g.deadline for g in self.grants]
-        deadlines += [p.deadline for p in self.pending.values()]
+        deadlines += self.desk.deadlines()
         d = self.sessions.deadline()
         if d is not None:
             deadlines.append(d)
@@ -194,7 +172,7 @@ class Controller:
             and self.queue.empty()
             and self.sessions.current is None
             and not self.grants
-            and not self.pending
+            and not self.desk.pending
         )
 
     def handle(self, item: Reading | Callable[[], None]) -> None:
@@ -227,15 +205,7 @@ class Controller:
             self._conclude(expired)
         if self.sessions.motion_only_timeouts != self.counters.motion_only:
             self.counters.motion_only = self.sessions.motion_only_timeouts
-        for event_id, p in list(self.pending.items()):
-            if now >= p.deadline:
-                del self.pending[event_id]
-                self._record(self._follow_up(p.event, "denied", ("guard_timeout",), None))
-                self.turnstile.signal("denied")
-                self._play("denied")
-        for event_id, f in list(self.fever_checks.items()):
-            if now >= f.deadline:
-                del self.fever_checks[event_id]  # no re-check in time: the denial stands
+        self.desk.expire(now)
         for g in list(self.grants):
             if now >= g.deadline:
                 self.grants.remove(g)
@@ -249,35 +219,6 @@ class Controller:
                 )
                 if not self.grants and not self._free():
                     self.turnstile.lock()
-
-    def snapshot(self) -> dict[str, Any]:
-        """The gate's state for the screen and the status topic (controller thread only)."""
-        return {
-            "mode": self.mode,
-            "fire": self.fire,
-            "clock_synced": self.ledger.clock_synced(),
-            "guards_on_duty": sorted(self.guards_on_duty),
-            "pending": [p.event for p in self.pending.values()],
-            "pending_left_s": {
-                i: max(0.0, p.deadline - self.clock.monotonic())
-                for i, p in {**self.pending, **self.fever_checks}.items()
-            },
-            "fever_checks": [f.event for f in self.fever_checks.values()],
-            "devices": {
-                n: {"ok": h.ok, "detail": h.detail} for n, h in self.device_watch.health.items()
-            },
-            "last_verdict": self.last_verdict,
-            "registry_version": registry_sync.applied_version(self.ledger.conn),
-            "counters": {
-                "decisions": dict(self.counters.decisions),
-                "reasons": dict(self.counters.reasons),
-                "motion_only": self.counters.motion_only,
-                "events": self.counters.events,
-                "rejected": self.counters.rejected,
-                "errors": self.counters.errors,
-                "not_committed": self.counters.not_committed,
-            },
-        }
 
     # -- sessions and verdicts ---------------------------------------------------------
 
@@ -329,18 +270,7 @@ class Controller:
                 )
         self._act(event, verdict, effects)
         if verdict.decision == "denied" and "fever" in verdict.reasons:
-            self._offer_fever_check(event, s, facts, effects)
-
-    def _offer_fever_check(
-        self, event: dict[str, Any], s: Session, facts: Facts, effects: Effects
-    ) -> None:
-        # Only when nothing but the fever denied: at a normal temperature the verdict would
-        # be a grant or a guard's call, so a clinical reading can decide it.
-        normal = replace(facts, temperature=self.policy.valid_temp_c[0])
-        if decide(normal, self.policy).decision == "denied":
-            return
-        deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-        self.fever_checks[event["id"]] = FeverCheck(event, deadline, effects, s)
+            self.desk.offer_recheck(event, s, facts, effects)
 
     def _decision_event(
         self, s: Session, facts: Facts, v: Verdict, decide_ms: float
@@ -385,16 +315,7 @@ class Controller:
         if v.decision == "granted":
             self._open(event)
         elif v.decision == "needs_guard":
-            deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-            self.pending[event["id"]] = PendingGuard(event, deadline, effects)
-            self.turnstile.signal("guard")
-            if not self.guards_on_duty:
-                with contextlib.suppress(CommitFailed):
-                    self._alarm(
-                        "unattended",
-                        "a guard decision is needed and no guard is on duty",
-                        ref=event["id"],
-                    )
+            self.desk.hold(event, effects)
         else:
             self.turnstile.signal("denied")
         self._play(prompt_for(v.decision, v.reasons))
@@ -453,129 +374,7 @@ class Controller:
                 }
             )
 
-    # -- guard and operator actions (run through submit) -------------------------------
-
-    def set_mode(self, mode: str, by: str) -> dict[str, Any]:
-        """Change the gate mode; recorded as a ``mode`` event by ``by``."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
-        previous = self.mode
-        event = self._record(
-            {"kind": "mode", "mode": mode, "previous": previous, "by": by}, Effects(mode=mode)
-        )
-        self.mode = mode  # only once committed: a mode the ledger does not know is no mode
-        self.turnstile.free(self._free())
-        return event
-
-    def open_once(self, by: str, guard: str | None = None) -> dict[str, Any]:
-        """A remote open (MQTT ``cmd/open``): a ``granted`` decision whose credential is
-        ``{"kind": "remote", "ref": by}``, then the usual open window and ``passage``.
-        From the status screen ``guard`` is the guard's id, recorded in ``guard``."""
-        if self.mode == "locked":
-            raise PermissionError("the gate is locked")
-        event = self._record(
-            {
-                "kind": "decision",
-                "direction": self.config.gate.direction,
-                "decision": "granted",
-                "reasons": [],
-                "person": None,
-                "credential": {"kind": "remote", "ref": by, "color": None},
-                "temperature_c": None,
-                "readings_c": [],
-                "ref": None,
-                "guard": guard,
-            }
-        )
-        self._open(event)
-        self._play("granted")
-        return event
-
-    def guard_on(self, guard: str) -> dict[str, Any]:
-        """A guard starts a shift at this gate."""
-        self.guards_on_duty.add(guard)
-        return self._record({"kind": "guard_on", "guard": guard})
-
-    def guard_off(self, guard: str) -> dict[str, Any]:
-        """A guard ends a shift at this gate."""
-        self.guards_on_duty.discard(guard)
-        return self._record({"kind": "guard_off", "guard": guard})
-
-    def guard_decide(
-        self, event_id: str, grant: bool, guard: str, confirm_temp_c: float | None = None
-    ) -> dict[str, Any]:
-        """The guard's answer to a pending ``needs_guard`` verdict, or to a fever denial
-        with a clinical reading: below ``fever_c`` it grants, at or above it denies."""
-        check = self.fever_checks.get(event_id)
-        if check is not None:
-            grant = self._fever_recheck(check, grant, confirm_temp_c)
-            del self.fever_checks[event_id]  # once per fever denial
-        p = check or self.pending.pop(event_id, None)
-        if p is None:
-            raise KeyError(f"no pending decision {event_id}")
-        decision = "guard_granted" if grant else "guard_denied"
-        event = self._follow_up(p.event, decision, tuple(p.event["reasons"]), guard)
-        if confirm_temp_c is not None:
-            event["confirm_temp_c"] = confirm_temp_c
-        self._record(event, p.effects if grant else None)
-        if grant:
-            self._open(event)
-        else:
-            self.turnstile.signal("denied")
-        self._play("granted" if grant else "denied")
-        return event
-
-    def _fever_recheck(self, check: FeverCheck, grant: bool, reading: float | None) -> bool:
-        """Whether a guard's clinical reading lets the person of a fever denial through."""
-        if reading is not None and reading >= self.policy.fever_c:
-            return False  # the fever is confirmed
-        if not grant:
-            return False
-        if reading is None:
-            raise ValueError("a clinical reading (confirm_temp_c) is needed to grant after a fever")
-        # Looked up again: since the denial the pass may have been used, the card revoked,
-        # the quota spent or the person let through the other way.
-        now = replace(self.facts(check.session), temperature=reading)
-        verdict = decide(now, self.policy)
-        if verdict.decision == "denied":
-            raise ValueError(f"still denied: {', '.join(verdict.reasons)}")
-        return True
-
-    def acknowledge(self, alarm_id: str, alarm: str, guard: str | None) -> dict[str, Any]:
-        """A guard acknowledged an alarm: an ``ack`` event referring to it."""
-        return self._record({"kind": "ack", "ref": alarm_id, "alarm": alarm, "guard": guard})
-
-    def end_stale_shifts(self) -> list[dict[str, Any]]:
-        """At start: a guard whose last shift event is ``guard_on`` goes off duty (logins
-        live in memory, so a restart ended the shift; the guard logs in again)."""
-        rows = self.ledger.conn.execute(
-            "SELECT json_extract(body, '$.guard') AS guard, kind, MAX(seq) FROM events"
-            " WHERE kind IN ('guard_on', 'guard_off') GROUP BY guard"
-        ).fetchall()
-        return [
-            self._record({"kind": "guard_off", "guard": guard, "detail": "restart"})
-            for guard, kind, _ in rows
-            if guard and kind == "guard_on"
-        ]
-
-    # -- recording ---------------------------------------------------------------------
-
-    @staticmethod
-    def _follow_up(
-        base: dict[str, Any], decision: str, reasons: tuple[str, ...], guard: str | None
-    ) -> dict[str, Any]:
-        return {
-            "kind": "decision",
-            "direction": base.get("direction"),
-            "decision": decision,
-            "reasons": list(reasons),
-            "person": base.get("person"),
-            "credential": base.get("credential"),
-            "temperature_c": base.get("temperature_c"),
-            "readings_c": base.get("readings_c"),
-            "ref": base["id"],
-            "guard": guard,
-        }
+    # -- recording and acting (the desk records and acts through these too) -------------
 
     def _alarm(self, alarm: str, detail: str, **fields: Any) -> dict[str, Any]:
         return self._record({"kind": "alarm", "alarm": alarm, "detail": detail, **fields})
