@@ -3,10 +3,11 @@
 Every action but login needs a session cookie (401 without one) and the session's
 CSRF token in ``X-CSRF-Token``; every POST must be JSON and, when the browser says
 where it comes from (``Origin``, ``Sec-Fetch-Site``), come from this page (403 if
-not), and its body is checked here (400). What the action does
-and the rules that bind it are the guard desk's (:mod:`gated.desk`): each runs on the
-controller thread through the bridge and is a ledger event carrying the guard's id;
-the desk's refusals become 404 (nothing to answer), 422 (a rule) and 409 (locked).
+not); its body must fit its model in :mod:`gated.status.bodies` (400 if not). What
+the action does and the rules that bind it are the guard desk's (:mod:`gated.desk`):
+each runs on the controller thread through the bridge and is a ledger event carrying
+the guard's id; the desk's refusals become 404 (nothing to answer), 422 (a rule) and
+409 (the gate is locked).
 PINs are never logged; guard ids are staff ids, not residents' data.
 """
 
@@ -21,17 +22,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from gated.desk import GuardDesk
-from gated.events import MODES
-from gated.status.auth import (
-    GUARD_ID,
-    GuardAuth,
-    Session,
-    check_pin_text,
-    hash_pin,
-    verify_pin,
-)
+from gated.status.auth import GuardAuth, Session, hash_pin, verify_pin
+from gated.status.bodies import AckBody, Body, DecideBody, LoginBody, ModeBody
 from gated.status.bridge import GateBridge
 from gated.status.view import screen_event
 
@@ -41,6 +36,7 @@ COOKIE = "gated_session"
 # Checked against when a guard id has no hash, so a wrong id costs the same time.
 _DUMMY_HASH = hash_pin("not-a-pin", salt=b"gated-dummy-salt")
 
+B = TypeVar("B", bound=Body)
 T = TypeVar("T")
 
 
@@ -110,6 +106,15 @@ class GuardActions:
             return _error(400, "expected a JSON object")
         return data
 
+    def parse(self, model: type[B], data: dict[str, Any]) -> B | web.Response:
+        """``data`` as ``model``, or the 400 that names the first field refused."""
+        low, high = self.valid_temp_c
+        context = {"valid_temp_c": (low, high), "low": low, "high": high}
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError as exc:
+            return _error(400, model.message(exc, context))
+
     def session(self, request: web.Request) -> Session | web.Response:
         """The guard's session, or 401 (none) / 403 (no valid CSRF token)."""
         s = self.auth.session(request.cookies.get(COOKIE))
@@ -149,11 +154,10 @@ class GuardActions:
         data = await self.body(request)
         if isinstance(data, web.Response):
             return data
-        guard, pin = data.get("guard"), data.get("pin")
-        if not isinstance(guard, str) or not GUARD_ID.match(guard):
-            return _error(400, "guard: 1 to 32 letters, digits, '_', '.', '-'")
-        if not isinstance(pin, str) or check_pin_text(pin):
-            return _error(400, "pin: 4 to 64 characters")
+        body = self.parse(LoginBody, data)
+        if isinstance(body, web.Response):
+            return body
+        guard, pin = body.guard, body.pin
         if not self.auth.enabled:
             return _error(403, "guard login is not set up (status.guard_pin_hash or guards)")
         client = request.remote or "?"
@@ -227,26 +231,17 @@ class GuardActions:
         if isinstance(got, web.Response):
             return got
         s, data = got
-        event_id, grant = data.get("event"), data.get("grant")
-        confirm = data.get("confirm_temp_c")
-        if not isinstance(event_id, str) or not isinstance(grant, bool):
-            return _error(400, "event (id) and grant (true/false) are required")
-        if confirm is not None:
-            low, high = self.valid_temp_c
-            if (
-                isinstance(confirm, bool)
-                or not isinstance(confirm, (int, float))
-                or not math.isfinite(confirm)
-                or not low <= confirm <= high
-            ):
-                return _error(400, f"confirm_temp_c: a reading in °C, {low} to {high}")
-            confirm = float(confirm)
+        body = self.parse(DecideBody, data)
+        if isinstance(body, web.Response):
+            return body
         asked: str | None = None
 
         def answer(desk: GuardDesk) -> dict[str, Any]:
             nonlocal asked
-            asked = desk.question(event_id)
-            result: dict[str, Any] = desk.decide(event_id, grant, s.guard, confirm)
+            asked = desk.question(body.event)
+            result: dict[str, Any] = desk.decide(
+                body.event, body.grant, s.guard, body.confirm_temp_c
+            )
             return result
 
         try:
@@ -282,9 +277,10 @@ class GuardActions:
         if isinstance(got, web.Response):
             return got
         s, data = got
-        mode = data.get("mode")
-        if mode not in MODES:
-            return _error(400, f"mode: one of {', '.join(MODES)}")
+        body = self.parse(ModeBody, data)
+        if isinstance(body, web.Response):
+            return body
+        mode = body.mode
         event = await self.run(lambda desk: desk.set_mode(mode, s.guard))
         log.info("status screen: guard %s set the mode to %s", s.guard, mode)
         return await self._done(event)
@@ -301,9 +297,10 @@ class GuardActions:
             if isinstance(s, web.Response):
                 return s
             guard = s.guard
-        event_id = data.get("event")
-        if not isinstance(event_id, str):
-            return _error(400, "event (alarm id) is required")
+        body = self.parse(AckBody, data)
+        if isinstance(body, web.Response):
+            return body
+        event_id = body.event
         alarms = self.alarms
         alarm = alarms.pop(event_id, None)  # at once, so a second click finds it closed
         if alarm is None:
