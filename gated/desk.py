@@ -20,7 +20,7 @@ import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gated.events import MODES
 from gated.ledger import Effects
@@ -62,7 +62,11 @@ def needs_reading(event: dict[str, Any]) -> bool:
 
 
 class GuardDesk:
-    """The operator side of one gate's controller; every method runs on its thread."""
+    """The operator side of one gate's controller; every method runs on its thread.
+
+    The desk is a part of the controller, split off so that each operator rule has one
+    place: it records and acts through the controller's own steps (``_record``,
+    ``_alarm``, ``_open``, ``_play``), so what it records is committed before it acts."""
 
     def __init__(self, controller: Controller):
         self.controller = controller
@@ -71,7 +75,8 @@ class GuardDesk:
         self.guards_on_duty: set[str] = set()
         self.pending: dict[str, PendingGuard] = {}
         self.fever_checks: dict[str, FeverCheck] = {}
-        # Before any operator action can run: a guard's login of this run is never ended.
+        # Here, before any operator action can run: no login of this run is taken for a
+        # shift the last run left open.
         try:
             self.end_stale_shifts()
         except (sqlite3.Error, CommitFailed) as exc:
@@ -84,7 +89,7 @@ class GuardDesk:
         """Whether a clinical reading is a fever: at or above ``fever_c``."""
         return reading_c >= self.policy.fever_c
 
-    def question(self, event_id: str) -> str | None:
+    def question(self, event_id: str) -> Literal["pending", "recheck"] | None:
         """What waits for the guard under ``event_id``: ``"pending"`` (a ``needs_guard``
         verdict), ``"recheck"`` (a fever denial open to a clinical reading) or None."""
         if event_id in self.fever_checks:
