@@ -128,7 +128,7 @@ class App:
             self.devices.get("prompter"),  # type: ignore[arg-type]
             self.clock,
         )
-        self.controller.expect_devices(self.devices)
+        self.controller.device_watch.expect(self.devices)
         if self.config.sim.exit_when_done:
             self.controller.waiting_done = {
                 name

@@ -3,7 +3,8 @@
 Drivers put :class:`~drivers.common.base.Reading` objects on ``queue``; other threads (the
 status screen, MQTT commands) submit callables that run on this thread, so the
 ledger has exactly one writer and a verdict is always committed before the
-turnstile moves.
+turnstile moves. What waits for a guard, and every operator action, is the
+controller's :class:`~gated.desk.GuardDesk` (``desk``), on this same thread.
 """
 
 from __future__ import annotations
@@ -15,34 +16,31 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from drivers.common.base import DeviceHealth, Prompter, Reading, Turnstile
+from drivers.common.base import Prompter, Reading, Turnstile
 from gated.clock import Clock
+from gated.desk import GuardDesk
+from gated.device_watch import DeviceWatch
 from gated.events import (
-    MODES,
-    Ack,
     Alarm,
     Credential,
     Decision,
-    Device,
     Event,
-    GuardShift,
     Mode,
     Passage,
 )
 from gated.facts import FactFinder
-from gated.ledger import Effects, Ledger, iso_utc
-from gated.mqtt import registry_sync
+from gated.ledger import Effects, Ledger
 from gated.passes import PassVerifier
 from gated.policy import Facts, Verdict, decide
 from gated.prompts import prompt_for
 from gated.registry import Registry
 from gated.session import Session, SessionMachine
-from gated.storage_watch import STORAGE, CommitFailed, StorageWatch, is_storage_failure
+from gated.storage_watch import CommitFailed, StorageWatch, is_storage_failure
 
 if TYPE_CHECKING:
     from gated.config import Config
@@ -55,9 +53,6 @@ T = TypeVar("T")
 Observer = Callable[[dict[str, Any]], None]
 E = TypeVar("E", bound=Event)
 
-#: What a ``tamper`` alarm says, by the device (the reading's source) that reported it.
-TAMPER_DETAIL = {"turnstile": "turnstile enclosure opened", "card": "card reader tampered"}
-
 
 @dataclass
 class OpenGrant:
@@ -65,27 +60,6 @@ class OpenGrant:
 
     decision: Decision
     deadline: float
-
-
-@dataclass
-class PendingGuard:
-    """A ``needs_guard`` verdict waiting for the guard until ``deadline`` (monotonic)."""
-
-    decision: Decision
-    deadline: float
-    effects: Effects
-
-    @property
-    def event(self) -> dict[str, Any]:
-        """The verdict's body, as the screen shows it."""
-        return self.decision.body()
-
-
-@dataclass
-class FeverCheck(PendingGuard):
-    """A fever denial a guard may re-check with a clinical reading until ``deadline``."""
-
-    session: Session
 
 
 @dataclass
@@ -137,20 +111,11 @@ class Controller:
         self.open_s = config.turnstile.open_s
         self.mode = ledger.get_meta("mode", "normal")
         self.fire = False
-        #: Devices whose tamper is active, with the id of the alarm it raised.
-        self.tampered: dict[str, str] = {}
-        self.guards_on_duty: set[str] = set()
         self.grants: list[OpenGrant] = []
-        self.pending: dict[str, PendingGuard] = {}
-        self.fever_checks: dict[str, FeverCheck] = {}
-        #: Every configured device's health (see :meth:`expect_devices`), and what else
-        #: reports one; the screen and ``T/status.devices`` list all of it.
-        self.health: dict[str, DeviceHealth] = {}
+        #: Every device's health (the screen and ``T/status.devices``), tampers active now.
+        self.device_watch = DeviceWatch(self._record, self._alarm)
         #: Whether events can be committed: ``storage`` in the health map.
-        self.storage = StorageWatch(clock)
-        self.health[STORAGE] = self.storage.health()
-        #: Devices that reported their health at least once (a seeded entry is a guess).
-        self.reported: set[str] = set()
+        self.storage = StorageWatch(clock, self.device_watch.health)
         self.counters = Counters()
         self.observers: list[Observer] = []
         self.waiting_done: set[str] = set()
@@ -159,6 +124,8 @@ class Controller:
         self.heartbeat: Callable[[], None] | None = None
         #: Called when the state changes with no event to tell of it (storage fails).
         self.state_watchers: list[Callable[[], None]] = []
+        #: The guard's side: pending verdicts, fever re-checks, shifts, operator actions.
+        self.desk = GuardDesk(self)
 
     # -- from other threads ------------------------------------------------------------
 
@@ -183,11 +150,6 @@ class Controller:
 
     def run(self, stop: threading.Event, exit_when_done: bool = False) -> None:
         """Take inputs until ``stop`` is set (or, with ``exit_when_done``, all is settled)."""
-        try:
-            self.end_stale_shifts()
-        except (sqlite3.Error, CommitFailed) as exc:
-            # The gate runs on; the screen shows who logs in next.
-            log.error("could not end the shifts left open by the last run: %s", exc)
         while not stop.is_set():
             try:
                 item = self.queue.get(timeout=self._wait())
@@ -210,7 +172,7 @@ class Controller:
 
     def _wait(self) -> float:
         deadlines = [g.deadline for g in self.grants]
-        deadlines += [p.deadline for p in self.pending.values()]
+        deadlines += self.desk.deadlines()
         d = self.sessions.deadline()
         if d is not None:
             deadlines.append(d)
@@ -225,7 +187,7 @@ class Controller:
             and self.queue.empty()
             and self.sessions.current is None
             and not self.grants
-            and not self.pending
+            and not self.desk.pending
         )
 
     def handle(self, item: Reading | Callable[[], None]) -> None:
@@ -242,9 +204,9 @@ class Controller:
         elif kind == "fire":
             self._fire(bool(item.value), item.source)
         elif kind == "tamper":
-            self._tamper(bool(item.value), item.source)
+            self.device_watch.tamper(bool(item.value), item.source)
         elif kind == "device":
-            self._device(item.source, item.value)
+            self.device_watch.report(item.source, item.value)
         elif kind == "done":
             self.waiting_done.discard(item.source)
         else:
@@ -258,48 +220,13 @@ class Controller:
             self._conclude(expired)
         if self.sessions.motion_only_timeouts != self.counters.motion_only:
             self.counters.motion_only = self.sessions.motion_only_timeouts
-        for event_id, p in list(self.pending.items()):
-            if now >= p.deadline:
-                del self.pending[event_id]
-                self._record(Decision.follow_up(p.decision, "denied", None, ("guard_timeout",)))
-                self.turnstile.signal("denied")
-                self._play("denied")
-        for event_id, f in list(self.fever_checks.items()):
-            if now >= f.deadline:
-                del self.fever_checks[event_id]  # no re-check in time: the denial stands
+        self.desk.expire(now)
         for g in list(self.grants):
             if now >= g.deadline:
                 self.grants.remove(g)
                 self._record(Passage.of_grant(g.decision, passed=False))
                 if not self.grants and not self._free():
                     self.turnstile.lock()
-
-    def snapshot(self) -> dict[str, Any]:
-        """The gate's state for the screen and the status topic (controller thread only)."""
-        return {
-            "mode": self.mode,
-            "fire": self.fire,
-            "clock_synced": self.ledger.clock_synced(),
-            "guards_on_duty": sorted(self.guards_on_duty),
-            "pending": [p.event for p in self.pending.values()],
-            "pending_left_s": {
-                i: max(0.0, p.deadline - self.clock.monotonic())
-                for i, p in {**self.pending, **self.fever_checks}.items()
-            },
-            "fever_checks": [f.event for f in self.fever_checks.values()],
-            "devices": {n: {"ok": h.ok, "detail": h.detail} for n, h in self.health.items()},
-            "last_verdict": self.last_verdict,
-            "registry_version": registry_sync.applied_version(self.ledger.conn),
-            "counters": {
-                "decisions": dict(self.counters.decisions),
-                "reasons": dict(self.counters.reasons),
-                "motion_only": self.counters.motion_only,
-                "events": self.counters.events,
-                "rejected": self.counters.rejected,
-                "errors": self.counters.errors,
-                "not_committed": self.counters.not_committed,
-            },
-        }
 
     # -- sessions and verdicts ---------------------------------------------------------
 
@@ -348,18 +275,7 @@ class Controller:
                 )
         self._act(event, verdict, effects)
         if verdict.decision == "denied" and "fever" in verdict.reasons:
-            self._offer_fever_check(event, s, facts, effects)
-
-    def _offer_fever_check(
-        self, event: Decision, s: Session, facts: Facts, effects: Effects
-    ) -> None:
-        # Only when nothing but the fever denied: at a normal temperature the verdict would
-        # be a grant or a guard's call, so a clinical reading can decide it.
-        normal = replace(facts, temperature=self.policy.valid_temp_c[0])
-        if decide(normal, self.policy).decision == "denied":
-            return
-        deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-        self.fever_checks[str(event.id)] = FeverCheck(event, deadline, effects, s)
+            self.desk.offer_recheck(event, s, facts, effects)
 
     @staticmethod
     def _decision_event(s: Session, facts: Facts, v: Verdict, decide_ms: float) -> Decision:
@@ -400,16 +316,7 @@ class Controller:
         if v.decision == "granted":
             self._open(event)
         elif v.decision == "needs_guard":
-            deadline = self.clock.monotonic() + self.policy.guard_timeout_s
-            self.pending[str(event.id)] = PendingGuard(event, deadline, effects)
-            self.turnstile.signal("guard")
-            if not self.guards_on_duty:
-                with contextlib.suppress(CommitFailed):
-                    self._alarm(
-                        "unattended",
-                        "a guard decision is needed and no guard is on duty",
-                        ref=event.id,
-                    )
+            self.desk.hold(event, effects)
         else:
             self.turnstile.signal("denied")
         self._play(prompt_for(v.decision, v.reasons))
@@ -446,128 +353,7 @@ class Controller:
         else:
             self._record(Mode.fire_cleared(self.mode, by=source))
 
-    def _tamper(self, active: bool, source: str) -> None:
-        # An alarm, nothing more: the gate neither opens (an intruder must not gain a
-        # free gate by opening a box) nor locks (no one is locked in by a loose lid).
-        if active == (source in self.tampered):
-            return  # one alarm per tamper, however often the device repeats it
-        if active:
-            detail = TAMPER_DETAIL.get(source, f"{source} tampered")
-            self.tampered[source] = str(self._alarm("tamper", detail, device=source).id)
-            return
-        # The clear is the device back to normal: a ``device`` event (``mode`` is for
-        # what changes passage, as fire does), ``ok`` its health as known now.
-        health = self.health.get(source, DeviceHealth(True, ""))
-        detail = "tamper cleared" + ("" if health.ok else f"; {health.detail}")
-        self._record(Device.health(source, health.ok, detail, ref=self.tampered.pop(source)))
-
-    def expect_devices(self, names: Iterable[str]) -> None:
-        """Seed the health with every configured device: working until it reports."""
-        for name in names:
-            self.health.setdefault(name, DeviceHealth(True, ""))
-
-    def _device(self, name: str, health: object) -> None:
-        if not isinstance(health, DeviceHealth):
-            return
-        # A first report that says "working" is no news, whatever the seed's detail.
-        before = self.health.get(name) if name in self.reported else None
-        self.reported.add(name)
-        self.health[name] = health
-        if before == health or (before is None and health.ok):
-            return
-        event = self._record(Device.health(name, health.ok, health.detail))
-        if not health.ok:
-            self._alarm("device", f"{name}: {health.detail}", ref=event.id)
-
-    # -- guard and operator actions (run through submit) -------------------------------
-
-    def set_mode(self, mode: str, by: str) -> dict[str, Any]:
-        """Change the gate mode; recorded as a ``mode`` event by ``by``."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
-        previous = self.mode
-        event = self._record(Mode.change(mode, previous, by), Effects(mode=mode))
-        self.mode = mode  # only once committed: a mode the ledger does not know is no mode
-        self.turnstile.free(self._free())
-        return event.body()
-
-    def open_once(self, by: str, guard: str | None = None) -> dict[str, Any]:
-        """A remote open (MQTT ``cmd/open``): a ``granted`` decision whose credential is
-        ``{"kind": "remote", "ref": by}``, then the usual open window and ``passage``.
-        From the status screen ``guard`` is the guard's id, recorded in ``guard``."""
-        if self.mode == "locked":
-            raise PermissionError("the gate is locked")
-        event = self._record(Decision.remote_open(self.config.gate.direction, by, guard))
-        self._open(event)
-        self._play("granted")
-        return event.body()
-
-    def guard_on(self, guard: str) -> dict[str, Any]:
-        """A guard starts a shift at this gate."""
-        self.guards_on_duty.add(guard)
-        return self._record(GuardShift.on(guard)).body()
-
-    def guard_off(self, guard: str) -> dict[str, Any]:
-        """A guard ends a shift at this gate."""
-        self.guards_on_duty.discard(guard)
-        return self._record(GuardShift.off(guard)).body()
-
-    def guard_decide(
-        self, event_id: str, grant: bool, guard: str, confirm_temp_c: float | None = None
-    ) -> dict[str, Any]:
-        """The guard's answer to a pending ``needs_guard`` verdict, or to a fever denial
-        with a clinical reading: below ``fever_c`` it grants, at or above it denies."""
-        check = self.fever_checks.get(event_id)
-        if check is not None:
-            grant = self._fever_recheck(check, grant, confirm_temp_c)
-            del self.fever_checks[event_id]  # once per fever denial
-        p = check or self.pending.pop(event_id, None)
-        if p is None:
-            raise KeyError(f"no pending decision {event_id}")
-        decision = "guard_granted" if grant else "guard_denied"
-        event = Decision.follow_up(p.decision, decision, guard, confirm_temp_c=confirm_temp_c)
-        event = self._record(event, p.effects if grant else None)
-        if grant:
-            self._open(event)
-        else:
-            self.turnstile.signal("denied")
-        self._play("granted" if grant else "denied")
-        return event.body()
-
-    def _fever_recheck(self, check: FeverCheck, grant: bool, reading: float | None) -> bool:
-        """Whether a guard's clinical reading lets the person of a fever denial through."""
-        if reading is not None and reading >= self.policy.fever_c:
-            return False  # the fever is confirmed
-        if not grant:
-            return False
-        if reading is None:
-            raise ValueError("a clinical reading (confirm_temp_c) is needed to grant after a fever")
-        # Looked up again: since the denial the pass may have been used, the card revoked,
-        # the quota spent or the person let through the other way.
-        now = replace(self.facts(check.session), temperature=reading)
-        verdict = decide(now, self.policy)
-        if verdict.decision == "denied":
-            raise ValueError(f"still denied: {', '.join(verdict.reasons)}")
-        return True
-
-    def acknowledge(self, alarm_id: str, alarm: str, guard: str | None) -> dict[str, Any]:
-        """A guard acknowledged an alarm: an ``ack`` event referring to it."""
-        return self._record(Ack.of(alarm_id, alarm, guard)).body()
-
-    def end_stale_shifts(self) -> list[dict[str, Any]]:
-        """At start: a guard whose last shift event is ``guard_on`` goes off duty (logins
-        live in memory, so a restart ended the shift; the guard logs in again)."""
-        rows = self.ledger.conn.execute(
-            "SELECT json_extract(body, '$.guard') AS guard, kind, MAX(seq) FROM events"
-            " WHERE kind IN ('guard_on', 'guard_off') GROUP BY guard"
-        ).fetchall()
-        return [
-            self._record(GuardShift.off(guard, detail="restart")).body()
-            for guard, kind, _ in rows
-            if guard and kind == "guard_on"
-        ]
-
-    # -- recording ---------------------------------------------------------------------
+    # -- recording and acting (the desk records and acts through these too) -------------
 
     def _alarm(self, alarm: str, detail: str, **fields: Any) -> Alarm:
         return self._record(Alarm.raised(alarm, detail, **fields))
@@ -595,7 +381,7 @@ class Controller:
             except Exception:  # an observer must never stop the gate
                 log.exception("event observer failed")
         if self.storage.failing:
-            self._storage_works_again()
+            self.storage.works_again(self._alarm, self._record)
         return event
 
     def _not_committed(self, event: Event, exc: sqlite3.Error) -> None:
@@ -603,7 +389,6 @@ class Controller:
         turnstile locks unless a committed grant is open, the person waits for the guard."""
         self.counters.not_committed += 1
         first = self.storage.failed(exc)
-        self.health[STORAGE] = self.storage.health()
         if not self.grants and not self._free():
             self.turnstile.lock()
         if isinstance(event, Decision):
@@ -615,25 +400,6 @@ class Controller:
                     watch()
                 except Exception:  # a watcher must never stop the gate
                     log.exception("state watcher failed")
-
-    def _storage_works_again(self) -> None:
-        outage = self.storage.ended()
-        if outage is None:
-            return
-        self.health[STORAGE] = self.storage.health()
-        try:
-            alarm = self._alarm(
-                "device",
-                f"storage: no event could be committed from {iso_utc(outage.since)} to"
-                f" {iso_utc(self.clock.time())}, {outage.failures} not written: {outage.error}",
-                device=STORAGE,
-                since=iso_utc(outage.since),
-                not_written=outage.failures,
-            )
-            self._record(Device.health(STORAGE, True, "storage works again", ref=alarm.id))
-        except CommitFailed:
-            self.storage.resume(outage)  # failing again: one alarm for the whole outage
-            self.health[STORAGE] = self.storage.health()
 
     def _play(self, prompt: str | None) -> None:
         if prompt and self.prompter is not None:

@@ -209,6 +209,14 @@ class Ledger:
         """The highest ``seq`` handed out so far (0 before the first event)."""
         return int(self._meta("next_seq")) - 1
 
+    def open_shifts(self) -> list[str]:
+        """The guards whose last shift event is ``guard_on`` (still on duty, as recorded)."""
+        rows = self.conn.execute(
+            "SELECT json_extract(body, '$.guard') AS guard, kind, MAX(seq) FROM events"
+            " WHERE kind IN ('guard_on', 'guard_off') GROUP BY guard"
+        ).fetchall()
+        return [guard for guard, kind, _ in rows if guard and kind == "guard_on"]
+
     def backlog(self) -> int:
         """How many events wait in the outbox."""
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

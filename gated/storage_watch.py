@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.common.base import DeviceHealth
-from gated.clock import Clock
+from gated.clock import Clock, iso_utc
 from gated.errors import StorageError
+from gated.events import Alarm, Device, Event
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,18 @@ class Outage:
     logged_at: float  # monotonic time of the last log line
 
 
-class StorageWatch:
-    """Follows commit failures and successes on the controller thread."""
+Record = Callable[["Event"], "Event"]
 
-    def __init__(self, clock: Clock):
+
+class StorageWatch:
+    """Follows commit failures and successes on the controller thread; keeps the
+    ``storage`` entry of ``board`` (the controller's health map) up to date."""
+
+    def __init__(self, clock: Clock, board: dict[str, DeviceHealth] | None = None):
         self.clock = clock
         self.outage: Outage | None = None
+        self.board = board if board is not None else {}
+        self.board[STORAGE] = self.health()
 
     @property
     def failing(self) -> bool:
@@ -85,6 +93,7 @@ class StorageWatch:
         o = self.outage
         if o is None:
             self.outage = Outage(self.clock.time(), 1, error, now)
+            self.board[STORAGE] = self.health()
             log.error(
                 "storage: an event could not be committed (%s); the gate stays locked and"
                 " asks people to wait for the guard until a commit works again",
@@ -93,6 +102,7 @@ class StorageWatch:
             return True
         o.failures += 1
         o.error = error
+        self.board[STORAGE] = self.health()
         if now - o.logged_at >= LOG_EVERY_S:
             o.logged_at = now
             log.error(
@@ -103,6 +113,7 @@ class StorageWatch:
     def ended(self) -> Outage | None:
         """A commit worked: the outage it ends, if there was one (the watch is clear again)."""
         o, self.outage = self.outage, None
+        self.board[STORAGE] = self.health()
         if o is not None:
             log.warning(
                 "storage works again: %d events could not be committed (%s)", o.failures, o.error
@@ -116,3 +127,24 @@ class StorageWatch:
             outage.failures += new.failures
             outage.error = new.error
         self.outage = outage
+        self.board[STORAGE] = self.health()
+
+    def works_again(self, alarm: Callable[..., Alarm], record: Record) -> None:
+        """A commit worked: the outage it ends (if any) is recorded with ``alarm`` and
+        ``record`` (the controller's) as one ``device`` alarm and the ``device`` event that
+        closes it; should that fail, the outage goes on (one alarm for all of it)."""
+        outage = self.ended()
+        if outage is None:
+            return
+        try:
+            alarm_event = alarm(
+                "device",
+                f"storage: no event could be committed from {iso_utc(outage.since)} to"
+                f" {iso_utc(self.clock.time())}, {outage.failures} not written: {outage.error}",
+                device=STORAGE,
+                since=iso_utc(outage.since),
+                not_written=outage.failures,
+            )
+            record(Device.health(STORAGE, True, "storage works again", ref=alarm_event.id))
+        except CommitFailed:
+            self.resume(outage)  # failing again: one alarm for the whole outage

@@ -24,7 +24,7 @@ def test_a_failing_start_still_locks_the_turnstile_and_closes_the_database(
 ) -> None:
     app = App(make_config(tmp_path, status={"listen": ""}))
     app.services.append(BrokenService())
-    app.controller.set_mode("free", "test")  # the relay would be held open
+    app.controller.desk.set_mode("free", "test")  # the relay would be held open
     with pytest.raises(RuntimeError, match="could not start"):
         app.run()
     turnstile = app.devices["turnstile"]

@@ -39,7 +39,7 @@ def test_a_stop_during_an_open_grant_leaves_the_relay_de_energised(
     runner.start()
     try:
         app.controller.submit(lambda: None).result(timeout=10)  # every device started
-        opened = app.controller.submit(lambda: app.controller.open_once("screen", guard="G1"))
+        opened = app.controller.submit(lambda: app.controller.desk.open_once("screen", guard="G1"))
         opened.result(timeout=10)
         wait_until(lambda: factory.pin(RELAY).state is True, "the relay energised")
     finally:

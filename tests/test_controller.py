@@ -122,12 +122,12 @@ def test_needs_guard_with_nobody_on_duty_raises_unattended_then_times_out(rig: R
 
 
 def test_the_guard_on_duty_approves_and_the_gate_opens(rig: Rig) -> None:
-    rig.controller.guard_on("G7")
+    rig.controller.desk.guard_on("G7")
     rig.feed("temp", 36.6)
     rig.feed("card", "1122334455")
     pending = rig.decisions()[-1]
     assert not [e for e in rig.events if e["kind"] == "alarm"]
-    rig.controller.guard_decide(pending["id"], True, "G7")
+    rig.controller.desk.decide(pending["id"], True, "G7")
     answer = rig.decisions()[-1]
     assert answer["decision"] == "guard_granted" and answer["guard"] == "G7"
     assert answer["ref"] == pending["id"] and rig.turnstile.state == "open"
@@ -136,7 +136,7 @@ def test_the_guard_on_duty_approves_and_the_gate_opens(rig: Rig) -> None:
 
 def test_locked_mode_denies_and_survives_a_restart(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    rig.controller.set_mode("locked", "central")
+    rig.controller.desk.set_mode("locked", "central")
     rig.feed("card", "0A1B2C3D4E")
     assert rig.decisions()[-1]["reasons"] == ["gate_locked"]
     rig.conn.close()
@@ -280,15 +280,15 @@ def test_a_tamper_clear_on_a_failing_device_says_it_still_fails(rig: Rig) -> Non
 
 def test_every_expected_device_is_in_the_health_before_it_reports(rig: Rig) -> None:
     ctl = rig.controller
-    ctl.expect_devices(["turnstile", "prompter", "card", "thermometer"])
-    devices = ctl.snapshot()["devices"]
+    ctl.device_watch.expect(["turnstile", "prompter", "card", "thermometer"])
+    devices = ctl.desk.snapshot()["devices"]
     # storage is always there: whether events can be committed
     assert set(devices) == {"turnstile", "prompter", "card", "thermometer", "storage"}
     assert devices["card"] == {"ok": True, "detail": ""}
     # a first report that says "working" is no news, as before any seeding
     ctl.handle(Reading("device", DeviceHealth(True, "connected to /dev/ttyS0"), "card"))
     assert not [e for e in rig.events if e["kind"] == "device"]
-    assert ctl.snapshot()["devices"]["card"]["detail"] == "connected to /dev/ttyS0"
+    assert ctl.desk.snapshot()["devices"]["card"]["detail"] == "connected to /dev/ttyS0"
     ctl.handle(Reading("device", DeviceHealth(False, "unplugged"), "card"))
     device = [e for e in rig.events if e["kind"] == "device"]
     assert [(e["device"], e["ok"]) for e in device] == [("card", False)]

@@ -115,14 +115,14 @@ def test_a_fever_recheck_looks_the_pass_up_again(rig: Rig) -> None:
     rig.feed("temp", 38.1)
     rig.feed("qr", token)
     (denial,) = rig.decisions()
-    assert denial["reasons"] == ["fever"] and denial["id"] in rig.controller.fever_checks
+    assert denial["reasons"] == ["fever"] and denial["id"] in rig.controller.desk.fever_checks
     # Measured again, normal: the one-time pass is used by a second session.
     rig.feed("temp", 36.6)
     rig.feed("qr", token)
     rig.feed("passage", True)
     assert rig.decisions()[-1]["decision"] == "granted"
     with pytest.raises(ValueError, match="pass_replayed"):
-        rig.controller.guard_decide(denial["id"], True, "G1", confirm_temp_c=36.7)
+        rig.controller.desk.decide(denial["id"], True, "G1", confirm_temp_c=36.7)
     assert [e["decision"] for e in rig.decisions()] == ["denied", "granted"]
 
 

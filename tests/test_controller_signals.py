@@ -44,19 +44,19 @@ def test_a_session_that_times_out_shows_denied(rig: Rig) -> None:
 
 
 def test_needs_guard_shows_guard_then_the_guards_answer(rig: Rig) -> None:
-    rig.controller.guard_on("G7")
+    rig.controller.desk.guard_on("G7")
     rig.feed("temp", 36.6)
     rig.feed("card", "1122334455")  # a yellow resident: the guard decides
     first = rig.decisions()[-1]
     assert first["decision"] == "needs_guard"
     assert rig.turnstile.signals == ["guard"]
-    rig.controller.guard_decide(first["id"], True, "G7")
+    rig.controller.desk.decide(first["id"], True, "G7")
     assert rig.turnstile.signals == ["guard", "granted"]
     rig.feed("passage", True)
     rig.feed("temp", 36.6, after=5.0)
     rig.feed("card", "1122334455")
     second = rig.decisions()[-1]
-    rig.controller.guard_decide(second["id"], False, "G7")
+    rig.controller.desk.decide(second["id"], False, "G7")
     assert rig.turnstile.signals == ["guard", "granted", "guard", "denied"]
 
 
@@ -71,7 +71,7 @@ def test_a_guard_timeout_shows_denied(rig: Rig) -> None:
 def test_locked_mode_shows_denied(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     try:
-        rig.controller.set_mode("locked", "central")
+        rig.controller.desk.set_mode("locked", "central")
         rig.feed("card", "0A1B2C3D4E")
         assert rig.decisions()[-1]["reasons"] == ["gate_locked"]
         assert rig.turnstile.signals == ["denied"]
@@ -82,7 +82,7 @@ def test_locked_mode_shows_denied(tmp_path: Path) -> None:
 def test_guard_only_mode_shows_guard(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     try:
-        rig.controller.set_mode("guard_only", "central")
+        rig.controller.desk.set_mode("guard_only", "central")
         rig.feed("temp", 36.5)
         rig.feed("card", "0A1B2C3D4E")
         assert rig.decisions()[-1]["decision"] == "needs_guard"

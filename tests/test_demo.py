@@ -52,6 +52,20 @@ def test_demo_plays_every_kind_of_verdict_and_exits_when_done(tmp_path: Path) ->
     assert {b["kind"] for b in bodies} >= {"decision", "passage", "alarm", "guard_on"}
 
 
+def test_the_demo_guard_is_on_duty_until_leaving(tmp_path: Path) -> None:
+    # The shifts a last run left open are ended when the desk is made, before the demo's
+    # guard logs in: no "guard_off ... (restart)" right after the demo's guard_on.
+    result = demo("--speed", "20", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "(restart)" not in result.stdout, result.stdout
+    conn = sqlite3.connect(tmp_path / "demo.db")
+    bodies = [json.loads(r[0]) for r in conn.execute("SELECT body FROM events ORDER BY seq")]
+    conn.close()
+    shifts = [(b["kind"], b.get("detail")) for b in bodies if b["kind"].startswith("guard_")]
+    assert shifts == [("guard_on", None), ("guard_off", None)]
+    assert bodies[0]["kind"] == "guard_on"  # on duty before the first arrival
+
+
 def test_demo_plays_a_scenario_file_and_names_a_bad_line(tmp_path: Path) -> None:
     scenario = tmp_path / "s.jsonl"
     scenario.write_text('{"t": 0, "temp": 36.5}\n{"t": 0.1, "card": "0A1B2C3D4E"}\n')

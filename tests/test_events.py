@@ -42,7 +42,8 @@ from tests.support.rig import Rig
 def a_day_at_the_gate(rig: Rig) -> None:
     """Every kind of event, through the controller as the gate makes them."""
     c = rig.controller
-    c.guard_on("G1")
+    desk = c.desk
+    desk.guard_on("G1")
     rig.feed("temp", 36.6)
     rig.feed("card", "0A1B2C3D4E")  # granted
     rig.feed("passage", True)  # through
@@ -54,21 +55,21 @@ def a_day_at_the_gate(rig: Rig) -> None:
     rig.feed("temp", 38.1)
     rig.feed("card", "0A1B2C3D4E")  # a fever denial, its alarm, a re-check offered
     (fever,) = [e for e in rig.decisions() if e["reasons"] == ["fever"]]
-    c.guard_decide(fever["id"], True, "G1", confirm_temp_c=36.7)  # confirm_temp_c
+    desk.decide(fever["id"], True, "G1", confirm_temp_c=36.7)  # confirm_temp_c
     rig.feed("passage", True)
     rig.feed("temp", 37)  # an int stays an int
     rig.feed("qr", rig.issue())  # a pass alone
     rig.wait(10)
-    c.set_mode("guard_only", "test")
+    desk.set_mode("guard_only", "test")
     rig.feed("temp", 36.6)
     rig.feed("card", "1122334455")  # needs_guard
-    (pending,) = c.pending
-    c.guard_decide(pending, False, "G1")
+    (pending,) = desk.pending
+    desk.decide(pending, False, "G1")
     rig.feed("temp", 36.6)
     rig.feed("card", "1122334455")  # needs_guard again; no answer: guard_timeout
     rig.wait(c.policy.guard_timeout_s + 1)
-    c.set_mode("normal", "test")
-    c.open_once("cmd", None)  # remote open
+    desk.set_mode("normal", "test")
+    desk.open_once("cmd", None)  # remote open
     rig.wait(10)
     rig.controller.handle(Reading("fire", True, "fire"))
     rig.controller.handle(Reading("fire", False, "fire"))  # mode: fire input cleared
@@ -77,10 +78,10 @@ def a_day_at_the_gate(rig: Rig) -> None:
     rig.controller.handle(Reading("device", DeviceHealth(False, "no reply"), "card"))
     rig.controller.handle(Reading("device", DeviceHealth(True, ""), "card"))
     alarm = next(e for e in rig.events if e["kind"] == "alarm")
-    c.acknowledge(alarm["id"], alarm["alarm"], "G1")
-    c.guard_off("G1")
-    c.guard_on("G2")
-    c.end_stale_shifts()  # guard_off with detail "restart"
+    desk.acknowledge(alarm["id"], alarm["alarm"], "G1")
+    desk.guard_off("G1")
+    desk.guard_on("G2")
+    desk.end_stale_shifts()  # guard_off with detail "restart"
     c._record(PurgePlan(0.0, "2026-01-01T00:00:00.000Z", 3, events=3).event(30))
     c._record(Alarm.raised("device", "storage: 2 undelivered events purged", ref=None))
 

@@ -293,7 +293,7 @@ def test_a_commit_wakes_the_publisher_that_would_sleep_an_hour(
     try:
         col.wait_for(lambda m: any(t.endswith("/status") for t, _, _ in m))  # its birth
         woken = pub.wakeups
-        ctl.submit(lambda: ctl.guard_on("G01")).result(timeout=10)
+        ctl.submit(lambda: ctl.desk.guard_on("G01")).result(timeout=10)
         col.wait_for(lambda m: any(e["kind"] == "guard_on" for e in col.events()), timeout=60)
         assert pub.wakeups > woken
         wait_until(lambda: pub.backlog() == 0, "the PUBACKed event deleted")

@@ -358,8 +358,8 @@ def test_the_start_drops_the_outbox_when_no_broker_is_configured(
     )
     app = App(with_broker, clock=FakeClock())
     try:
-        for _ in range(3):
-            app.ledger.append(event("guard_on", guard="G1"))
+        for _ in range(3):  # shifts that end: nothing is left open for the next start
+            app.ledger.append(event("guard_off", guard="G1"))
         assert outbox_rows(app.conn) == 3
     finally:
         app.close()

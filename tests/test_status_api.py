@@ -338,7 +338,7 @@ def test_a_taken_port_leaves_the_gate_running(tmp_path: Path) -> None:
         app = App(config)
         thread = threading.Thread(target=app.run, daemon=True)
         thread.start()
-        done = app.controller.submit(lambda: app.controller.guard_on("G9"))
+        done = app.controller.submit(lambda: app.controller.desk.guard_on("G9"))
         assert done.result(timeout=20)["kind"] == "guard_on"
         app.stop_event.set()
         thread.join(timeout=15)

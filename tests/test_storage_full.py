@@ -77,7 +77,7 @@ class Loop:
         self.on_loop(lambda: None)
 
     def storage(self) -> dict[str, Any]:
-        devices: dict[str, Any] = self.on_loop(self.ctl.snapshot)["devices"]
+        devices: dict[str, Any] = self.on_loop(self.ctl.desk.snapshot)["devices"]
         return dict(devices["storage"])
 
     def close(self) -> None:
@@ -124,7 +124,7 @@ def test_a_session_that_cannot_be_committed_leaves_the_gate_locked_and_asks_for_
     loop.arrive()
     lines = errors(caplog)
     assert len(lines) == 2 and "22 events not committed" in lines[1], lines
-    assert loop.on_loop(rig.controller.snapshot)["counters"]["not_committed"] == 22
+    assert loop.on_loop(rig.controller.desk.snapshot)["counters"]["not_committed"] == 22
 
 
 def test_once_there_is_room_again_the_next_session_goes_through_and_one_alarm_tells_of_it(
@@ -164,7 +164,7 @@ def test_a_mode_change_that_cannot_be_committed_changes_nothing(loop: Loop) -> N
     rig = loop.rig
     loop.on_loop(lambda: fill(rig.ledger))
     with pytest.raises(CommitFailed):
-        loop.on_loop(lambda: rig.controller.set_mode("free", "test"))
+        loop.on_loop(lambda: rig.controller.desk.set_mode("free", "test"))
     assert rig.controller.mode == "normal" and rig.turnstile.state == "locked"
     loop.arrive()
     assert "open" not in rig.turnstile.history

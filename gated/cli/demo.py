@@ -119,10 +119,12 @@ class DemoGuard:
         self.answered += 1
         last = self.answered == 2
 
+        desk = self.controller.desk
+
         def answer() -> None:
-            self.controller.guard_decide(event["id"], grant, GUARD)
+            desk.decide(event["id"], grant, GUARD)
             if last:
-                self.controller.guard_off(GUARD)
+                desk.guard_off(GUARD)
 
         timer = threading.Timer(self.delay_s, lambda: self.controller.submit(answer))
         timer.daemon = True
@@ -195,7 +197,10 @@ def run_demo(
             file=sys.stderr,
             flush=True,
         )
-        app.controller.guard_on(GUARD)
+        # The first thing the controller's loop runs: the desk ended the shifts of the last
+        # run when it was made, so this one stands.
+        desk = app.controller.desk
+        app.controller.submit(lambda: desk.guard_on(GUARD))
         return app.run()
     finally:
         if tmp is not None:

@@ -319,14 +319,14 @@ class Commands:
 
     def _open(self, msg: dict[str, Any]) -> Runner:
         by = self._by(msg)
-        ctl = self.controller
-        return lambda: {"event": ctl.open_once(by)["id"]}
+        desk = self.controller.desk
+        return lambda: {"event": desk.open_once(by)["id"]}
 
     def _mode(self, msg: dict[str, Any]) -> Runner:
         mode = _check(ModeBody, msg).mode
         by = self._by(msg)
-        ctl = self.controller
-        return lambda: {"event": ctl.set_mode(mode, by)["id"]}
+        desk = self.controller.desk
+        return lambda: {"event": desk.set_mode(mode, by)["id"]}
 
     def _registry(self, msg: dict[str, Any]) -> Runner:
         body = {k: v for k, v in msg.items() if k not in ("req", "ts", "by")}

@@ -172,7 +172,7 @@ class Publisher:
 
         def state() -> dict[str, Any]:
             held = ctl.mode == "free" or ctl.fire
-            return {**ctl.snapshot(), "turnstile": "open" if held or ctl.grants else "locked"}
+            return {**ctl.desk.snapshot(), "turnstile": "open" if held or ctl.grants else "locked"}
 
         options.setdefault("wall", ctl.clock.time)
         options.setdefault("poll_s", 1.0)  # every commit wakes it: the poll is a backstop

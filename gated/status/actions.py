@@ -3,8 +3,12 @@
 Every action but login needs a session cookie (401 without one) and the session's
 CSRF token in ``X-CSRF-Token``; every POST must be JSON and, when the browser says
 where it comes from (``Origin``, ``Sec-Fetch-Site``), come from this page (403 if
-not). Each action runs on the controller thread and is a ledger event carrying the
-guard's id. PINs are never logged; guard ids are staff ids, not residents' data.
+not); its body must fit its model in :mod:`gated.status.bodies` (400 if not). What
+the action does and the rules that bind it are the guard desk's (:mod:`gated.desk`):
+each runs on the controller thread through the bridge and is a ledger event carrying
+the guard's id; the desk's refusals become 404 (nothing to answer), 422 (a rule) and
+409 (the gate is locked).
+PINs are never logged; guard ids are staff ids, not residents' data.
 """
 
 from __future__ import annotations
@@ -13,44 +17,58 @@ import asyncio
 import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
+from prometheus_client import Counter
+from pydantic import ValidationError
 
-from gated.events import MODES
-from gated.status.auth import GUARD_ID, Login, check_pin_text, hash_pin, verify_pin
+from gated.desk import GuardDesk
+from gated.status.auth import GuardAuth, Login, hash_pin, verify_pin
+from gated.status.bodies import AckBody, Body, DecideBody, LoginBody, ModeBody
+from gated.status.bridge import GateBridge
 from gated.status.view import screen_event
-
-if TYPE_CHECKING:
-    from gated.status.server import StatusServer
 
 log = logging.getLogger(__name__)
 
 COOKIE = "gated_session"
-ACTION_TIMEOUT_S = 5.0
-_TEMP_REASONS = {"temp_missing", "temp_invalid"}
 # Checked against when a guard id has no hash, so a wrong id costs the same time.
 _DUMMY_HASH = hash_pin("not-a-pin", salt=b"gated-dummy-salt")
+
+B = TypeVar("B", bound=Body)
+T = TypeVar("T")
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def needs_confirmation(event: dict[str, Any]) -> bool:
-    """Whether granting this pending verdict needs a clinical temperature reading (the gate
-    has no valid one of its own). A fever is never pending: it is a denial that a guard may
-    re-check with a clinical reading (``Controller.fever_checks``)."""
-    return bool(_TEMP_REASONS & set(event.get("reasons") or []))
-
-
 class GuardActions:
-    """The POST endpoints of SPEC §8 and ``/api/alarm/ack``."""
+    """The POST endpoints of SPEC §8 and ``/api/alarm/ack``.
 
-    def __init__(self, server: StatusServer):
-        self.server = server
-        self.auth = server.auth
-        self.controller = server.controller
+    ``bridge`` leads to the desk; ``auth`` holds the logins; ``alarms`` are the screen's
+    open alarms (an ack closes one at once); ``logins`` counts login results; ``refresh``
+    sends the new state to every screen; ``valid_temp_c`` bounds a clinical reading;
+    ``secure_cookie`` when the screen is served over HTTPS."""
+
+    def __init__(
+        self,
+        bridge: GateBridge,
+        auth: GuardAuth,
+        alarms: dict[str, dict[str, Any]],
+        logins: Counter,
+        refresh: Callable[[], Awaitable[None]],
+        valid_temp_c: tuple[float, float],
+        secure_cookie: bool = False,
+    ):
+        self.bridge = bridge
+        self.auth = auth
+        self.alarms = alarms
+        self.logins = logins
+        self.refresh = refresh
+        self.valid_temp_c = valid_temp_c
+        self.secure_cookie = secure_cookie
 
     def add_routes(self, app: web.Application) -> None:
         """Register the endpoints on ``app``."""
@@ -88,6 +106,15 @@ class GuardActions:
             return _error(400, "expected a JSON object")
         return data
 
+    def parse(self, model: type[B], data: dict[str, Any]) -> B | web.Response:
+        """``data`` as ``model``, or the 400 that names the first field refused."""
+        low, high = self.valid_temp_c
+        context = {"valid_temp_c": (low, high), "low": low, "high": high}
+        try:
+            return model.model_validate(data, context=context)
+        except ValidationError as exc:
+            return _error(400, model.message(exc, context))
+
     def session(self, request: web.Request) -> Login | web.Response:
         """The guard's session, or 401 (none) / 403 (no valid CSRF token)."""
         s = self.auth.session(request.cookies.get(COOKIE))
@@ -97,10 +124,10 @@ class GuardActions:
             return _error(403, "missing or wrong CSRF token")
         return s
 
-    async def run(self, fn: Any) -> Any:
-        """Run ``fn`` on the controller thread and await its result."""
+    async def run(self, action: Callable[[GuardDesk], T]) -> T:
+        """Run ``action(desk)`` on the controller thread and await its result."""
         try:
-            return await self.server.on_controller(fn, ACTION_TIMEOUT_S)
+            return await self.bridge.act(action)
         except TimeoutError:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": "the gate controller did not answer"}),
@@ -117,7 +144,7 @@ class GuardActions:
         return s, data
 
     async def _done(self, event: dict[str, Any]) -> web.Response:
-        await self.server.refresh()
+        await self.refresh()
         return web.json_response({"ok": True, "event": screen_event(event)})
 
     # -- endpoints ------------------------------------------------------------------------
@@ -127,25 +154,24 @@ class GuardActions:
         data = await self.body(request)
         if isinstance(data, web.Response):
             return data
-        guard, pin = data.get("guard"), data.get("pin")
-        if not isinstance(guard, str) or not GUARD_ID.match(guard):
-            return _error(400, "guard: 1 to 32 letters, digits, '_', '.', '-'")
-        if not isinstance(pin, str) or check_pin_text(pin):
-            return _error(400, "pin: 4 to 64 characters")
+        body = self.parse(LoginBody, data)
+        if isinstance(body, web.Response):
+            return body
+        guard, pin = body.guard, body.pin
         if not self.auth.enabled:
             return _error(403, "guard login is not set up (status.guard_pin_hash or guards)")
         client = request.remote or "?"
         # The try is taken before the hash, so logins that arrive at once count at once.
         attempt = self.auth.reserve(guard, client)
         if attempt is None:
-            self.server.metrics.logins.labels("locked").inc()
+            self.logins.labels("locked").inc()
             left = self.auth.locked(guard, client)
             return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
         stored = self.auth.hash_for(guard)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_pin, pin, stored or _DUMMY_HASH)
         if not ok or not stored:
-            self.server.metrics.logins.labels("wrong").inc()
+            self.logins.labels("wrong").inc()
             where = "the booth" if attempt.booth else "the network"
             log.warning("status screen: wrong PIN for guard %s from %s", guard, where)
             left = self.auth.locked(guard, client)
@@ -161,12 +187,10 @@ class GuardActions:
                 )
             return _error(401, "wrong guard id or PIN")
         s = self.auth.right(attempt)
-        self.server.metrics.logins.labels("ok").inc()
-        c = self.controller
-        # On the controller thread: a second screen of the same guard starts no new shift.
-        await self.run(lambda: None if guard in c.guards_on_duty else c.guard_on(guard))
+        self.logins.labels("ok").inc()
+        await self.run(lambda desk: desk.log_in(guard))
         log.info("status screen: guard %s logged in", guard)
-        await self.server.refresh()
+        await self.refresh()
         response = web.json_response({"ok": True, "guard": guard, "csrf": s.csrf})
         response.set_cookie(
             COOKIE,
@@ -174,7 +198,7 @@ class GuardActions:
             max_age=int(self.auth.session_s),
             httponly=True,
             samesite="Strict",
-            secure=self.server.tls is not None,
+            secure=self.secure_cookie,
             path="/",
         )
         return response
@@ -182,10 +206,10 @@ class GuardActions:
     async def off_duty(self, guard: str) -> None:
         """Record that ``guard`` went off duty (no session of theirs is left)."""
         try:
-            await self.run(lambda: self.controller.guard_off(guard))
+            await self.run(lambda desk: desk.guard_off(guard))
         except (TimeoutError, RuntimeError) as exc:
             log.warning("guard %s off duty not recorded: %s", guard, exc)
-        await self.server.refresh()
+        await self.refresh()
 
     async def logout(self, request: web.Request) -> web.Response:
         """``POST /api/guard/logout``: the session ends; the guard's shift with the last one."""
@@ -207,38 +231,17 @@ class GuardActions:
         if isinstance(got, web.Response):
             return got
         s, data = got
-        event_id, grant = data.get("event"), data.get("grant")
-        confirm = data.get("confirm_temp_c")
-        if not isinstance(event_id, str) or not isinstance(grant, bool):
-            return _error(400, "event (id) and grant (true/false) are required")
-        policy = self.server.config.policy
-        if confirm is not None:
-            low, high = policy.valid_temp_c
-            if (
-                isinstance(confirm, bool)
-                or not isinstance(confirm, (int, float))
-                or not math.isfinite(confirm)
-                or not low <= confirm <= high
-            ):
-                return _error(400, f"confirm_temp_c: a reading in °C, {low} to {high}")
-            confirm = float(confirm)
-        c = self.controller
+        body = self.parse(DecideBody, data)
+        if isinstance(body, web.Response):
+            return body
+        asked: str | None = None
 
-        recheck = False
-
-        def answer() -> dict[str, Any]:
-            nonlocal recheck
-            # A fever denial open to a re-check: the controller weighs the clinical reading.
-            recheck = event_id in c.fever_checks
-            pending = c.pending.get(event_id)
-            if pending is None and event_id not in c.fever_checks:
-                raise KeyError(event_id)
-            if pending is not None and grant and needs_confirmation(pending.event):
-                if confirm is None:
-                    raise ValueError("a clinical reading (confirm_temp_c) is needed to grant")
-                if confirm >= policy.fever_c:
-                    raise ValueError("the clinical reading is a fever: it cannot be granted")
-            result: dict[str, Any] = c.guard_decide(event_id, grant, s.guard, confirm)
+        def answer(desk: GuardDesk) -> dict[str, Any]:
+            nonlocal asked
+            asked = desk.question(body.event)
+            result: dict[str, Any] = desk.decide(
+                body.event, body.grant, s.guard, body.confirm_temp_c
+            )
             return result
 
         try:
@@ -250,7 +253,7 @@ class GuardActions:
         log.info(
             "status screen: guard %s answered a %s with %s",
             s.guard,
-            "fever re-check" if recheck else "pending verdict",
+            "fever re-check" if asked == "recheck" else "pending verdict",
             event["decision"],
         )
         return await self._done(event)
@@ -261,9 +264,8 @@ class GuardActions:
         if isinstance(got, web.Response):
             return got
         s, _ = got
-        c = self.controller
         try:
-            event = await self.run(lambda: c.open_once(s.guard, guard=s.guard))
+            event = await self.run(lambda desk: desk.open_once(s.guard, guard=s.guard))
         except PermissionError as exc:
             return _error(409, str(exc))
         log.info("status screen: guard %s opened the gate once", s.guard)
@@ -275,10 +277,11 @@ class GuardActions:
         if isinstance(got, web.Response):
             return got
         s, data = got
-        mode = data.get("mode")
-        if mode not in MODES:
-            return _error(400, f"mode: one of {', '.join(MODES)}")
-        event = await self.run(lambda: self.controller.set_mode(mode, s.guard))
+        body = self.parse(ModeBody, data)
+        if isinstance(body, web.Response):
+            return body
+        mode = body.mode
+        event = await self.run(lambda desk: desk.set_mode(mode, s.guard))
         log.info("status screen: guard %s set the mode to %s", s.guard, mode)
         return await self._done(event)
 
@@ -294,16 +297,18 @@ class GuardActions:
             if isinstance(s, web.Response):
                 return s
             guard = s.guard
-        event_id = data.get("event")
-        if not isinstance(event_id, str):
-            return _error(400, "event (alarm id) is required")
-        alarms = self.server.history.alarms
+        body = self.parse(AckBody, data)
+        if isinstance(body, web.Response):
+            return body
+        event_id = body.event
+        alarms = self.alarms
         alarm = alarms.pop(event_id, None)  # at once, so a second click finds it closed
         if alarm is None:
             return _error(404, "no such open alarm")
-        c = self.controller
         try:
-            event = await self.run(lambda: c.acknowledge(event_id, str(alarm.get("alarm")), guard))
+            event = await self.run(
+                lambda desk: desk.acknowledge(event_id, str(alarm.get("alarm")), guard)
+            )
         except web.HTTPServiceUnavailable:
             raise  # the ack still reaches the controller; its event closes the alarm everywhere
         except BaseException:

@@ -1,9 +1,10 @@
 """The status screen's web server: aiohttp on a thread and event loop of its own.
 
 The controller never waits for the screen: its observer only hands each event to
-this loop with ``call_soon_threadsafe``. The screen asks the controller for its
-state through ``submit`` and awaits the future without blocking anything, and reads
-the recent events through a read-only SQLite connection of its own.
+this loop with ``call_soon_threadsafe``. The screen reaches the controller only
+through its bridge (:mod:`gated.status.bridge`: the desk's snapshot and actions, run
+on the controller thread and awaited without blocking anything), and reads the
+recent events through a read-only SQLite connection of its own.
 
 What it lets in (SPEC §8): a ``Host`` header that names the address the client
 connected to, localhost on loopback, this machine's host name or ``host_names``
@@ -47,6 +48,7 @@ from gated.status.auth import (
     read_kiosk_token,
     same_secret,
 )
+from gated.status.bridge import SNAPSHOT_TIMEOUT_S, GateBridge
 from gated.status.limits import ConnectionLimit, LoopErrors, host_allowed, host_name
 from gated.status.metrics import GateMetrics
 from gated.status.view import ScreenHistory, screen_event
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_TIMEOUT_S = 3.0
 #: How long a snapshot answers ``GET /api/state`` and ``/metrics`` while no event came.
 SNAPSHOT_MAX_AGE_S = 0.5
 #: Seconds between the ``: ping`` comments on a live stream (aiohttp-sse writes them).
@@ -107,7 +108,7 @@ class StatusServer:
     ):
         status = config.status
         self.config = config
-        self.controller = controller
+        self.bridge = GateBridge(controller)
         self.host, _, port = status.listen.rpartition(":")
         self.host = self.host.strip("[]")
         self.port = int(port)
@@ -148,7 +149,15 @@ class StatusServer:
         self._snap_seen = -1
         self._wait_seen = -1
         self._snap_wait: asyncio.Future[dict[str, Any]] | None = None
-        self.actions = GuardActions(self)
+        self.actions = GuardActions(
+            self.bridge,
+            self.auth,
+            self.history.alarms,
+            self.metrics.logins,
+            self.refresh,
+            config.policy.valid_temp_c,
+            secure_cookie=self.tls is not None,
+        )
         self._refresh_due = False
         self._refreshing = False
         self._dirty = False
@@ -160,8 +169,7 @@ class StatusServer:
         self._ready = threading.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.url = ""
-        controller.observers.append(self._observe)
-        controller.state_watchers.append(self._state_changed)
+        self.bridge.watch(self._observe, self._state_changed)
 
     # -- lifecycle (any thread) -------------------------------------------------------
 
@@ -308,9 +316,7 @@ class StatusServer:
     async def snapshot(self) -> dict[str, Any]:
         """The controller's snapshot, awaited without blocking the loop."""
         asked, seen = time.monotonic(), self._events_seen
-        snap: dict[str, Any] = await self.on_controller(
-            self.controller.snapshot, SNAPSHOT_TIMEOUT_S
-        )
+        snap = await self.bridge.snapshot(SNAPSHOT_TIMEOUT_S)
         # Reusable while no event comes; one that came meanwhile may or may not be in it.
         self.snap, self._snap_at, self._snap_seen = snap, asked, seen
         return snap
@@ -328,14 +334,6 @@ class StatusServer:
             wait = self._snap_wait = asyncio.ensure_future(self.snapshot())
             self._wait_seen = self._events_seen
         return await asyncio.shield(wait)
-
-    async def on_controller(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """Run ``fn`` on the controller thread; await its result for up to ``timeout`` s.
-
-        The wait is shielded: a timeout here must not cancel the controller's future
-        (the controller would then fail to set its result)."""
-        fut = asyncio.wrap_future(self.controller.submit(fn))
-        return await asyncio.wait_for(asyncio.shield(fut), timeout)
 
     async def refresh(self) -> None:
         """Take a fresh snapshot and send the new state to every screen.
