@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Rig
+from tests.support.rig import Rig
 
 LI_CARD = "1122334455"  # yellow: a guard's call
 ZHANG_CARD = "0A1B2C3D4E"
@@ -48,6 +48,23 @@ def test_a_missing_temperature_needs_a_clinical_reading_to_grant(rig: Rig) -> No
     assert granted["decision"] == "guard_granted" and granted["confirm_temp_c"] == 36.8
     assert granted["ref"] == pending["id"] and rig.turnstile.state == "open"
     assert desk.question(pending["id"]) is None
+
+
+def test_a_clinical_reading_at_fever_c_never_grants_a_pending_verdict(rig: Rig) -> None:
+    """A yellow card with a normal reading of the gate's own waits for the guard; should the
+    guard take a clinical reading too and it is a fever, the grant is refused."""
+    desk = rig.controller.desk
+    rig.feed("temp", 36.6)
+    rig.feed("card", LI_CARD)
+    (pending,) = [d for d in rig.decisions() if d["decision"] == "needs_guard"]
+    assert pending["temperature_c"] == 36.6
+    before = len(rig.events)
+    with pytest.raises(ValueError, match="fever"):
+        desk.decide(pending["id"], True, "G1", confirm_temp_c=desk.policy.fever_c + 0.3)
+    assert len(rig.events) == before and rig.turnstile.state != "open"
+    assert desk.question(pending["id"]) == "pending"
+    granted = desk.decide(pending["id"], True, "G1", confirm_temp_c=36.7)
+    assert granted["decision"] == "guard_granted" and rig.turnstile.state == "open"
 
 
 def test_a_missing_temperature_may_be_refused_without_a_reading(rig: Rig) -> None:

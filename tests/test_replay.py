@@ -15,8 +15,9 @@ from gated.mqtt.link import Backoff
 from gated.mqtt.publisher import Publisher
 from gated.mqtt.replay import MAX_NUMBERS, MAX_OPEN, Replayer, ReplayRefused
 from gated.retention import DAY_S, Retention, purge_now
-from tests.conftest import Rig
+from tests.support.events import event
 from tests.support.mosquitto import Collector, Mosquitto, publish
+from tests.support.rig import Rig
 from tests.support.waiting import wait_until
 
 ROOT = "gated/s1/g1"
@@ -46,7 +47,7 @@ class Gate:
 
         def many() -> None:
             for i in range(n):
-                self.ctl._record({"kind": "device", "device": "card", "ok": i % 2 == 0})
+                self.ctl._record(event("device", device="card", ok=i % 2 == 0))
 
         self.ctl.submit(many).result(120)
 
@@ -242,9 +243,9 @@ def test_a_replay_during_live_traffic_keeps_the_live_stream_whole(gate: Gate) ->
     def traffic() -> None:
         while not answered.is_set() or len(live) < 20:
             ev = gate.ctl.submit(
-                lambda: gate.ctl._record({"kind": "device", "device": "qr", "ok": True})
+                lambda: gate.ctl._record(event("device", device="qr", ok=True))
             ).result(10)
-            live.append(ev["seq"])
+            live.append(int(ev.seq or 0))
             answered.wait(0.002)
 
     feeder = threading.Thread(target=traffic, daemon=True)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gated.cli.main import main
+from gated.events import Decision, Passage
 from gated.report import daily_report, day_bounds, format_text
 from gated.retention import Retention, purge_now
 from tests.support.rig import Rig
@@ -269,24 +270,11 @@ def test_free_passages_and_a_guards_clinical_reading_in_compliance(
     rig.feed("card", LI_CARD)
     rig.wait(16)
     unchecked = c.desk.pending.pop(pending_id(rig))
-    asked = unchecked.event
     granted = rig.ledger.append(
-        {
-            "kind": "decision",
-            "direction": asked["direction"],
-            "decision": "guard_granted",
-            "reasons": list(asked["reasons"]),
-            "person": asked["person"],
-            "credential": asked["credential"],
-            "temperature_c": asked["temperature_c"],
-            "readings_c": asked["readings_c"],
-            "ref": asked["id"],
-            "guard": "G7",
-        },
-        unchecked.effects,
+        Decision.follow_up(unchecked.decision, "guard_granted", "G7"), unchecked.effects
     )
     rig.clock.advance(1.0)
-    rig.ledger.append({"kind": "passage", "ref": granted["id"], "passed": True, "direction": "in"})
+    rig.ledger.append(Passage.of_grant(granted, True))
     # Free mode: two people walk through with nothing open, no tailgate alarm.
     c.desk.set_mode("free", "G7")
     rig.feed("passage", True, after=5.0)
