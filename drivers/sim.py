@@ -1,4 +1,4 @@
-"""Simulated devices that play a scenario file (SPEC §3 ``[sim]``).
+"""Simulated devices that play a scenario file (docs/contracts.md §3 ``[sim]``).
 
 A scenario is JSON Lines, one input per line with ``t`` in seconds from the start:
 ``{"t": 0.3, "temp": 36.6}``. Each simulated driver plays the keys of its own device

@@ -156,7 +156,7 @@ class App:
             self.services.append(self.publisher)
 
     def init_status(self) -> None:
-        """The guard's status screen (SPEC §8), unless ``status.listen`` is ""."""
+        """The guard's status screen (docs/contracts.md §8), unless ``status.listen`` is ""."""
         if not self.config.status.listen:
             return
         from gated.status.server import StatusServer
@@ -254,7 +254,7 @@ class App:
 
         By now the controller's loop has ended, so what it decided is committed; the
         devices stop first (no more input, the relay de-energised), then the publisher
-        drains the outbox for up to 2 s before its ``offline`` status (SPEC §4).
+        drains the outbox for up to 2 s before its ``offline`` status (docs/contracts.md §4).
         """
         for name, device in reversed(list(self.devices.items())):
             try:

@@ -72,7 +72,7 @@ class FakeClock:
 def iso_utc(ts: float) -> str:
     """Unix seconds as ``2026-02-28T18:05:11.204Z``: the one form of a stamp stored or sent.
 
-    Milliseconds (cut, not rounded) and ``Z``, as the events' ``ts`` (SPEC §4); the
+    Milliseconds (cut, not rounded) and ``Z``, as the events' ``ts`` (docs/contracts.md §4); the
     registry's ``activated_at``/``revoked_at`` and the status screen's ``now`` too. The
     fixed width keeps the stamps in time order when SQLite compares them as text.
     """

@@ -1,4 +1,4 @@
-"""The event vocabulary of SPEC §4: one type per kind, its JSON body, and back.
+"""The event vocabulary of docs/contracts.md §4: one type per kind, its JSON body, and back.
 
 Every ledger event is one of the types below (:data:`TYPES`, one per kind of
 :data:`KINDS`). Each type lists the fields its kind carries, in the order of its
@@ -153,7 +153,7 @@ class Event(_Strict):
     seq: int | None = Field(default=None, ge=1, le=_SEQ_MAX)
 
     def body(self) -> dict[str, Any]:
-        """The JSON object of this event: its fields, then the header (SPEC §4)."""
+        """The JSON object of this event: its fields, then the header (docs/contracts.md §4)."""
         d = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"kind"})
         header = {k: d.pop(k) for k in HEADER if k in d}
         return {"kind": self.kind, **d, **header}

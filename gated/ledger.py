@@ -1,7 +1,7 @@
 """The in/out ledger: every event, its gap-free ``seq``, and its outbox row.
 
 An event is written to ``events`` and ``outbox`` in one transaction before
-anything acts on it (SPEC §4, §7); with no broker configured there is nobody to
+anything acts on it (docs/contracts.md §4, §7); with no broker configured there is nobody to
 deliver to, so no outbox row is written (one would keep its event from the purge
 for ``undelivered_max_days``). ``seq`` comes from a counter in ``meta``
 incremented in that same transaction, so it is gap-free and survives restarts

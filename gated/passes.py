@@ -1,4 +1,4 @@
-"""QR passes: Ed25519 key pairs, issuing signed passes, verifying them offline (SPEC §5).
+"""QR passes: Ed25519 key pairs, issuing signed passes, verifying them offline (contracts §5).
 
 A pass is a compact JWS signed with EdDSA/Ed25519, header ``{"alg":"EdDSA","kid":...}``, claims
 ``sub`` (person id), ``hh`` (household id), ``col`` (colour), ``iat``, ``nbf``, ``exp`` (unix
@@ -53,7 +53,7 @@ KID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 REQUIRED_CLAIMS = ("sub", "hh", "col", "iat", "nbf", "exp", "jti")
 
-# Reasons a pass is refused; the names are SPEC §4 reason codes.
+# Reasons a pass is refused; the names are docs/contracts.md §4 reason codes.
 PASS_INVALID = "pass_invalid"
 PASS_EXPIRED = "pass_expired"
 PASS_NOT_YET_VALID = "pass_not_yet_valid"
@@ -239,7 +239,7 @@ def describe_qr(text: str) -> str:
 class PassCheck:
     """The outcome of verifying one QR text.
 
-    ``reason`` is ``None`` when ``ok``, else a SPEC reason code (``pass_invalid``,
+    ``reason`` is ``None`` when ``ok``, else a reason code of contracts §4 (``pass_invalid``,
     ``pass_expired``, ``pass_not_yet_valid``, ``pass_wrong_gate``). ``claims`` is empty unless
     the signature verified; ``jti`` is the pass id when the signature verified and it is a string.
     """

@@ -1,4 +1,4 @@
-"""The verdict rules of SPEC §4a, as a pure function of facts gathered for one session.
+"""The verdict rules of contracts §4a, as a pure function of facts gathered for one session.
 
 No I/O, no clock: the controller looks up the registry and the ledger, verifies the
 pass, and hands the results in as :class:`Facts`. Every failing check is named;

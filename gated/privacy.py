@@ -1,4 +1,4 @@
-"""Masking of personal data for screens, logs and MQTT (SPEC §7, §4 ``pii``)."""
+"""Masking of personal data for screens, logs and MQTT (docs/contracts.md §7, §4 ``pii``)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def mask_person(person: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def reduce_event(event: dict[str, Any], pii: str) -> dict[str, Any]:
-    """The event as it may leave the gate: ``full``, ``masked`` or ``none`` (SPEC §4).
+    """The event as it may leave the gate: ``full``, ``masked`` or ``none`` (docs/contracts.md §4).
 
     ``none`` keeps the person's id and household (a consumer needs them to count)
     but drops name, ID number, unit and every temperature.

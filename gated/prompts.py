@@ -1,4 +1,4 @@
-"""Which prompt announces which verdict (SPEC §6 prompts)."""
+"""Which prompt announces which verdict (docs/contracts.md §6 prompts)."""
 
 from __future__ import annotations
 

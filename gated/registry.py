@@ -1,4 +1,4 @@
-"""Residents, households and cards (SPEC §3 registry CSV, §7 storage).
+"""Residents, households and cards (docs/contracts.md §3 registry CSV, §7 storage).
 
 Import checks every row before writing any: a bad row is named by its line and
 nothing of the file is imported.
@@ -52,7 +52,7 @@ class Person:
     active: bool = True
 
     def as_event(self) -> dict[str, Any]:
-        """The ``person`` object of an event (SPEC §4)."""
+        """The ``person`` object of an event (docs/contracts.md §4)."""
         d = asdict(self)
         del d["verified"], d["active"]
         return d
@@ -73,7 +73,7 @@ class CardLookup:
 
 
 def normalise_uid(uid: str) -> str:
-    """Uids compare as uppercase with no spaces (SPEC §3)."""
+    """Uids compare as uppercase with no spaces (docs/contracts.md §3)."""
     return uid.strip().replace(" ", "").upper()
 
 

@@ -1,4 +1,4 @@
-"""One person at the gate: the session state machine of SPEC §4a.
+"""One person at the gate: the session state machine of docs/contracts.md §4a.
 
 A session opens at the first input, gathers the temperature (first) and the
 credentials, and is ready for a verdict when both are in, or when it has made no

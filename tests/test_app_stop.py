@@ -1,4 +1,4 @@
-"""Stopping the daemon: the relay ends de-energised, the outbox drains (SPEC §4)."""
+"""Stopping the daemon: the relay ends de-energised, the outbox drains (docs/contracts.md §4)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_a_stop_during_an_open_grant_leaves_the_relay_de_energised(
     assert factory.pin(RELAY).state is False  # the grant was still open: now locked
 
 
-# -- a clean stop drains the outbox (SPEC §4) --------------------------------------------
+# -- a clean stop drains the outbox (contracts §4) --------------------------------------------
 
 ROOT = "gated/s1/g1"
 #: Tamper on, off, on...: each one an event (an alarm, its clear), decided within ms.

@@ -151,7 +151,7 @@ def test_kill_9_mid_drain_then_restart(tmp_path: Path) -> None:
 
 
 def test_the_first_status_lists_every_configured_device(tmp_path: Path) -> None:
-    """SPEC §4: ``T/status.devices`` lists every configured device from the first status,
+    """contracts §4: ``T/status.devices`` lists every configured device from the first status,
     before any of them reported anything; the screen lists the same ones."""
     broker = Mosquitto(tmp_path).start()
     col = Collector(broker.port, ["gated/s1/g1/status"])

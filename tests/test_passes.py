@@ -1,4 +1,4 @@
-"""Passes: issuing, verifying against SPEC §5, and refusing everything else."""
+"""Passes: issuing, verifying against docs/contracts.md §5, and refusing everything else."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def b64url_json(obj: Any) -> str:
 
 
 def hand_sign(private_key: Ed25519PrivateKey, claims: Any, header: Any = None) -> str:
-    """SPEC §5 by hand: base64url(header).base64url(claims).base64url(Ed25519 signature)."""
+    """contracts §5 by hand: base64url(header).base64url(claims).base64url(Ed25519 signature)."""
     if header is None:
         header = {"alg": "EdDSA", "kid": "gate"}
     signing_input = f"{b64url_json(header)}.{b64url_json(claims)}"
@@ -439,7 +439,7 @@ def test_other_asymmetric_algs_with_the_right_kid(verifier: PassVerifier, alg: s
 
 
 def test_hand_made_token_verifies(verifier: PassVerifier, private_key: Ed25519PrivateKey) -> None:
-    """An independent implementation of SPEC §5 (cryptography + base64url, no PyJWT)."""
+    """An independent implementation of contracts §5 (cryptography + base64url, no PyJWT)."""
     token = hand_sign(private_key, good_claims(gates=[GATE], otp=False))
     check = verifier.verify(token, NOW, GATE)
     assert check.ok, check

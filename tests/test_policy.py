@@ -1,4 +1,4 @@
-"""The verdict table of SPEC §4a: every reason code comes out of at least one row."""
+"""The verdict table of docs/contracts.md §4a: every reason code comes out of at least one row."""
 
 from __future__ import annotations
 

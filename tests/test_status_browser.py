@@ -12,7 +12,7 @@ before the first verdict; the page records every verdict its banner shows
 
 In each state that matters (idle, login, verdicts, pending decisions, alarms, a phone),
 in zh-CN and English, axe-core (``tests/vendor/``) is run in the page and any serious or
-critical WCAG 2.1 A/AA violation fails the test (SPEC §8).
+critical WCAG 2.1 A/AA violation fails the test (docs/contracts.md §8).
 
 On a fresh machine ``scripts/setup.sh`` installs chromium and Playwright. Where they
 are missing the tests are skipped, except under ``CI=true`` or
@@ -227,7 +227,7 @@ def test_the_idle_screen_and_the_login_meet_wcag_21_aa(browser: Any, gate: GateP
 def test_a_remote_screen_asks_for_a_login_before_it_shows_anything(
     browser: Any, tmp_path: Path
 ) -> None:
-    """Listening on every address, the screen's reads need a session (SPEC §8): a guard's
+    """Listening on every address, the screen's reads need a session (contracts §8): a guard's
     phone or a second booth screen opens on the login dialog, not on "login off", and
     shows the gate live once the guard logged in."""
     gate = GateProcess(tmp_path, host="0.0.0.0")

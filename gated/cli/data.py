@@ -121,7 +121,7 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     try:
         since = parse_since(args.since) if args.since else None
     except GatedError as exc:
-        # Bad usage, not a runtime failure: exit 2 (SPEC §2), still one line.
+        # Bad usage, not a runtime failure: exit 2 (docs/contracts.md §2), still one line.
         print(f"gated: {exc}", file=sys.stderr)
         return 2
     _, conn = _open(args.config)

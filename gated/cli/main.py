@@ -1,4 +1,4 @@
-"""The ``gated`` command line (SPEC §2): one clear line on error, a traceback only with --debug."""
+"""The ``gated`` command line (contracts §2): one clear line on error, a traceback with --debug."""
 
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ _DEFAULT_COLORS: dict[str, Literal["allow", "guard", "deny"]] = {
 
 
 class PolicyConfig(StrictModel):
-    """What a person must show and how the verdict is reached (SPEC §4a)."""
+    """What a person must show and how the verdict is reached (docs/contracts.md §4a)."""
 
     fever_c: float = Field(
         default=37.3, description="Fever at or above this many °C: denied, alarm."
@@ -330,7 +330,7 @@ class StatusConfig(StrictModel):
         ge=1,
         le=5,
         description=(
-            "PIN tries per guard id within lockout_s (at most 5, SPEC §8); the booth's own "
+            "PIN tries per guard id within lockout_s (at most 5, contracts §8); the booth's own "
             "screen (loopback) has its own count, apart from other machines."
         ),
     )

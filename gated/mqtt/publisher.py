@@ -11,7 +11,7 @@ consumer sees ``seq`` in order.
 The loop sleeps in one ``select`` over paho's socket and a wake socket of its own: a
 commit (the controller's observer), a command result or a status to send writes a
 byte there, so an event leaves for the broker as soon as it is committed, not at the
-next poll. On stop it drains the outbox for up to ``drain_s`` (SPEC §4) before its
+next poll. On stop it drains the outbox for up to ``drain_s`` (docs/contracts.md §4) before its
 ``offline`` status.
 
 The retained status follows the gate: it is published on connect, every
@@ -68,7 +68,7 @@ FIRST_STATE_WAIT_S = 2.0
 
 
 def event_payload(body: str, pii: str) -> bytes:
-    """A ledger event's stored body as it is published, reduced by ``pii`` (SPEC §4)."""
+    """A ledger event's stored body as it is published, reduced by ``pii`` (contracts §4)."""
     if pii == "full":
         return body.encode()
     event = json.loads(body)

@@ -45,7 +45,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 
 class GuardActions:
-    """The POST endpoints of SPEC §8 and ``/api/alarm/ack``.
+    """The POST endpoints of docs/contracts.md §8 and ``/api/alarm/ack``.
 
     ``bridge`` leads to the desk; ``auth`` holds the logins; ``alarms`` are the screen's
     open alarms (an ack closes one at once); ``logins`` counts login results; ``refresh``

@@ -5,7 +5,7 @@ A PIN hash is ``scrypt$N$r$p$salt$hash`` (salt and hash in unpadded base64url), 
 guard's own PIN; any other well-formed guard id logs in with the shared
 ``status.guard_pin_hash``. Nothing here logs or keeps a PIN.
 
-PIN guessing (SPEC §8): a PIN is checked only once a *try* has been reserved for it,
+PIN guessing (docs/contracts.md §8): a PIN is checked only once a *try* has been reserved for it,
 before the hash is computed, so requests that arrive at once are counted at once. A
 try counts for ``lockout_s`` (the window, at least 5 minutes) from the moment it was
 reserved, unless the PIN proves right; at most ``lockout_after`` tries per guard id

@@ -6,7 +6,7 @@ through its bridge (:mod:`gated.status.bridge`: the desk's snapshot and actions,
 on the controller thread and awaited without blocking anything), and reads the
 recent events through a read-only SQLite connection of its own.
 
-What it lets in (SPEC §8): a ``Host`` header that names the address the client
+What it lets in (docs/contracts.md §8): a ``Host`` header that names the address the client
 connected to, localhost on loopback, this machine's host name or ``host_names``
 (anything else is a DNS rebinding attempt: 421); at most ``max_connections`` open
 connections from other machines and as many from this one, and ``max_clients`` live
@@ -94,7 +94,7 @@ def _static(name: str) -> bytes:
 
 
 class StatusServer:
-    """The guard's screen and its API (SPEC §8) for one gate; a service of the App."""
+    """The guard's screen and its API (docs/contracts.md §8) for one gate; a service of the App."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """What the screen is shown: events with personal data masked, today's counts, open alarms.
 
 Names and ID numbers are masked and card uids cut to their last four characters
-before anything leaves the daemon for a browser (SPEC §7); temperatures stay, the
+before anything leaves the daemon for a browser (docs/contracts.md §7); temperatures stay, the
 guard needs them. An alarm stays open until an ``ack`` event refers to it; the open
 alarms are rebuilt from the ledger at start, so a restart does not silence them.
 """

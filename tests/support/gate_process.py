@@ -1,6 +1,6 @@
 """A gate as a real ``gated run`` process on sim drivers, its status screen on a free port.
 
-The sim drivers play a scenario file the test writes (SPEC §3 ``[sim]``), timed from
+The sim drivers play a scenario file the test writes (docs/contracts.md §3 ``[sim]``), timed from
 the daemon's start; the registry is imported with ``gated registry import``; the
 ledger is read back from the SQLite file. The browser tests drive its screen.
 """
@@ -20,7 +20,7 @@ from tests.support.status_gate import HASH_G01, HASH_SHARED
 from tests.support.waiting import wait_until
 
 COLUMNS = "person_id,name,id_number,unit,household,category,color,verified,card_uid"
-#: Registry CSV rows (SPEC §3): Zhang Wei is green, Li Na yellow (a guard decides).
+#: Registry CSV rows (docs/contracts.md §3): Zhang Wei is green, Li Na yellow (a guard decides).
 PEOPLE = (
     "P1,Zhang Wei,320623199001011234,1-101,H1,resident,green,0,0A1B2C3D4E",
     "P2,Li Na,320623198502022345,1-102,H2,resident,yellow,0,1122334455",

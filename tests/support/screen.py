@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 #: Deque's axe-core from npm (tests/vendor/README.md says which, and where from).
 AXE = REPO / "tests" / "vendor" / "axe-core-4.14.1.min.js"
-#: The rules of WCAG 2.0 and 2.1, levels A and AA (SPEC §8).
+#: The rules of WCAG 2.0 and 2.1, levels A and AA (docs/contracts.md §8).
 WCAG21AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 WAIT_MS = 20_000
 START = 4.0  # scenario seconds before the first arrival: time to open the page
