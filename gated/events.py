@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, Self, TypeGuard, get_args
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -430,12 +430,38 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_event(body: bytes | str | Mapping[str, Any], *, stamped: bool = True) -> Event:
+def _known(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` without the keys ``model`` does not know, at every level of its models."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        value = data[key]
+        models = [a for a in (info.annotation, *get_args(info.annotation)) if _is_model(a)]
+        if models and isinstance(value, Mapping):
+            value = _known(models[0], value)
+        out[key] = value
+    return out
+
+
+def _is_model(t: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def parse_event(
+    body: bytes | str | Mapping[str, Any], *, stamped: bool = True, newer: bool = False
+) -> Event:
     """The event a JSON body (text, bytes, or already decoded) is, validated.
 
     ``stamped`` (the default) asks for the whole header, as every event from the
     ledger or the broker has it. Anything that is not such an event raises
     :class:`~gated.errors.EventError` saying what is wrong, and nothing else.
+
+    ``newer`` is for what another gate sent: a gate of a newer version may add fields
+    (every field added to a kind is optional), and its events must still be read by the
+    older ones of its site, so fields this version does not know are left out instead
+    of refused. What it does know is checked as strictly as ever.
     """
     data: Any = body
     if isinstance(body, (bytes, bytearray, str)):
@@ -451,7 +477,7 @@ def parse_event(body: bytes | str | Mapping[str, Any], *, stamped: bool = True) 
     if not isinstance(kind, str) or kind not in TYPES:
         raise EventError(f"event: unknown kind {_short(kind)}; one of {', '.join(KINDS)}")
     try:
-        event = TYPES[kind].model_validate(data)
+        event = TYPES[kind].model_validate(_known(TYPES[kind], data) if newer else data)
     except ValidationError as exc:
         raise EventError(f"{kind} event: {_problems(exc)}") from None
     except (ValueError, TypeError, RecursionError) as exc:  # a Mapping that misbehaves
