@@ -330,8 +330,8 @@ class StatusConfig(StrictModel):
         ge=1,
         le=5,
         description=(
-            "PIN tries per guard id within lockout_s (at most 5, contracts §8); the booth's own "
-            "screen (loopback) has its own count, apart from other machines."
+            "PIN tries per guard id within lockout_s (at most 5, docs/contracts.md §8); the "
+            "booth's own screen (loopback) has its own count, apart from other machines."
         ),
     )
     lockout_gate_after: int = Field(
