@@ -341,3 +341,21 @@ def test_the_screen_s_state_and_metrics_show_the_peers(tmp_path: Path) -> None:
         peer.close()
         gate.stop()
         broker.kill()
+
+
+def test_what_is_known_of_a_peer_survives_a_restart(tmp_path: Path) -> None:
+    from gated.events import parse_event
+
+    rig = Rig(tmp_path, mqtt={"urls": ["mqtt://127.0.0.1:1"]})
+    book = PeerBook(rig.conn, rig.config, rig.clock)
+    book.take([parse_event(peer_body(s)) for s in (1, 2, 3, 6)])
+    assert book.status()["g2"] == {"through": 3, "missing": 2, "online": True}
+    again = PeerBook(rig.conn, rig.config, rig.clock)  # the next start, same file
+    assert again.status()["g2"] == {"through": 3, "missing": 2, "online": False}
+    again.take([parse_event(peer_body(s)) for s in (2, 6, 4)])
+    assert (again.taken, again.duplicates) == (1, 2)
+    assert again.status()["g2"] == {"through": 4, "missing": 1, "online": True}
+    rig.clock.advance(2.5)  # the gap from before the restart is asked for, once ripe
+    assert [(a.peer, a.first, a.last) for a in again.due()] == [("g2", 5, 5)]
+    assert again.due() == []
+    rig.conn.close()
