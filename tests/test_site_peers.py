@@ -247,7 +247,9 @@ def test_hostile_messages_are_refused_counted_and_the_session_survives(gate: Sit
         ("g2/event", peer_body(1, gate="g3"), False, "peer_gate"),
         ("g2/event", no_seq, False, "peer_event"),
         ("g2/event", {**peer_body(1), "seq": None}, False, "peer_header"),
-        ("g2/event", {**peer_body(1), "granted": True}, False, "peer_event"),
+        # A field this version does not know is a newer gate's (left out, not refused);
+        # a known one of the wrong type is refused.
+        ("g2/event", {**peer_body(1), "boot": "one"}, False, "peer_event"),
         ("g2/event", b"\xff\xfe", False, "peer_utf8"),
         ("g2/event", b"not json", False, "peer_json"),
         ("g2/alarm", peer_body(1), False, "peer_topic"),
