@@ -139,7 +139,7 @@ class App:
             }
 
     def init_site(self) -> None:
-        """With ``[site] share``: the book of what the site's other gates did (SPEC §4b)."""
+        """With ``[site] share``: the book of what the site's other gates did (contracts §4b)."""
         if self.config.site.share:
             self.controller.peers = PeerBook(self.conn, self.config, self.clock)
 

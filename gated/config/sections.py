@@ -180,7 +180,7 @@ class MqttConfig(StrictModel):
 
 
 class SiteConfig(StrictModel):
-    """The gates of one site learning from each other's events (SPEC §4b)."""
+    """The gates of one site learning from each other's events (docs/contracts.md §4b)."""
 
     share: bool | None = Field(
         default=None,

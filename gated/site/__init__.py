@@ -1,4 +1,4 @@
-"""The gates of one site acting as one (SPEC §4b): what a gate hears of its peers.
+"""The gates of one site acting as one (docs/contracts.md §4b): what a gate hears of its peers.
 
 - :mod:`gated.site.feed`: on the publisher's thread, the site's peer topics
   (``event``, ``alarm``, ``status``, ``cmd_result``) read through the input guard and

@@ -87,7 +87,7 @@ class GateMetrics:
         )
         self.peer_missing = Gauge(
             "gated_peer_missing",
-            "Seq numbers of a peer gate of the site not heard yet (SPEC §4b).",
+            "Seq numbers of a peer gate of the site not heard yet (docs/contracts.md §4b).",
             ["peer"],
             registry=r,
         )
