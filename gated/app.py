@@ -25,6 +25,7 @@ from gated.notify import Notifier
 from gated.passes import PassVerifier
 from gated.registry import Registry
 from gated.retention import Retention, RetentionService
+from gated.site.peers import PeerBook
 from gated.storage import open_checked
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class App:
         self.init_passes()
         self.init_devices()
         self.init_controller()
+        self.init_site()
         self.init_retention()
         self.init_status()
         self.init_publisher()
@@ -136,6 +138,11 @@ class App:
                 for name, d in self.devices.items()
                 if getattr(self.config, name).driver == "sim"
             }
+
+    def init_site(self) -> None:
+        """With ``[site] share``: the book of what the site's other gates did (SPEC §4b)."""
+        if self.config.site.share:
+            self.controller.peers = PeerBook(self.conn, self.config, self.clock)
 
     def init_retention(self) -> None:
         """The daily ledger purge (a service; its steps run on the controller)."""

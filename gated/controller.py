@@ -44,6 +44,7 @@ from gated.storage_watch import CommitFailed, StorageWatch, is_storage_failure
 
 if TYPE_CHECKING:
     from gated.config import Config
+    from gated.site.peers import PeerBook
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ class Controller:
         self.heartbeat: Callable[[], None] | None = None
         #: Called when the state changes with no event to tell of it (storage fails).
         self.state_watchers: list[Callable[[], None]] = []
+        #: With ``[site] share``: what this gate knows of its peers (gated/site/peers.py).
+        self.peers: PeerBook | None = None
         #: The guard's side: pending verdicts, fever re-checks, shifts, operator actions.
         self.desk = GuardDesk(self)
 
@@ -395,11 +398,15 @@ class Controller:
             self.turnstile.signal("guard")
             self._play("wait_guard")
         if first:
-            for watch in self.state_watchers:
-                try:
-                    watch()
-                except Exception:  # a watcher must never stop the gate
-                    log.exception("state watcher failed")
+            self.notify_state_watchers()
+
+    def notify_state_watchers(self) -> None:
+        """Tell the state watchers the state moved with no event (controller thread)."""
+        for watch in self.state_watchers:
+            try:
+                watch()
+            except Exception:  # a watcher must never stop the gate
+                log.exception("state watcher failed")
 
     def _play(self, prompt: str | None) -> None:
         if prompt and self.prompter is not None:

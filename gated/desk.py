@@ -265,6 +265,7 @@ class GuardDesk:
                 n: {"ok": h.ok, "detail": h.detail} for n, h in c.device_watch.health.items()
             },
             "last_verdict": c.last_verdict,
+            "peers": c.peers.status() if c.peers is not None else {},
             "registry_version": registry_sync.applied_version(c.ledger.conn),
             "counters": {
                 "decisions": dict(c.counters.decisions),

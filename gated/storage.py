@@ -146,16 +146,33 @@ def database(conn: sqlite3.Connection) -> sqlite_utils.Database:
 
 
 class Transaction:
-    """``with Transaction(conn):`` runs a ``BEGIN IMMEDIATE`` ... ``COMMIT`` block."""
+    """``with Transaction(conn):`` runs a ``BEGIN IMMEDIATE`` ... ``COMMIT`` block.
+
+    Inside a transaction already open on ``conn`` it is a savepoint of it instead: a
+    step that opens its own (a peer event's rules, gated/site/) can run inside its
+    caller's batch, and the batch still commits once.
+    """
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.nested = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        if self.conn.in_transaction:
+            self.nested = True
+            self.conn.execute("SAVEPOINT nested")
+        else:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.nested:
+            if exc_type is not None and self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK TO nested")
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("RELEASE nested")
+            return
         if exc_type is not None:
             self._rollback()
             return

@@ -352,3 +352,52 @@ def test_a_night_shift_screenshot(browser: Any, tmp_path: Path) -> None:
         screen.close()
     finally:
         gate.close()
+
+
+def test_the_site_s_peers_are_listed_with_the_devices(browser: Any, tmp_path: Path) -> None:
+    """Each peer gate: through which seq it is known, how many are missing, online or not;
+    the screen still meets WCAG 2.1 AA with them, in both languages."""
+    from tests.support.mosquitto import Mosquitto, publish
+
+    broker = Mosquitto(tmp_path).start()
+    gate = GateProcess(tmp_path, mqtt_url=broker.url)
+    try:
+        gate.start()
+        screen = Screen(browser, gate, lang="en")
+        page = screen.page
+        page.wait_for_selector("#verdict.idle")
+        for seq in (1, 2, 3):
+            publish(broker.port, "gated/s1/north-2/event", peer_event(seq, "north-2"))
+        publish(broker.port, "gated/s1/south-1/event", peer_event(2, "south-1"))
+        expect(page.locator("[data-peer='north-2']")).to_have_text(
+            "peer north-2: through 3, 0 missing, online"
+        )
+        expect(page.locator("[data-peer='south-1']")).to_have_text(
+            "peer south-1: through 0, 1 missing, online"
+        )
+        screen.accessible("the peers listed")
+        page.click("#lang")
+        expect(page.locator("[data-peer='north-2']")).to_have_text(
+            "同区门岗 north-2：已收至 3，缺 0，在线"
+        )
+        screen.accessible("the peers listed")
+        screen.close()
+    finally:
+        gate.close()
+        broker.kill()
+
+
+def peer_event(seq: int, gate: str) -> dict[str, Any]:
+    """A peer's event as its ledger stamped it."""
+    from gated.events import Device
+
+    ev = Device.health("card", True, "")
+    return ev.stamped(
+        id=f"{gate}-{seq}",
+        ts="2026-02-02T02:00:00.000Z",
+        site="s1",
+        gate=gate,
+        clock_synced=True,
+        boot=1,
+        seq=seq,
+    ).body()

@@ -65,6 +65,7 @@ from gated.config.sections import (
     QuotaConfig,
     ScheduleRule,
     SimConfig,
+    SiteConfig,
     StatusConfig,
     StorageConfig,
     StrictModel,
@@ -100,6 +101,7 @@ __all__ = [
     "SimQrConfig",
     "SimThermometerConfig",
     "SimTurnstileConfig",
+    "SiteConfig",
     "StatusConfig",
     "StorageConfig",
     "WiegandCardConfig",
@@ -131,6 +133,7 @@ class Config(StrictModel):
     turnstile: TurnstileConfig = Field(description="Turnstile (required).")
     prompter: PrompterConfig = Field(default_factory=NonePrompterConfig, description="Prompter.")
     sim: SimConfig = Field(default_factory=SimConfig, description="Simulated inputs.")
+    site: SiteConfig = Field(default_factory=SiteConfig, description="The site's other gates.")
 
     _source: Path = PrivateAttr(default_factory=lambda: Path("<dict>"))
 
@@ -143,6 +146,13 @@ class Config(StrictModel):
     def _whole(self) -> Config:
         if not self.mqtt.client_id:
             self.mqtt.client_id = f"gated-{self.gate.site}-{self.gate.id}"
+        if self.site.share is None:
+            self.site.share = bool(self.mqtt.urls)
+        elif self.site.share and not self.mqtt.urls:
+            raise KeyProblem(
+                "site.share",
+                "true needs a broker: peers are heard over MQTT; set [mqtt] urls or share = false",
+            )
         if self.gate.direction == "both":
             # One reader on a two-way gate cannot tell which way a person is going.
             if self.policy.antipassback != "off":
@@ -185,6 +195,7 @@ SECTION_MODELS: tuple[type[BaseModel], ...] = (
     StatusConfig,
     HardwareConfig,
     SimConfig,
+    SiteConfig,
 )
 """Every non-driver model, for tools and tests that walk them."""
 

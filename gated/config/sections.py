@@ -179,6 +179,45 @@ class MqttConfig(StrictModel):
         return self
 
 
+class SiteConfig(StrictModel):
+    """The gates of one site learning from each other's events (SPEC §4b)."""
+
+    share: bool | None = Field(
+        default=None,
+        description=(
+            "Learn from the site's other gates over the broker; default: true when"
+            " [mqtt] urls is set, else false (true needs a broker)."
+        ),
+    )
+    reorder_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="Seconds a gap in a peer's seq may wait for a late message before a replay.",
+    )
+    replay_max: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000,
+        description="Most seq numbers asked for in one cmd/replay (a longer gap is split).",
+    )
+    replay_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a replay request may go unanswered before it is asked again.",
+    )
+    session_expiry_s: int = Field(
+        default=0,
+        ge=0,
+        le=2**32 - 1,
+        description=(
+            "Above 0: a persistent MQTT session the broker keeps that long while the gate is"
+            " away, queueing its peers' events (and its commands); 0: a clean session, and"
+            " what the gate missed is replayed."
+        ),
+    )
+
+
 # Unknown keys that are a secret written inline get a reason that says what to do.
 INLINE_SECRETS: dict[tuple[str, ...], str] = {
     ("mqtt", "password"): "secrets come from files: use password_file",

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from drivers.common.backoff import Backoff  # shared with the device readers; named here too
 
@@ -90,6 +92,7 @@ class Link:
         backoff: Backoff | None = None,
         connect_timeout_s: float = 5.0,
         window: int = 500,
+        session_expiry_s: int = 0,
     ):
         self.config = config
         self.urls = [BrokerUrl.parse(u) for u in config.urls]
@@ -98,6 +101,10 @@ class Link:
         self.backoff = backoff or Backoff()
         self.connect_timeout_s = connect_timeout_s
         self.window = window
+        #: Above 0: a persistent session the broker keeps that long while the gate is
+        #: away, queueing what its subscriptions match (the site's peer events); 0: a
+        #: clean session at every connect.
+        self.session_expiry_s = session_expiry_s
         self.index = 0
         #: The protocol of the connection ``connect`` returned last.
         self.protocol: MQTTProtocolVersion | None = None
@@ -133,7 +140,9 @@ class Link:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=None if protocol == MQTTProtocolVersion.MQTTv5 else True,
+            clean_session=(
+                None if protocol == MQTTProtocolVersion.MQTTv5 else not self.session_expiry_s
+            ),
             protocol=protocol,
             reconnect_on_failure=False,
         )
@@ -155,6 +164,13 @@ class Link:
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         return client
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.session_expiry_s:
+            return None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        return props
 
     def _first_protocol(self, url: BrokerUrl) -> MQTTProtocolVersion:
         choice = self.config.protocol
@@ -223,7 +239,13 @@ class Link:
         try:
             # TCP connect and TLS handshake happen here: their failure is an outage.
             if protocol == V5:
-                rc = client.connect(url.host, url.port, self.config.keepalive_s, clean_start=True)
+                rc = client.connect(
+                    url.host,
+                    url.port,
+                    self.config.keepalive_s,
+                    clean_start=not self.session_expiry_s,
+                    properties=self._connect_properties(),
+                )
             else:
                 rc = client.connect(url.host, url.port, self.config.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -49,6 +49,8 @@ from gated.mqtt.inbound import decode
 from gated.mqtt.link import Backoff, Link, _close
 from gated.mqtt.replay import Replayer
 from gated.privacy import reduce_event
+from gated.site.feed import SiteFeed, Submit
+from gated.site.peers import PeerBook
 from gated.storage import Transaction, connect
 
 if TYPE_CHECKING:
@@ -106,6 +108,8 @@ class Publisher:
         wall: Callable[[], float] = time.time,
         poll_s: float = 0.1,
         drain_s: float = 2.0,
+        peers: PeerBook | None = None,
+        submit: Submit | None = None,
     ):
         self.config = config
         self.mq = config.mqtt
@@ -133,7 +137,28 @@ class Publisher:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.link = Link(self.mq, self.client_id, self._will(), backoff=backoff, window=window)
+        #: ``[site] share``: the site's peer topics (gated/site/feed.py), or None.
+        self.site: SiteFeed | None = None
+        if peers is not None and submit is not None:
+            self.site = SiteFeed(
+                peers,
+                submit,
+                prefix=self.mq.topic_prefix,
+                site=site,
+                gate=gate,
+                wall=wall,
+                count_refused=self._count_refused,
+                wake=self.wake,
+                changed=self.state_changed,
+            )
+        self.link = Link(
+            self.mq,
+            self.client_id,
+            self._will(),
+            backoff=backoff,
+            window=window,
+            session_expiry_s=config.site.session_expiry_s if self.site is not None else 0,
+        )
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.conn: Any = None
@@ -177,9 +202,18 @@ class Publisher:
         options.setdefault("wall", ctl.clock.time)
         options.setdefault("poll_s", 1.0)  # every commit wakes it: the poll is a backstop
         commands = Commands(ctl, registry_max_bytes=config.mqtt.registry_max_bytes)
+        if config.site.share:
+            if ctl.peers is None:
+                ctl.peers = PeerBook(ctl.ledger.conn, config, ctl.clock)
+            options.setdefault("peers", ctl.peers)
+            options.setdefault("submit", ctl.submit)
         pub = cls(config, commands=commands, snapshot=lambda: ctl.submit(state), **options)
         ctl.observers.append(pub.observe)
         ctl.state_watchers.append(pub.state_changed)  # storage failing: no event says so
+        if pub.site is not None:
+            # A peer's missing count or online moved (on the controller thread): the
+            # status and the screen follow, as for any change with no event of its own.
+            pub.site.changed = ctl.notify_state_watchers
         return pub
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -193,6 +227,10 @@ class Publisher:
         failed); the status says so within a second."""
         self._state_stale = True
         self.wake()
+
+    def _count_refused(self, code: str) -> None:
+        if self.commands is not None:
+            self.commands.count_refused(code)
 
     def wake(self) -> None:
         """End the loop's wait now (any thread): something is there to send."""
@@ -296,6 +334,8 @@ class Publisher:
                 if not more and not self.stop_event.is_set():
                     # Live rows first: a replay batch only when the outbox has no more.
                     more = self.replayer.step(client, self.conn, self.window - len(inflight))
+                if self.site is not None and not self.stop_event.is_set():
+                    self.site.turn(client)
                 if not self._take_acks(inflight, acked):
                     return
                 stopping = self.stop_event.is_set()
@@ -325,6 +365,8 @@ class Publisher:
                         due.append(connected_at + self.stable_s)
                     if stopping:
                         due.append(self._drain_until)
+                    elif self.site is not None:
+                        due.append(self.site.next_due())
                     timeout = max(0.0, min(due) - now)
                 if self._turn(client, timeout) != mqtt.MQTT_ERR_SUCCESS:
                     return
@@ -452,6 +494,8 @@ class Publisher:
         if self.commands is not None:
             client.subscribe(f"{self.root}/cmd/+", qos=1)
             client.subscribe(self.registry_topic, qos=1)
+        if self.site is not None:
+            self.site.subscribe(client, self.link.protocol == mqtt.MQTTv5)
         if self.mq.ha_discovery:
             site, gate = self.config.gate.site, self.config.gate.id
             messages = discovery_messages(self.mq.topic_prefix, site, gate, pii=self.mq.pii)
@@ -515,8 +559,14 @@ class Publisher:
             "protocol": self.link.protocol_name,
             "turnstile": st.get("turnstile"),
             "clock_synced": clock_synced(),
+            "last_seq": self._last_seq(),
+            "peers": st.get("peers", {}),
         }
         return json.dumps(body, ensure_ascii=False).encode()
+
+    def _last_seq(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        return int(row[0]) - 1 if row else 0
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Every message the broker delivers: refused or handled, it never ends the session.
@@ -526,11 +576,14 @@ class Publisher:
         and logged here, since paho would let it end the session (and a retained message
         would end every session after it).
         """
-        if self.commands is None:
-            return
         topic = "?"
         try:
             topic = msg.topic
+            if self.site is not None and self.site.handles(topic):
+                self.site.message(topic, bytes(msg.payload), bool(msg.retain))
+                return
+            if self.commands is None:
+                return
             if topic == self.registry_topic:
                 self._registry(bytes(msg.payload))
                 return
@@ -551,10 +604,10 @@ class Publisher:
 
             fut.add_done_callback(reply)
         except UnicodeDecodeError:  # paho hands over a topic that is not UTF-8 as it came
-            self.commands.count_refused("topic")
+            self._count_refused("topic")
             log.warning("message refused: its topic is not UTF-8")
         except Exception:
-            self.commands.count_refused("error")
+            self._count_refused("error")
             log.exception("message on %r could not be handled", topic[:200])
 
     def _registry(self, payload: bytes) -> None:

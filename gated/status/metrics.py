@@ -85,6 +85,21 @@ class GateMetrics:
             "1 while the MQTT broker is connected, 0 when not, NaN when unknown.",
             registry=r,
         )
+        self.peer_missing = Gauge(
+            "gated_peer_missing",
+            "Seq numbers of a peer gate of the site not heard yet (SPEC §4b).",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_through = Gauge(
+            "gated_peer_through",
+            "The seq up to which every event of a peer gate is known.",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_online = Gauge(
+            "gated_peer_online", "1 while a peer gate is online, 0 when not.", ["peer"], registry=r
+        )
         self.sse_clients = Gauge(
             "gated_status_clients", "Screens connected to the live stream.", registry=r
         )
@@ -127,6 +142,10 @@ class GateMetrics:
         self.guards.set(len(snap.get("guards_on_duty") or []))
         for mode in ("normal", "locked", "free", "guard_only"):
             self.mode.labels(mode).set(1 if snap.get("mode") == mode else 0)
+        for peer, known in (snap.get("peers") or {}).items():
+            self.peer_missing.labels(peer).set(known.get("missing", 0))
+            self.peer_through.labels(peer).set(known.get("through", 0))
+            self.peer_online.labels(peer).set(1 if known.get("online") else 0)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -423,6 +423,7 @@ class StatusServer:
                 for e in snap.get("fever_checks") or []
             ],
             "devices": self.devices(),
+            "peers": snap.get("peers") or {},
             "registry_version": snap.get("registry_version"),
             "broker": {
                 "configured": bool(self.config.mqtt.urls),

@@ -232,6 +232,10 @@
     $("sound").textContent = audio && audio.state === "running" && soundWanted ? "♪ " + t("sound_on") : t("sound_off");
   }
 
+  function num(n) {
+    return Number(n || 0).toLocaleString(lang === "en" ? "en" : "zh-CN");
+  }
+
   function renderHealth() {
     const box = $("devices");
     box.replaceChildren();
@@ -241,6 +245,12 @@
       if (h.detail) d.title = h.detail;
       d.dataset.device = name;
       box.append(d);
+    }
+    for (const [name, p] of Object.entries(state.peers || {})) {
+      const o = p.online ? t("peer_online") : t("peer_offline");
+      const words = t("peer", { g: name, n: num(p.through), m: num(p.missing), o: o });
+      box.append(el("span", "dev" + (p.missing ? " warn" : "") + (p.online ? "" : " bad"), words));
+      box.lastChild.dataset.peer = name;
     }
     const b = state.broker;
     let text = t("broker") + ": ";
