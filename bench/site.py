@@ -12,7 +12,7 @@ continuously (``--rate`` a second each: the machine as loaded, nothing for ``g``
 learn); then its three peers granting as fast (the same load, and all of it to learn).
 Prints ``g``'s decide p50/p99 (``latency_ms.decide``) in each and the ratios; and, for
 each grant at ``g``, how long after its commit (the event's ``ts``) peer ``p1`` knew
-it: the row in p1's peer tables (its SQLite file, polled) and p1's ``T/status.peers``
+it: its ``through`` in p1's ``site_peers`` (p1's SQLite file, polled) and p1's ``T/status.peers``
 ``through`` (as the broker carried it), p50/p99, idle and busy.
 
     .venv/bin/python bench/site.py [--presentations 150] [--rate 10] [--gap 0.05]
@@ -60,47 +60,27 @@ def ts_seconds(ts: str) -> float:
 
 
 class PeerTables:
-    """When gate ``peer``'s events appear in ``db``'s peer tables: polled on a thread.
-
-    The tables are found by their shape (a ``gate`` and a ``seq`` column; not the
-    gate's own ``events`` or ``outbox``), so the bench does not depend on their names.
-    """
+    """When gate ``peer``'s events are known in ``db``'s ``site_peers`` (its ``through``:
+    every seq up to it taken), polled every 2 ms on a thread through a connection of its own."""
 
     def __init__(self, db: Path, peer: str):
         self.db, self.peer = db, peer
-        self.seen: dict[int, float] = {}  # seq -> wall time first seen
-        self.tables: list[str] = []
+        self.seen: dict[int, float] = {}  # seq -> wall time first known
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
-
-    def _find(self, conn: sqlite3.Connection) -> list[str]:
-        found = []
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-            if name in ("events", "outbox"):
-                continue
-            cols = {row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')}
-            if {"gate", "seq"} <= cols:
-                found.append(name)
-        return found
 
     def _poll(self) -> None:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1)
         through = 0
         while not self._stop.wait(0.002):
             try:
-                if not self.tables:
-                    self.tables = self._find(conn)
-                    continue
-                top = max(
-                    conn.execute(
-                        f'SELECT MAX(seq) FROM "{t}" WHERE gate = ?', (self.peer,)
-                    ).fetchone()[0]
-                    or 0
-                    for t in self.tables
-                )
+                row = conn.execute(
+                    "SELECT through FROM site_peers WHERE gate = ?", (self.peer,)
+                ).fetchone()
             except sqlite3.Error:
                 continue
+            top = int(row[0]) if row else 0
             now = time.time()
             for seq in range(through + 1, top + 1):
                 self.seen.setdefault(seq, now)
@@ -248,7 +228,6 @@ def main() -> int:
         status.close()
         seen_status = status.through("g")
         peer_rows = tables.seen
-        found = tables.tables
     finally:
         for s in (s1, s2):
             if s is not None:
@@ -274,24 +253,23 @@ def main() -> int:
     print(
         f"decide p99 peers / s2 busy      {pct(pe, 99) / pct(lo, 99):.2f}   (what learning costs)"
     )
-    print(f"p1's peer tables                {', '.join(found) or 'none found'}")
     idle_grants = [e for e in granted if e in quiet]
     busy_grants = [e for e in granted if e in peers]
     print(
-        describe("commit at g -> row at p1, idle", lags(idle_grants, peer_rows), len(idle_grants))
+        describe(
+            "commit at g -> p1 site_peers, idle", lags(idle_grants, peer_rows), len(idle_grants)
+        )
     )
     print(
         describe(
-            "commit at g -> row at p1, peers busy", lags(busy_grants, peer_rows), len(busy_grants)
+            "commit at g -> p1 site_peers, busy", lags(busy_grants, peer_rows), len(busy_grants)
         )
     )
     print(
         describe("commit at g -> p1 status, idle", lags(idle_grants, seen_status), len(idle_grants))
     )
     print(
-        describe(
-            "commit at g -> p1 status, peers busy", lags(busy_grants, seen_status), len(busy_grants)
-        )
+        describe("commit at g -> p1 status, busy", lags(busy_grants, seen_status), len(busy_grants))
     )
     return 0
 

@@ -127,8 +127,16 @@ def test_a_gap_is_healed_by_replay_across_a_broker_restart(site3: Site) -> None:
     # both gates reconnect; a live grant at in after the gap shows it to south
     live = site3.arrive("in", card=CHEN_CARD)
     assert granted(live), live
-    view = site3.wait_known("south", "in", live["seq"], timeout=KNOWS_WITHIN + 5)
-    assert view["missing"] == 0 and view["online"] is True
+    site3.wait_known("south", "in", live["seq"], timeout=KNOWS_WITHIN + 5)
+    # south's status showed the gap, then none missing
+    views = [
+        (st.get("peers") or {}).get("in") or {}
+        for st in site3.statuses("south")
+        if st.get("state") == "online"
+    ]
+    assert any(v.get("missing", 0) > 0 for v in views), views
+    view = site3.wait_view("south", "in", lambda v: v["missing"] == 0, "none missing of in")
+    assert view["online"] is True
     # the broker carried south's cmd/replay to in, covering every seq it had missed
     asked = {n for r in site3.replays("in") for n in range(r["from"], r["to"] + 1)}
     assert {d["seq"] for d in used} <= asked, site3.replays("in")

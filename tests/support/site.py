@@ -15,6 +15,7 @@ status, events, alarms and replays from the start.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -156,20 +157,49 @@ class Site:
                 return view
         return None
 
-    def wait_known(
-        self, observer: str, peer: str, seq: int, timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """Until ``observer`` says it knows ``peer`` through ``seq``, none missing."""
+    def through(self, observer: str, peer: str) -> int:
+        """Up to which ``seq`` ``observer`` has taken every event of ``peer``: its
+        ``site_peers`` row, read from its SQLite file (0: none yet)."""
+        db = self.gates[observer].db
+        if not db.exists():
+            return 0
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT through FROM site_peers WHERE gate = ?", (peer,)).fetchone()
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
+        finally:
+            conn.close()
+        return int(row[0]) if row else 0
 
-        def known() -> dict[str, Any] | None:
-            view = self.peer_view(observer, peer)
-            if view and view.get("through", 0) >= seq and view.get("missing") == 0:
-                return view
-            return None
+    def wait_known(self, observer: str, peer: str, seq: int, timeout: float = 10.0) -> int:
+        """Until ``observer`` has taken every event of ``peer`` up to ``seq``; its through.
 
-        found: dict[str, Any] = wait_until(
-            known, f"{observer} knowing {peer} through seq {seq}", timeout=timeout
+        Read from its peer tables, committed with what the rules learnt from them: the
+        status's ``through`` is published with the gate's next status, not at once.
+        """
+        found: int = wait_until(
+            lambda: (through := self.through(observer, peer)) >= seq and through,
+            f"{observer} knowing {peer} through seq {seq}",
+            timeout=timeout,
         )
+        return found
+
+    def wait_view(
+        self,
+        observer: str,
+        peer: str,
+        match: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Until ``observer``'s ``T/status.peers`` says of ``peer`` what ``match`` accepts."""
+
+        def seen() -> dict[str, Any] | None:
+            view = self.peer_view(observer, peer)
+            return view if view is not None and match(view) else None
+
+        found: dict[str, Any] = wait_until(seen, f"{observer}'s status: {what}", timeout=timeout)
         return found
 
     def replays(self, to: str) -> list[dict[str, Any]]:
