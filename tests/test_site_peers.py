@@ -314,3 +314,48 @@ def test_after_its_own_outage_the_gate_asks_for_what_it_missed(tmp_path: Path) -
         assert [(a["from"], a["to"]) for a in gate.asks()] == [(2, 4)]
     finally:
         gate.close()
+
+
+def test_the_screen_s_state_and_metrics_show_the_peers(tmp_path: Path) -> None:
+    from tests.support.status_gate import Gate
+
+    broker = Mosquitto(tmp_path).start()
+    gate = Gate(tmp_path, mqtt={"urls": [broker.url]})
+    peer = PeerClient(broker.port)
+    try:
+        wait_until(lambda: gate.app.publisher.connected.is_set(), "connected")
+        pub = gate.app.publisher
+        assert pub.site is not None
+        wait_until(lambda: gate.app.controller.peers is not None and pub.site.book.checks, "on")
+        peer.events(1, 2, 4)
+        wait_until(lambda: "g2" in gate.state()["peers"], "the peer on the screen")
+        wait_until(lambda: gate.state()["peers"]["g2"]["missing"] == 1, "its gap")
+        assert gate.state()["peers"]["g2"] == {"through": 2, "missing": 1, "online": True}
+        status, _, body = gate.get("/metrics")
+        assert status == 200
+        text = body.decode()
+        assert 'gated_peer_missing{peer="g2"} 1.0' in text
+        assert 'gated_peer_through{peer="g2"} 2.0' in text
+        assert 'gated_peer_online{peer="g2"} 1.0' in text
+    finally:
+        peer.close()
+        gate.stop()
+        broker.kill()
+
+
+def test_what_is_known_of_a_peer_survives_a_restart(tmp_path: Path) -> None:
+    from gated.events import parse_event
+
+    rig = Rig(tmp_path, mqtt={"urls": ["mqtt://127.0.0.1:1"]})
+    book = PeerBook(rig.conn, rig.config, rig.clock)
+    book.take([parse_event(peer_body(s)) for s in (1, 2, 3, 6)])
+    assert book.status()["g2"] == {"through": 3, "missing": 2, "online": True}
+    again = PeerBook(rig.conn, rig.config, rig.clock)  # the next start, same file
+    assert again.status()["g2"] == {"through": 3, "missing": 2, "online": False}
+    again.take([parse_event(peer_body(s)) for s in (2, 6, 4)])
+    assert (again.taken, again.duplicates) == (1, 2)
+    assert again.status()["g2"] == {"through": 4, "missing": 1, "online": True}
+    rig.clock.advance(2.5)  # the gap from before the restart is asked for, once ripe
+    assert [(a.peer, a.first, a.last) for a in again.due()] == [("g2", 5, 5)]
+    assert again.due() == []
+    rig.conn.close()
