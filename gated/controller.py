@@ -283,12 +283,13 @@ class Controller:
     @staticmethod
     def _decision_event(s: Session, facts: Facts, v: Verdict, decide_ms: float) -> Decision:
         credential = None
+        otp = facts.qr is not None and facts.qr.otp  # peers learn its use (SPEC §4b)
         if facts.card is not None:
             credential = Credential.card(
-                facts.card.uid, v.color, facts.qr.jti if facts.qr is not None else None
+                facts.card.uid, v.color, facts.qr.jti if facts.qr is not None else None, otp
             )
         elif facts.qr is not None:
-            credential = Credential.qr(facts.qr.jti, v.color)
+            credential = Credential.qr(facts.qr.jti, v.color, otp)
         return Decision.verdict(
             direction=s.direction,
             decision=v.decision,
@@ -298,6 +299,10 @@ class Controller:
             temperature_c=s.temperature,
             readings_c=list(s.readings) + list(s.invalid_readings),
             decide_ms=decide_ms,
+            # Told so that the gate's peers count this grant exactly as it counts here
+            # (no quota, no presence: see _effects).
+            free=v.granted and (facts.fire or facts.mode == "free"),
+            relied_on=facts.history.relied_on,
         )
 
     def _effects(self, facts: Facts, v: Verdict, event: Decision) -> Effects:

@@ -120,24 +120,47 @@ class Credential(_Strict):
     color: str | None
     #: With ``card_and_qr``: the jti of the pass shown with the card.
     pass_jti: str | None = Field(default=None, alias="pass")
+    #: The pass (``ref`` of a ``qr``, ``pass`` of a card) is one-time: present only when
+    #: true, so the gate's peers learn its use (SPEC §4b).
+    otp: bool = False
 
     @classmethod
-    def card(cls, uid: str, color: str | None, pass_jti: str | None = None) -> Credential:
+    def card(
+        cls, uid: str, color: str | None, pass_jti: str | None = None, otp: bool = False
+    ) -> Credential:
         """A card (and, with ``card_and_qr``, the pass shown with it)."""
-        fields = {"kind": "card", "ref": uid, "color": color}
+        fields: dict[str, Any] = {"kind": "card", "ref": uid, "color": color}
         if pass_jti is not None:
             fields["pass"] = pass_jti
+            if otp:
+                fields["otp"] = True
         return cls.model_validate(fields)
 
     @classmethod
-    def qr(cls, jti: str | None, color: str | None) -> Credential:
-        """A QR pass alone."""
+    def qr(cls, jti: str | None, color: str | None, otp: bool = False) -> Credential:
+        """A QR pass alone (``otp``: a one-time pass)."""
+        if otp and jti is not None:
+            return cls(kind="qr", ref=jti, color=color, otp=True)
         return cls(kind="qr", ref=jti, color=color)
+
+    def one_time_jti(self) -> str | None:
+        """The jti of the one-time pass this credential names, if any."""
+        if not self.otp:
+            return None
+        return self.ref if self.kind == "qr" else self.pass_jti if self.kind == "card" else None
 
     @classmethod
     def remote(cls, by: str) -> Credential:
         """A remote open by ``by`` (the command's sender, or the screen)."""
         return cls(kind="remote", ref=by, color=None)
+
+
+class PeerRef(_Strict):
+    """A peer gate's event a decision relied on (SPEC §4b): its gate, ``seq`` and ``id``."""
+
+    gate: str
+    seq: int = Field(ge=1, le=_SEQ_MAX)
+    id: str
 
 
 class Event(_Strict):
@@ -186,6 +209,12 @@ class Decision(Event):
     latency_ms: dict[str, Number] | None = None
     #: The guard's clinical reading, when a guard answered with one.
     confirm_temp_c: Number | None = None
+    #: Present (true) only on a grant while passage was free (``free`` mode or the fire
+    #: input): nobody was checked, so it uses no quota and leaves anti-passback as it was,
+    #: here and at the gate's peers (SPEC §4b).
+    free: bool = False
+    #: The peer's recorded exit that lifted an anti-passback refusal (SPEC §4b).
+    relied_on: PeerRef | None = None
 
     @classmethod
     def verdict(
@@ -199,22 +228,28 @@ class Decision(Event):
         temperature_c: float | None,
         readings_c: list[float],
         decide_ms: float,
+        free: bool = False,
+        relied_on: PeerRef | None = None,
     ) -> Decision:
-        """The verdict of a session, with the time the policy took."""
-        return cls.model_validate(
-            {
-                "direction": direction,
-                "decision": decision,
-                "reasons": list(reasons),
-                "person": person,
-                "credential": credential,
-                "temperature_c": temperature_c,
-                "readings_c": readings_c,
-                "ref": None,
-                "guard": None,
-                "latency_ms": {"decide": round(decide_ms, 3)},
-            }
-        )
+        """The verdict of a session, with the time the policy took (``free``: granted with
+        passage free; ``relied_on``: the peer event that lifted anti-passback)."""
+        fields: dict[str, Any] = {
+            "direction": direction,
+            "decision": decision,
+            "reasons": list(reasons),
+            "person": person,
+            "credential": credential,
+            "temperature_c": temperature_c,
+            "readings_c": readings_c,
+            "ref": None,
+            "guard": None,
+            "latency_ms": {"decide": round(decide_ms, 3)},
+        }
+        if free:
+            fields["free"] = True
+        if relied_on is not None:
+            fields["relied_on"] = relied_on
+        return cls.model_validate(fields)
 
     @classmethod
     def remote_open(cls, direction: str, by: str, guard: str | None) -> Decision:
@@ -257,6 +292,10 @@ class Decision(Event):
         }
         if confirm_temp_c is not None:
             fields["confirm_temp_c"] = confirm_temp_c
+        if base.free:
+            fields["free"] = True
+        if base.relied_on is not None:
+            fields["relied_on"] = base.relied_on
         return cls.model_validate(fields)
 
     def card_ref(self) -> str | None:
@@ -381,6 +420,9 @@ class Purge(Event):
     kept_undelivered: int
     undelivered_before: str
     undelivered_purged: int
+    #: What was learned from the site's peers (SPEC §4b), present when any was purged.
+    site_quota_use: int | None = None
+    site_pass_uses: int | None = None
 
 
 class Ack(Event):

@@ -1,4 +1,7 @@
-"""The look-ups behind a verdict: the registry, the pass check and the ledger's history.
+"""The look-ups behind a verdict: the registry, the pass check and the site's history.
+
+The history is the site's: quota uses, presence and one-time pass uses at this gate
+and at its peers (what they taught, gated/site/learn.py; SPEC §4b).
 
 The policy is pure; :class:`FactFinder` is what gathers, for one session, every fact
 it decides on. It reads and never writes, so it runs on the controller's thread
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from gated.clock import Clock
+from gated.events import PeerRef
 from gated.ledger import Ledger
 from gated.passes import PassVerifier
 from gated.policy import Facts, PassageHistory, PassFacts, identify
@@ -20,6 +24,12 @@ from gated.session import Session
 
 if TYPE_CHECKING:
     from gated.config import PolicyConfig
+
+
+#: Seconds a peer's stamp may be ahead of this gate's clock and still lift an
+#: anti-passback refusal (the passes' default ``max_clock_skew_s``).
+PEER_CLOCK_SKEW_S = 120.0
+_OPPOSITE = {"in": "out", "out": "in"}
 
 
 class FactFinder:
@@ -60,6 +70,29 @@ class FactFinder:
         holder = self.registry.person(sub)
         return PassFacts(problem, jti, sub, str(c["hh"]), str(c["col"]), otp, holder)
 
+    def last_direction(self, person_id: str, direction: str) -> tuple[str | None, PeerRef | None]:
+        """The person's last granted direction at any gate of the site, for a passage
+        towards ``direction``, and the peer event it rests on when that lifts a refusal.
+
+        The newer of the gate's own presence and its peers' wins (by ``ts``). A peer's
+        passage can only add a constraint, except an exit (the opposite direction) after the
+        person's last passage here towards ``direction``: that lifts the refusal (they went
+        in here and out at the out-gate), and the grant names the peer's event. A peer's
+        stamp further ahead of this gate's clock than :data:`PEER_CLOCK_SKEW_S` lifts nothing.
+        """
+        own = self.ledger.presence(person_id)
+        peer = self.ledger.site_presence(person_id)
+        if peer is None or (own is not None and peer.ts <= own.ts):
+            return (own.direction if own is not None else None), None
+        if own is None or own.direction != direction or peer.direction == direction:
+            return peer.direction, None  # the same verdict as own, or a refusal added
+        if (
+            peer.direction != _OPPOSITE.get(direction)
+            or peer.ts > self.clock.time() + PEER_CLOCK_SKEW_S
+        ):
+            return own.direction, None  # only a recorded exit lifts, and none from the future
+        return peer.direction, peer.peer
+
     def facts(self, s: Session, mode: str, fire: bool) -> Facts:
         """Everything the policy needs for session ``s`` in gate ``mode``."""
         card = self.registry.card(s.card) if s.card else None
@@ -75,9 +108,8 @@ class FactFinder:
             used = self.ledger.quota_used(person.household, since, direction)
             history = PassageHistory(household_grants=used)
         if person is not None and self.policy.antipassback != "off":
-            history = PassageHistory(
-                history.household_grants, self.ledger.last_direction(person.id)
-            )
+            last, relied_on = self.last_direction(person.id, s.direction)
+            history = PassageHistory(history.household_grants, last, relied_on)
         return Facts(
             mode=mode,
             fire=fire,

@@ -11,6 +11,9 @@ and purges.
 decision it was presented at, written in that decision's transaction. Retention
 keeps it for cards in the registry (and drops a stranger's uid with its events), so
 the daily report can tell a card's first use after the events of that day are gone.
+
+What the policy reads of the past is the site's: the gate's own quota uses, presence and
+one-time pass uses beside what its peers taught (the ``site_*`` tables, SPEC §4b).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gated.clock import Clock, iso_utc
-from gated.events import Decision, Event, topic_for
+from gated.events import Decision, Event, PeerRef, topic_for
 from gated.storage import Transaction
 
 E = TypeVar("E", bound=Event)
@@ -39,6 +42,16 @@ class Effects:
     presence_direction: str | None = None
     pass_use_jti: str | None = None
     mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """A person's last granted passage: its direction, unix ``ts`` and, learned from a
+    peer gate, that gate's event (None: this gate's own)."""
+
+    direction: str
+    ts: float
+    peer: PeerRef | None = None
 
 
 _FIRST_USE_SCHEMA = (
@@ -175,29 +188,54 @@ class Ledger:
                 (fx.pass_use_jti, seq, now),
             )
 
-    # -- what the policy needs to know about the past ---------------------------------
+    # -- what the policy needs to know about the past, at every gate of the site --------
+    # The site tables hold what the peer gates taught (gated/site/learn.py, SPEC §4b).
 
     def quota_used(self, household: str, since: float, direction: str | None) -> int:
-        """Granted verdicts for ``household`` since unix time ``since`` (on ``direction``)."""
-        if direction in (None, "both"):
-            sql = "SELECT COUNT(*) FROM quota_use WHERE household = ? AND ts >= ?"
-            args: tuple[Any, ...] = (household, since)
-        else:
-            sql = "SELECT COUNT(*) FROM quota_use WHERE household = ? AND ts >= ? AND direction = ?"
-            args = (household, since, direction)
-        return int(self.conn.execute(sql, args).fetchone()[0])
+        """Granted verdicts for ``household`` since unix time ``since`` (on ``direction``),
+        at this gate and at its peers."""
+        where = "household = ? AND ts >= ?"
+        args: tuple[Any, ...] = (household, since)
+        if direction not in (None, "both"):
+            where += " AND direction = ?"
+            args += (direction,)
+        sql = (
+            f"SELECT (SELECT COUNT(*) FROM quota_use WHERE {where})"
+            f" + (SELECT COUNT(*) FROM site_quota_use WHERE {where})"
+        )
+        return int(self.conn.execute(sql, args + args).fetchone()[0])
 
     def last_direction(self, person_id: str) -> str | None:
-        """The direction of the person's last granted passage at this site, if any."""
+        """The direction of the person's last granted passage at this gate, if any."""
+        own = self.presence(person_id)
+        return own.direction if own is not None else None
+
+    def presence(self, person_id: str) -> Presence | None:
+        """The person's last granted passage at this gate."""
         row = self.conn.execute(
-            "SELECT direction FROM presence WHERE person_id = ?", (person_id,)
+            "SELECT direction, ts FROM presence WHERE person_id = ?", (person_id,)
         ).fetchone()
-        return str(row[0]) if row else None
+        return Presence(str(row[0]), float(row[1])) if row else None
+
+    def site_presence(self, person_id: str) -> Presence | None:
+        """The person's last granted passage at a peer gate (by ``ts``), and its event."""
+        row = self.conn.execute(
+            "SELECT direction, ts, gate, seq, event_id FROM site_presence WHERE person_id = ?",
+            (person_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        peer = PeerRef(gate=str(row[2]), seq=int(row[3]), id=str(row[4]))
+        return Presence(str(row[0]), float(row[1]), peer)
 
     def pass_used(self, jti: str) -> bool:
-        """Whether a one-time pass has already let somebody through."""
-        row = self.conn.execute("SELECT 1 FROM pass_uses WHERE jti = ?", (jti,)).fetchone()
-        return row is not None
+        """Whether a one-time pass has already let somebody through, here or at a peer."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pass_uses WHERE jti = ?)"
+            " OR EXISTS (SELECT 1 FROM site_pass_uses WHERE jti = ?)",
+            (jti, jti),
+        ).fetchone()
+        return bool(row[0])
 
     # -- reading ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import TYPE_CHECKING
 
+from gated.events import PeerRef
 from gated.registry import CardLookup, Person
 
 if TYPE_CHECKING:
@@ -40,10 +41,13 @@ class PassFacts:
 
 @dataclass(frozen=True)
 class PassageHistory:
-    """What the ledger knows that the rules need."""
+    """What the ledger knows that the rules need, at every gate of the site."""
 
     household_grants: int = 0
     last_direction: str | None = None
+    relied_on: PeerRef | None = None
+    """The peer event whose recorded exit lifted an anti-passback refusal (the decision
+    names it, SPEC §4b); the rules read only ``last_direction``."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ What is purged, and what never is:
 - ``quota_use`` rows older than both the quota window and ``retention_days``.
 - ``pass_uses`` (one-time passes already used) older than a year or
   ``retention_days``, whichever is longer: a replayed pass must still be caught.
-- ``presence``, the registry and revoked passes are state, not history: never purged.
+- ``site_quota_use`` and ``site_pass_uses`` (what the site's peer gates taught, SPEC
+  §4b) by the same rules as ``quota_use`` and ``pass_uses``.
+- ``presence`` (and ``site_presence``), the registry and revoked passes are state, not
+  history: never purged.
   Nor is ``card_first_use`` (a card uid and its first decision's stamp and ``seq``)
   for a card in the registry, so the daily report still knows a card's first use once
   its events are gone; the first use of a uid the registry does not hold (a stranger's
@@ -73,10 +76,12 @@ class PurgePlan:
     card_first_use: int = 0
     kept_undelivered: int = 0
     pages_freed: int = 0
+    site_quota_use: int = 0
+    site_pass_uses: int = 0
 
     def event(self, retention_days: int) -> Purge:
         """The ``purge`` ledger event that records this purge."""
-        return Purge(
+        purge = Purge(
             before=self.cutoff,
             upto_seq=self.upto_seq,
             retention_days=retention_days,
@@ -88,6 +93,10 @@ class PurgePlan:
             undelivered_before=self.undelivered_cutoff,
             undelivered_purged=self.undelivered_purged,
         )
+        if not (self.site_quota_use or self.site_pass_uses):
+            return purge  # a body as before the site tables, when they lost nothing
+        site = {"site_quota_use": self.site_quota_use, "site_pass_uses": self.site_pass_uses}
+        return purge.model_copy(update=site)
 
 
 class Retention:
@@ -187,6 +196,13 @@ class Retention:
             plan.pass_uses += c.execute(
                 "DELETE FROM pass_uses WHERE ts < ?", (plan.now - pass_keep_s,)
             ).rowcount
+            # What the peers taught goes by the same rules as the gate's own.
+            plan.site_quota_use += c.execute(
+                "DELETE FROM site_quota_use WHERE ts < ?", (plan.now - quota_keep_s,)
+            ).rowcount
+            plan.site_pass_uses += c.execute(
+                "DELETE FROM site_pass_uses WHERE ts < ?", (plan.now - pass_keep_s,)
+            ).rowcount
             plan.card_first_use += c.execute(
                 "DELETE FROM card_first_use WHERE seq <= ? AND uid NOT IN (SELECT uid FROM cards)",
                 (plan.upto_seq,),
@@ -227,7 +243,14 @@ def purge_now(retention: Retention, record: Callable[[Event], Any]) -> PurgePlan
 
 
 def _record(retention: Retention, plan: PurgePlan, record: Callable[[Event], Any]) -> None:
-    if plan.events or plan.quota_use or plan.pass_uses or plan.card_first_use:
+    if (
+        plan.events
+        or plan.quota_use
+        or plan.pass_uses
+        or plan.card_first_use
+        or plan.site_quota_use
+        or plan.site_pass_uses
+    ):
         purge = record(plan.event(retention.retention_days))
         log.info(
             "purged %d events before %s (%d undelivered kept), %d quota rows, %d pass uses",

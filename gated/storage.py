@@ -71,6 +71,33 @@ CREATE TABLE IF NOT EXISTS presence (
     ts REAL NOT NULL,
     seq INTEGER NOT NULL
 );
+-- What the site's peer gates taught (SPEC §4b, gated/site/learn.py), by (gate, seq):
+-- never part of the ledger, never republished.
+CREATE TABLE IF NOT EXISTS site_quota_use (
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    household TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (gate, seq)
+);
+CREATE INDEX IF NOT EXISTS site_quota_use_hh ON site_quota_use(household, ts);
+CREATE INDEX IF NOT EXISTS site_quota_use_ts ON site_quota_use(ts);
+CREATE TABLE IF NOT EXISTS site_presence (
+    person_id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    ts REAL NOT NULL,
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS site_pass_uses (
+    jti TEXT PRIMARY KEY,
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS site_pass_uses_ts ON site_pass_uses(ts);
 CREATE TABLE IF NOT EXISTS command_reqs (req TEXT PRIMARY KEY, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS command_reqs_ts ON command_reqs(ts);
 """

@@ -68,7 +68,13 @@ def a_day_at_the_gate(rig: Rig) -> None:
     rig.feed("temp", 36.6)
     rig.feed("card", "1122334455")  # needs_guard again; no answer: guard_timeout
     rig.wait(c.policy.guard_timeout_s + 1)
+    desk.set_mode("free", "test")
+    rig.feed("card", "0A1B2C3D4E")  # granted with passage free: "free": true
+    rig.feed("passage", True)
     desk.set_mode("normal", "test")
+    rig.feed("temp", 36.6)
+    rig.feed("qr", rig.issue(sub="V1", hh="H9", otp=True))  # a one-time pass: "otp": true
+    rig.feed("passage", True)
     desk.open_once("cmd", None)  # remote open
     rig.wait(10)
     rig.controller.handle(Reading("fire", True, "fire"))
@@ -95,6 +101,9 @@ def stored(tmp_path: Path) -> list[str]:
 
 def test_every_kind_the_gate_writes_round_trips_byte_for_byte(stored: list[str]) -> None:
     assert {json.loads(b)["kind"] for b in stored} == set(KINDS) == set(TYPES)
+    decisions = [json.loads(b) for b in stored if json.loads(b)["kind"] == "decision"]
+    assert any(d.get("free") for d in decisions)  # the fields peers count by (SPEC §4b)
+    assert any((d["credential"] or {}).get("otp") for d in decisions)
     for body in stored:
         event = parse_event(body)
         assert event.to_json() == body
@@ -174,6 +183,32 @@ def test_the_readers_name_fields_of_the_vocabulary() -> None:
     for _, path in CSV_FIELDS:
         top, _, inner = path.partition(".")
         assert top in every and (not inner or inner in nested[top]), path
+
+
+def test_a_decision_names_the_peer_event_it_relied_on() -> None:
+    body = {
+        "kind": "decision",
+        "direction": "in",
+        "decision": "granted",
+        "reasons": [],
+        "person": {"id": "P1", "household": "H1"},
+        "credential": {"kind": "qr", "ref": "j1", "color": "green", "otp": True},
+        "temperature_c": 36.6,
+        "readings_c": [36.6],
+        "ref": None,
+        "guard": None,
+        "relied_on": {"gate": "north-2", "seq": 12, "id": "e9"},
+        **STAMP,
+    }
+    event = parse_event(body)
+    assert isinstance(event, Decision) and event.relied_on is not None
+    assert event.body() == body and event.relied_on.seq == 12
+    follow = Decision.follow_up(event, "guard_granted", "G1")
+    assert follow.body()["relied_on"] == body["relied_on"]
+    with pytest.raises(EventError, match=r"relied_on\.seq: Input should be greater than"):
+        parse_event({**body, "relied_on": {"gate": "n", "seq": 0, "id": "e"}})
+    with pytest.raises(EventError, match=r"credential\.otp: Input should be a valid bool"):
+        parse_event({**body, "credential": {**body["credential"], "otp": "yes"}})
 
 
 STAMP = {
