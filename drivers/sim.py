@@ -1,14 +1,21 @@
-"""Simulated devices that play a scenario file (docs/contracts.md §3 ``[sim]``).
+"""Simulated devices that play a scenario file (docs/contracts.md §3 ``[sim]``), and a live feed.
 
 A scenario is JSON Lines, one input per line with ``t`` in seconds from the start:
 ``{"t": 0.3, "temp": 36.6}``. Each simulated driver plays the keys of its own device
 on its own thread against one shared start time, and emits ``done`` after its last.
+
+The feed (``[sim] input``) is a file followed as ``tail -F`` follows one, or a FIFO:
+each line is played when it arrives, ``t`` (optional) seconds after it is read, so a
+test or a demo can present a person at the moment it chooses (after another gate
+granted, say), which a scenario timed from the start cannot express.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +46,8 @@ from drivers.common.options import (
     StrictModel,
 )
 
+log = logging.getLogger(__name__)
+
 #: scenario key -> (reading kind, the value's type check)
 INPUT_KEYS: dict[str, tuple[str, tuple[type, ...]]] = {
     "motion": ("motion", (bool,)),
@@ -65,10 +74,16 @@ class ScenarioStep:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_scenario(text: str, name: str = "<scenario>") -> list[ScenarioStep]:
-    """Parse JSON Lines into steps ordered by ``t``; blank lines and ``#`` lines skipped."""
+def parse_scenario(
+    text: str, name: str = "<scenario>", default_t: float | None = None, first_line: int = 1
+) -> list[ScenarioStep]:
+    """Parse JSON Lines into steps ordered by ``t``; blank lines and ``#`` lines skipped.
+
+    ``default_t`` is the ``t`` of a line without one (None: ``t`` is required);
+    ``first_line`` numbers the first line of ``text`` in messages.
+    """
     steps: list[ScenarioStep] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), first_line):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -78,7 +93,7 @@ def parse_scenario(text: str, name: str = "<scenario>") -> list[ScenarioStep]:
             raise ScenarioError(f"{name}:{lineno}: not JSON: {exc.msg}") from None
         if not isinstance(obj, dict):
             raise ScenarioError(f"{name}:{lineno}: expected a JSON object")
-        t = obj.pop("t", None)
+        t = obj.pop("t", default_t)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ScenarioError(f"{name}:{lineno}: t: expected seconds >= 0")
         keys = [k for k in obj if k in INPUT_KEYS]
@@ -94,19 +109,139 @@ def parse_scenario(text: str, name: str = "<scenario>") -> list[ScenarioStep]:
     return steps
 
 
-class Scenario:
-    """Steps shared by the simulated drivers, with one start time for all of them."""
+class Feed:
+    """Inputs that arrive while the gate runs: the lines appended to ``path``, played in turn.
 
-    def __init__(self, steps: list[ScenarioStep], speed: float = 1.0):
+    The file is read from its beginning (it need not exist yet), then followed: a line
+    is played ``t`` seconds (default 0, divided by ``speed``) after it is read, never
+    before the line before it, by the sim driver of its key. A FIFO works too (written
+    by any number of writers in turn). A file that shrinks is read again from its start.
+    A malformed line, or one no sim driver plays, is logged by its number and counted
+    in ``refused``, never played.
+    """
+
+    #: How often an idle file is looked at again, in seconds.
+    POLL_S = 0.01
+    #: A line longer than this is refused (a file that never ends a line).
+    MAX_LINE = 65536
+
+    def __init__(self, path: Path, speed: float = 1.0):
+        self.path = Path(path)
+        self.speed = speed
+        self.refused = 0
+        self.played = 0
+        self._devices: dict[str, _SimDevice] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self, device: _SimDevice) -> None:
+        """Play the keys of ``device`` to it; the first device attached starts the reading."""
+        with self._lock:
+            for key in device.KEYS:
+                self._devices[key] = device
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sim-input", daemon=True)
+                self._thread.start()
+
+    def detach(self, device: _SimDevice) -> None:
+        """Stop playing to ``device``; the last one detached ends the reading."""
+        with self._lock:
+            for key in device.KEYS:
+                if self._devices.get(key) is device:
+                    del self._devices[key]
+            thread = self._thread if not self._devices else None
+            if thread is not None:
+                self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+
+    def _run(self) -> None:
+        fd: int | None = None
+        pos = 0
+        buf = b""
+        lineno = 0
+        due = 0.0
+        try:
+            while not self._stop.is_set():
+                if fd is None:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+                    except FileNotFoundError:
+                        self._stop.wait(self.POLL_S)
+                        continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:  # a FIFO with a writer and nothing written yet
+                    chunk = b""
+                if not chunk:
+                    if os.path.isfile(self.path) and os.fstat(fd).st_size < pos:
+                        os.lseek(fd, 0, os.SEEK_SET)  # truncated: its new lines from the top
+                        pos, buf = 0, b""
+                    self._stop.wait(self.POLL_S)
+                    continue
+                pos += len(chunk)
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                if len(buf) > self.MAX_LINE:
+                    lineno += 1
+                    self._refuse(f"{self.path}:{lineno}: longer than {self.MAX_LINE} bytes")
+                    buf = b""
+                for raw in lines:
+                    lineno += 1
+                    due = self._line(raw, lineno, due)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _line(self, raw: bytes, lineno: int, due: float) -> float:
+        """Play one line at its time; the time it was played (``due`` if not played)."""
+        try:
+            text = raw.decode("utf-8")
+            steps = parse_scenario(text, str(self.path), default_t=0.0, first_line=lineno)
+        except UnicodeDecodeError:
+            self._refuse(f"{self.path}:{lineno}: not UTF-8")
+            return due
+        except ScenarioError as exc:
+            self._refuse(str(exc))
+            return due
+        for step in steps:  # zero (a blank or # line) or one
+            with self._lock:
+                device = self._devices.get(step.key)
+            if device is None:
+                self._refuse(f"{self.path}:{lineno}: no sim driver plays {step.key!r}")
+                continue
+            due = max(due, time.monotonic() + step.t / self.speed)
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return due
+            device.on_step(step)
+            device.emit(Reading(INPUT_KEYS[step.key][0], step.value, device.name))
+            self.played += 1
+        return due
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        log.warning("sim.input: refused %s", why)
+
+
+class Scenario:
+    """Steps shared by the simulated drivers, with one start time for all of them.
+
+    ``feed``: the live inputs of ``[sim] input``, played besides the steps.
+    """
+
+    def __init__(self, steps: list[ScenarioStep], speed: float = 1.0, feed: Feed | None = None):
         self.steps = steps
         self.speed = speed
+        self.feed = feed
         self._t0: float | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: Path, speed: float = 1.0) -> Scenario:
+    def from_file(cls, path: Path, speed: float = 1.0, feed: Feed | None = None) -> Scenario:
         """Load a scenario file."""
-        return cls(parse_scenario(Path(path).read_text(encoding="utf-8"), str(path)), speed)
+        return cls(parse_scenario(Path(path).read_text(encoding="utf-8"), str(path)), speed, feed)
 
     def start_time(self) -> float:
         """The monotonic time of ``t = 0``, fixed by the first driver that asks."""
@@ -208,11 +343,17 @@ class _SimDevice(Driver):
         self._player = _Player(self, self.KEYS)
 
     def start(self) -> None:
-        """Begin playing this device's part of the scenario."""
+        """Begin playing this device's part of the scenario (and of the feed)."""
         self._player.start()
+        scenario = self.ctx.scenario
+        if scenario is not None and scenario.feed is not None:
+            scenario.feed.attach(self)
 
     def stop(self) -> None:
         """Stop playing."""
+        scenario = self.ctx.scenario
+        if scenario is not None and scenario.feed is not None:
+            scenario.feed.detach(self)
         self._player.stop()
 
     def on_step(self, step: ScenarioStep) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from drivers import driver_class
 from drivers.common.base import DeviceHealth, Driver, DriverContext, Reading
-from drivers.sim import Scenario, ScenarioError
+from drivers.sim import Feed, Scenario, ScenarioError
 from gated.clock import Clock, SystemClock, clock_synced
 from gated.controller import Controller
 from gated.errors import ConfigError, DriverError
@@ -99,10 +99,11 @@ class App:
         sim = self.config.sim
         if not any(getattr(self.config, s).driver == "sim" for s in SECTIONS):
             return None
+        feed = Feed(sim.input, sim.speed) if sim.input is not None else None
         if sim.scenario is None:
-            return Scenario([], sim.speed)
+            return Scenario([], sim.speed, feed)
         try:
-            return Scenario.from_file(Path(sim.scenario), sim.speed)
+            return Scenario.from_file(Path(sim.scenario), sim.speed, feed)
         except ScenarioError as exc:
             raise ConfigError([f"{self.config.source}: sim.scenario: {exc}"]) from None
 

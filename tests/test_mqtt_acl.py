@@ -111,14 +111,32 @@ def test_the_documented_acl_lets_a_gate_use_only_its_own_topics(tmp_path: Path) 
         assert not ha.allowed("gated/s1/g1/event")
         ha.close()
 
-        # the gate's user may not write another gate's topics, nor command anybody
+        # the gate's user may not write another gate's topics, nor command anybody,
+        # except a replay asked of a peer (contracts §4b)
         raw = Raw(b.port, "g1", "g1-raw")
         for topic in ("event", "alarm", "status", "cmd_result"):
             assert not raw.allowed(f"gated/s1/g2/{topic}"), topic
         assert not raw.allowed("gated/s1/g1/cmd/open")
         assert not raw.allowed("gated/s1/registry")
         assert raw.allowed("gated/s1/g1/cmd_result")
+        assert raw.allowed("gated/s1/g2/cmd/replay")
+        for name in ("open", "mode", "revoke", "registry", "ping"):
+            assert not raw.allowed(f"gated/s1/g2/cmd/{name}"), name
         raw.close()
+
+        # it reads its peers' events, alarms, status and answers (a replay's)
+        peers = [
+            "gated/s1/+/event",
+            "gated/s1/+/alarm",
+            "gated/s1/+/status",
+            "gated/s1/+/cmd_result",
+        ]
+        peer_spy = Collector(b.port, peers, "g1-peers", **auth("g1"))
+        for topic in ("event", "alarm", "status", "cmd_result"):
+            publish(b.port, f"gated/s1/g2/{topic}", {"seq": 1}, **auth("central"))
+        want = {f"gated/s1/g2/{t}" for t in ("event", "alarm", "status", "cmd_result")}
+        peer_spy.wait_for(lambda m: want <= {t for t, _, _ in m})
+        peer_spy.close()
 
         # it subscribes to g2's commands too: the broker grants, and delivers nothing
         spy = Collector(b.port, ["gated/s1/g2/cmd/+", "gated/s1/g1/cmd/+"], "g1-spy", **auth("g1"))
@@ -162,19 +180,33 @@ def test_the_per_gate_acl_binds_a_gate_to_its_site(tmp_path: Path) -> None:
     b, _ = acl_broker(tmp_path, central_and_ha + gate_block)
     central = Collector(b.port, ["gated/#"], "central", **auth("central"))
     spy = Collector(b.port, ["gated/+/registry"], "g1-spy", **auth("g1"))
+    # a gate's peer subscription, as wide as it could ask: only its own site arrives
+    peers = Collector(b.port, ["gated/+/+/event", "gated/+/+/alarm"], "g1-peers", **auth("g1"))
     raw = Raw(b.port, "g1", "g1-raw")
     try:
         assert raw.allowed("gated/s1/g1/event")
         assert not raw.allowed("gated/s2/g1/event")  # not under another site's name
         assert not raw.allowed("gated/s1/g2/event")
+        # a replay asked of its own site's peers, nothing else to a peer or another site
+        assert raw.allowed("gated/s1/g2/cmd/replay")
+        assert not raw.allowed("gated/s2/g2/cmd/replay")
+        assert not raw.allowed("gated/s1/g2/cmd/open")
+        assert not raw.allowed("gated/s1/g2/cmd/revoke")
         publish(b.port, "gated/s2/registry", {"version": 1}, **auth("central"))
         publish(b.port, "gated/s1/registry", {"version": 2}, **auth("central"))
         spy.wait_for(lambda m: any(t == "gated/s1/registry" for t, _, _ in m))
         assert [json.loads(p)["version"] for _, p, _ in spy.messages] == [2]
+        for n, topic in enumerate(("gated/s2/g2/event", "gated/s2/g2/alarm", "gated/s1/g2/alarm")):
+            publish(b.port, topic, {"seq": n}, **auth("central"))
+        publish(b.port, "gated/s1/g2/event", {"seq": 9}, **auth("central"))
+        peers.wait_for(lambda m: any(t == "gated/s1/g2/event" for t, _, _ in m))
+        got = [t for t, _, _ in peers.messages if "/g2/" in t]  # (its own event came too)
+        assert got == ["gated/s1/g2/alarm", "gated/s1/g2/event"]
         central.wait_for(lambda m: any(t == "gated/s1/g1/event" for t, _, _ in m))
         assert not any(t.startswith("gated/s2/g1") for t, _, _ in central.messages)
     finally:
         raw.close()
         spy.close()
+        peers.close()
         central.close()
         b.kill()

@@ -495,3 +495,13 @@ class SimConfig(StrictModel):
         default=False, description="Exit once the scenario is played and its sessions settled."
     )
     speed: float = Field(default=1.0, gt=0, description="Playback speed: 2.0 plays twice as fast.")
+    input: ResolvedPath | None = Field(
+        default=None,
+        description="A file (or FIFO) followed while the gate runs: each line played as it comes.",
+    )
+
+    @model_validator(mode="after")
+    def _input_never_ends(self) -> SimConfig:
+        if self.input is not None and self.exit_when_done:
+            raise KeyProblem("exit_when_done", "not with sim.input, which never ends")
+        return self

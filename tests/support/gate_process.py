@@ -8,12 +8,13 @@ ledger is read back from the SQLite file. The browser tests drive its screen.
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import Daemon
-from tests.support.gate_config import write_scenario, write_sim_gate
+from tests.support.gate_config import deep_merge, write_scenario, write_sim_gate
 from tests.support.ledger_file import ledger_events, wait_for_event
 from tests.support.mosquitto import free_port
 from tests.support.status_gate import HASH_G01, HASH_SHARED
@@ -52,17 +53,30 @@ class GateProcess:
         open_s: float = 2.0,
         mqtt_url: str | None = None,
         host: str = "127.0.0.1",
+        direction: str = "in",
+        feed: bool = False,
+        **sections: Any,
     ):
+        """``sections`` are merged over the config (``policy``, ``mqtt``, ``qr``, ...);
+        ``feed``: the sim drivers also play ``input.jsonl`` as it grows (``present``)."""
         self.tmp_path = tmp_path
         #: The screen's listen address ("0.0.0.0": every address, reads need a session).
         self.host = host
         self.port = free_port(host)
         self.db = tmp_path / "gated.db"
         self.scenario = tmp_path / "scenario.jsonl"
+        #: The live feed (``[sim] input``), emptied at every start; None without ``feed``.
+        self.input = tmp_path / "input.jsonl" if feed else None
+        if self.input is not None:
+            sections = deep_merge({"sim": {"input": str(self.input)}}, sections)
+        if mqtt_url:
+            sections = deep_merge({"mqtt": {"urls": [mqtt_url]}}, sections)
         self.config = write_sim_gate(
             tmp_path,
-            gate={"id": gate, "site": site, "direction": "in", "timezone": timezone},
-            policy={"guard_timeout_s": 120, "session_timeout_s": 5},
+            gate={"id": gate, "site": site, "direction": direction, "timezone": timezone},
+            policy=deep_merge(
+                {"guard_timeout_s": 120, "session_timeout_s": 5}, sections.pop("policy", {})
+            ),
             status={
                 "listen": f"{host}:{self.port}",
                 "guard_pin_hash": HASH_SHARED,
@@ -72,7 +86,7 @@ class GateProcess:
                 "guards": {"G01": HASH_G01},
             },
             turnstile={"open_s": open_s},
-            **({"mqtt": {"urls": [mqtt_url]}} if mqtt_url else {}),
+            **sections,
         )
         self.play([])
         registry = tmp_path / "registry.csv"
@@ -93,6 +107,8 @@ class GateProcess:
     def start(self) -> GateProcess:
         """``gated run`` until its screen answers ``/healthz``."""
         assert self.daemon is None or self.daemon.proc.poll() is not None
+        if self.input is not None:
+            self.input.write_text("")  # the feed is read from its start: nothing old again
         daemon = self.daemon = Daemon("run", "-c", str(self.config))
 
         def up() -> bool:
@@ -111,6 +127,18 @@ class GateProcess:
         if self.daemon is not None and self.daemon.proc.poll() is None:
             code = self.daemon.stop()
             assert code == 0, self.daemon.output()
+
+    def kill(self) -> None:
+        """SIGKILL: the gate vanishes between two instructions (``kill -9``)."""
+        if self.daemon is not None and self.daemon.proc.poll() is None:
+            self.daemon.proc.kill()
+            self.daemon.finish(timeout=10)
+
+    def present(self, lines: Sequence[dict[str, Any]]) -> None:
+        """Hand the running gate these inputs now (``t``: seconds after they are read)."""
+        assert self.input is not None, "a GateProcess made with feed=True"
+        with self.input.open("a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(x) + "\n" for x in lines))
 
     def close(self) -> None:
         """Stop whatever still runs (teardown)."""
