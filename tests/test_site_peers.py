@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gated.clock import iso_utc
 from gated.mqtt.link import Backoff
 from gated.mqtt.publisher import Publisher
-from gated.site.peers import PeerBook
+from gated.site.peers import THROUGH_EVERY_S, PeerBook
 from tests.support.events import event
 from tests.support.mosquitto import Collector, Door, Mosquitto
 from tests.support.rig import Rig
@@ -148,6 +148,23 @@ def test_peer_events_are_taken_once_and_never_enter_the_ledger(gate: SiteGate) -
     gate.col.wait_for(lambda m: any(s.get("peers", {}).get("g2") for s in gate.statuses()))
     status = [s for s in gate.statuses() if s.get("peers", {}).get("g2")][-1]
     assert status["peers"]["g2"]["missing"] == 0 and status["last_seq"] == own
+
+
+def test_a_through_that_moves_alone_is_in_the_status_within_a_second(gate: SiteGate) -> None:
+    """No gap and no new peer: only ``through`` moves. The status shows it once a second
+    of the gate's clock has passed, not at the next 30 s status."""
+
+    def shown() -> int:
+        told = [s["peers"]["g2"]["through"] for s in gate.statuses() if "g2" in s.get("peers", {})]
+        return told[-1] if told else 0
+
+    gate.peer.events(1)
+    gate.taken(1)
+    wait_until(lambda: shown() == 1, "through 1 in the status")
+    gate.peer.events(2, 3)
+    gate.taken(3)
+    gate.advance(THROUGH_EVERY_S + 0.5)
+    wait_until(lambda: shown() == 3, "through 3 in the status", timeout=10)
 
 
 def test_a_burst_of_1000_is_a_few_submits(gate: SiteGate) -> None:

@@ -292,6 +292,8 @@ class SiteFeed:
         if fut.exception() is not None:
             log.error("peer gaps not checked: %s", fut.exception())
             return
+        if self.book.through_news:
+            self.changed()
         asks = fut.result()
         if asks:
             with self._lock:

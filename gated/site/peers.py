@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS site_peer_seqs (
 
 #: Replay requests open at once to one peer (its replayer takes 8 from everyone).
 MAX_ASKS = 2
+#: At most this often a ``through`` that moved alone makes a new status (the screen and
+#: ``T/status``): within a second of a change, not once per batch of a busy site.
+THROUGH_EVERY_S = 1.0
 #: A peer heard from this recently (seconds) is online, whatever its status says.
 ONLINE_S = 60.0
 #: The longest a peer that answers badly is left alone before it is asked again.
@@ -213,6 +216,11 @@ class PeerBook:
         self.timeouts = 0
         self.batches = 0
         self.checks = 0
+        #: Each peer's ``through`` as the last status showed it, and when (monotonic).
+        self._told: dict[str, int] = {}
+        self._told_at = float("-inf")
+        #: Set by :meth:`due`: a ``through`` moved since the last status and is due now.
+        self.through_news = False
 
     # -- storage ------------------------------------------------------------------------
 
@@ -265,8 +273,9 @@ class PeerBook:
     # -- what the feed hands over -----------------------------------------------------
 
     def take(self, items: list[Item]) -> bool:
-        """Take a batch in order, in one transaction; True if what ``status`` shows of a
-        peer beyond its ``through`` changed (a new peer, its missing count, online)."""
+        """Take a batch in order, in one transaction; True if a new status is due: what
+        ``status`` shows of a peer beside its ``through`` changed (a new peer, its missing
+        count, online), or a ``through`` moved and none was shown for a second."""
         self._load()
         before = self._shown()
         now, wall = self.clock.monotonic(), self.clock.time()
@@ -293,7 +302,23 @@ class PeerBook:
             self._load()
             raise
         self.batches += 1
-        return self._shown() != before
+        if self._shown() != before:
+            self._tell(now)
+            return True
+        return self._through_moved(now)
+
+    def _tell(self, now: float) -> None:
+        self._told = {g: p.through for g, p in self.peers.items()}
+        self._told_at = now
+
+    def _through_moved(self, now: float) -> bool:
+        """Whether a ``through`` that moved since the last status is due to be shown."""
+        if now - self._told_at < THROUGH_EVERY_S:
+            return False
+        if {g: p.through for g, p in self.peers.items()} == self._told:
+            return False
+        self._tell(now)
+        return True
 
     def _event(self, c: sqlite3.Connection, peer: Peer, event: Event, now: float) -> None:
         seq = int(event.seq or 0)
@@ -351,6 +376,7 @@ class PeerBook:
         self._load()
         self.checks += 1
         now = self.clock.monotonic()
+        self.through_news = self._through_moved(now)  # one held back by THROUGH_EVERY_S
         out: list[Ask] = []
         for peer in self.peers.values():
             for req, (_, _, deadline) in list(peer.asked.items()):
