@@ -389,7 +389,7 @@ def test_the_site_s_peers_are_listed_with_the_devices(browser: Any, tmp_path: Pa
 
 def test_a_revocation_is_a_line_with_the_card_uid_masked(browser: Any, tmp_path: Path) -> None:
     """A ``cmd/revoke`` is an event on the screen too: what was revoked, by whom."""
-    from tests.support.mosquitto import Mosquitto, publish
+    from tests.support.mosquitto import Mosquitto, command
 
     broker = Mosquitto(tmp_path).start()
     gate = GateProcess(tmp_path, mqtt_url=broker.url)
@@ -398,7 +398,7 @@ def test_a_revocation_is_a_line_with_the_card_uid_masked(browser: Any, tmp_path:
         screen = Screen(browser, gate, lang="en")
         page = screen.page
         page.wait_for_selector("#verdict.idle")
-        publish(broker.port, "gated/s1/g1/cmd/revoke", {"req": "r1", "card": "0A1B2C3D4E"})
+        assert command(broker.port, "gated/s1/g1", "revoke", {"card": "0A1B2C3D4E"})["ok"]
         line = page.locator("#events li.revoke")
         expect(line).to_contain_text("card ******3D4E revoked · by mqtt:central")
         assert "0A1B2C3D4E" not in page.content()
