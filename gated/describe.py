@@ -49,6 +49,11 @@ def describe_event(event: dict[str, Any]) -> str:
     if kind == "ack":
         alarm = str(event.get("alarm") or "alarm").upper()
         return f"{head} {alarm} acknowledged by {event.get('guard')}"
+    if kind == "revoke":
+        thing = str(event.get("what"))
+        ref = str(event.get("ref") or "?")
+        named = str(mask_uid(ref)) if thing == "card" else ref[:8] if thing == "pass" else ref
+        return f"{head} {thing} {named} revoked by {event.get('by')}"
     if kind == "purge":
         return f"{head} {event.get('events', 0)} events before {event.get('before')} purged"
     if kind == "device":

@@ -42,6 +42,7 @@ KINDS = (
     "device",
     "purge",
     "ack",
+    "revoke",
 )
 #: The fields the ledger stamps, in the order they close a body.
 HEADER = ("id", "ts", "site", "gate", "clock_synced", "boot", "seq")
@@ -439,6 +440,25 @@ class Ack(Event):
         return cls.model_validate({"ref": alarm_id, "alarm": alarm, "guard": guard})
 
 
+class Revoke(Event):
+    """A card, a pass or a person was revoked at this gate (``cmd/revoke``), by whom; the
+    gate's peers revoke the same (docs/contracts.md §4b)."""
+
+    kind: Literal["revoke"] = "revoke"
+    what: Literal["card", "pass", "person"]
+    #: The card uid (masked on the way out, as a credential's), the pass's jti, the person id.
+    ref: str = Field(min_length=1)
+    #: The card's owner (when known) or the person revoked; null for a pass.
+    person: Person | None
+    by: str
+
+    @classmethod
+    def of(cls, what: str, ref: str, person_id: str | None, by: str) -> Revoke:
+        """``by`` revoked the ``what`` named ``ref`` (of ``person_id``, when known)."""
+        person = None if person_id is None else {"id": person_id}
+        return cls.model_validate({"what": what, "ref": ref, "person": person, "by": by})
+
+
 #: The type of each kind.
 TYPES: dict[str, type[Event]] = {
     "decision": Decision,
@@ -450,6 +470,7 @@ TYPES: dict[str, type[Event]] = {
     "device": Device,
     "purge": Purge,
     "ack": Ack,
+    "revoke": Revoke,
 }
 
 

@@ -71,4 +71,6 @@ def reduce_event(event: dict[str, Any], pii: str) -> dict[str, Any]:
     cred = out.get("credential")
     if cred and cred.get("kind") == "card" and pii != "full":
         cred["ref"] = mask_uid(cred.get("ref"))
+    if out.get("kind") == "revoke" and out.get("what") == "card":
+        out["ref"] = mask_uid(out.get("ref"))  # a pass's jti and a person's id cross as they are
     return out

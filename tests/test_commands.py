@@ -87,6 +87,37 @@ def test_ping_and_revoke(remote: Remote) -> None:
     assert remote.rig.registry.pass_revoked("pass-1")
 
 
+def test_a_revoke_is_recorded_and_published_with_the_uid_masked(tmp_path: Path) -> None:
+    """Each revocation is a ``revoke`` event, so the gate's peers learn it (contracts §4b)."""
+    remote = Remote(tmp_path, pii="masked")
+    try:
+        refused = remote.send("revoke", {"req": "x", "card": "FFFFFFFFFF"})
+        assert refused["ok"] is False
+        assert [e for e in remote.rig.stored() if e["kind"] == "revoke"] == []
+        card = remote.send("revoke", {"req": "c", "card": "0a1b 2c3d4e", "by": "ops"})
+        jti = remote.send("revoke", {"req": "j", "jti": "pass-1"})
+        person = remote.send("revoke", {"req": "p", "person": "P2"})
+        stored = [e for e in remote.rig.stored() if e["kind"] == "revoke"]
+        assert [e["id"] for e in stored] == [card["event"], jti["event"], person["event"]]
+        fields = [(e["what"], e["ref"], e["person"], e["by"]) for e in stored]
+        assert fields == [
+            ("card", "0A1B2C3D4E", {"id": "P1"}, "mqtt:ops"),
+            ("pass", "pass-1", None, "mqtt:central"),
+            ("person", "P2", {"id": "P2"}, "mqtt:central"),
+        ]
+
+        def published() -> list[dict[str, Any]]:
+            with remote.col.cond:
+                bodies = [json.loads(p) for t, p, _ in remote.col.messages if t == f"{ROOT}/event"]
+            return [b for b in bodies if b["kind"] == "revoke"]
+
+        remote.col.wait_for(lambda m: len(published()) == 3, timeout=30)
+        sent = [(e["what"], e["ref"]) for e in published()]
+        assert sent == [("card", "******3D4E"), ("pass", "pass-1"), ("person", "P2")]
+    finally:
+        remote.close()
+
+
 def test_a_retained_command_is_refused_after_a_restart(remote: Remote) -> None:
     """A retained cmd/open runs once, live; the copy the broker keeps never opens again."""
     first = remote.send("open", {"req": "kept", "by": "ops", "ts": remote.now()}, retain=True)

@@ -41,3 +41,11 @@ def test_a_decision_line_masks_the_name_and_shows_no_temperature() -> None:
     line = describe_event(GUARD_GRANT)
     assert "GUARD_GRANTED by guard G1" in line
     assert "Zhang Wei" not in line and "37.6" not in line and "36.8" not in line
+
+
+def test_a_revoke_reads_as_a_line_with_the_card_uid_masked() -> None:
+    head = {"seq": 11, "ts": "2026-02-02T06:00:00Z", "kind": "revoke", "by": "mqtt:central"}
+    card = {**head, "what": "card", "ref": "0A1B2C3D4E", "person": {"id": "P1"}}
+    assert describe_event(card) == "#11 06:00:00 revoke card ******3D4E revoked by mqtt:central"
+    person = {**head, "what": "person", "ref": "P1", "person": {"id": "P1"}}
+    assert describe_event(person).endswith("revoke person P1 revoked by mqtt:central")

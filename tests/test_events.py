@@ -30,6 +30,7 @@ from gated.events import (
     Mode,
     Passage,
     Person,
+    Revoke,
     fields_of,
     parse_event,
 )
@@ -90,6 +91,7 @@ def a_day_at_the_gate(rig: Rig) -> None:
     desk.end_stale_shifts()  # guard_off with detail "restart"
     c._record(PurgePlan(0.0, "2026-01-01T00:00:00.000Z", 3, events=3).event(30))
     c._record(Alarm.raised("device", "storage: 2 undelivered events purged", ref=None))
+    c._record(Revoke.of("card", "0A1B2C3D4E", "P1", "mqtt:central"))  # what cmd/revoke records
 
 
 @pytest.fixture
@@ -303,6 +305,7 @@ def samples() -> dict[str, dict[str, Any]]:
         Device.health("card", False, "no reply", ref="a1", saved={"events": 3}),
         PurgePlan(0.0, "2026-01-01T00:00:00.000Z", 3, events=3).event(30),
         Ack.of("a1", "fever", "G1"),
+        Revoke.of("card", "0A1B2C3D4E", "P1", "mqtt:central"),
     ]
     return {e.kind: e.stamped(**STAMP).body() for e in events}
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gated.clock import iso_utc
-from gated.events import Credential, Decision, Event, PeerRef, parse_event
+from gated.events import Credential, Decision, Event, PeerRef, Revoke, parse_event
 from gated.policy import Verdict, decide
 from gated.privacy import reduce_event
 from gated.retention import DAY_S, Retention, purge_now
@@ -75,6 +75,19 @@ class Peer:
             clock_synced=True,
             boot=1,
             seq=seq,
+        )
+
+    def revoke(self, what: str, ref: str, person: str | None, ago_s: float = 1.0) -> Event:
+        """A ``cmd/revoke`` at the peer ``ago_s`` seconds before the rig's now."""
+        self.seq += 1
+        return Revoke.of(what, ref, person, "mqtt:central").stamped(
+            id=str(uuid.uuid4()),
+            ts=iso_utc(self.rig.clock.time() - ago_s),
+            site="s1",
+            gate=self.gate,
+            clock_synced=True,
+            boot=1,
+            seq=self.seq,
         )
 
 
@@ -418,6 +431,129 @@ def test_with_pii_none_no_name_or_id_number_crosses(tmp_path: Path) -> None:
     text = str(reduce_event(body, "none"))
     for secret in ("Zhang Wei", "320623199001011234", "1-101", "99AA"):
         assert secret not in text
+
+
+# -- revocations ------------------------------------------------------------------------------
+
+#: Zhang's second card (another last 4) and a third whose last 4 are his first card's.
+SECOND_CARD, LOOKALIKE = "5566778899", "FFFFFF3D4E"
+
+
+def with_more_cards(rig: Rig) -> None:
+    rig.registry.apply([], {SECOND_CARD: "P1", LOOKALIKE: "P1"}, "2026-01-01T00:00:00Z")
+
+
+def card_reasons(rig: Rig, uid: str) -> list[str]:
+    rig.feed("temp", 36.6)
+    rig.feed("card", uid)
+    rig.wait(10)  # past the open window
+    return list(rig.decisions()[-1]["reasons"])
+
+
+@pytest.mark.parametrize("pii", ["masked", "none"])
+def test_a_card_revoked_at_a_peer_is_revoked_here_by_its_masked_uid(
+    tmp_path: Path, pii: str
+) -> None:
+    rig = Rig(tmp_path)
+    with_more_cards(rig)
+    sent = reduce_event(Peer(rig).revoke("card", ZHANG_CARD, "P1", ago_s=30).body(), pii)
+    assert sent["ref"] == "******3D4E"
+    learn(rig.conn, parse_event(sent))
+    assert card_reasons(rig, ZHANG_CARD) == ["card_revoked"]
+    # the mask cannot tell his two cards ending 3D4E apart: both go; a peer only denies
+    assert card_reasons(rig, LOOKALIKE) == ["card_revoked"]
+    assert card_reasons(rig, SECOND_CARD) == []  # his card with other last 4 still works
+    assert "card_revoked" not in card_reasons(rig, "1122334455")  # nor anybody else's
+    when = rig.conn.execute("SELECT revoked_at FROM cards WHERE uid = ?", (ZHANG_CARD,))
+    assert when.fetchone()[0] == sent["ts"]  # revoked as of the peer's revocation
+
+
+def test_a_full_uid_from_a_peer_revokes_exactly_that_card(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    with_more_cards(rig)
+    learn(rig.conn, parse_event(Peer(rig).revoke("card", ZHANG_CARD, "P1").body()))
+    assert card_reasons(rig, ZHANG_CARD) == ["card_revoked"]
+    assert card_reasons(rig, LOOKALIKE) == []
+
+
+def test_a_masked_uid_of_another_person_or_of_nobody_revokes_nothing(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    peer = Peer(rig)
+    for person in ("P2", None):
+        learn(
+            rig.conn,
+            parse_event(reduce_event(peer.revoke("card", ZHANG_CARD, person).body(), "masked")),
+        )
+    assert card_reasons(rig, ZHANG_CARD) == []
+
+
+def test_a_pass_revoked_at_a_peer_is_refused_here(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    token = rig.issue(sub="V1", hh="H9", jti="season-9")
+    other = rig.issue(sub="V1", hh="H9", jti="season-10")
+    learn(
+        rig.conn,
+        parse_event(reduce_event(Peer(rig).revoke("pass", "season-9", None).body(), "none")),
+    )
+    assert present_pass(rig, token)["reasons"] == ["pass_revoked"]
+    rig.wait(10)
+    assert present_pass(rig, other)["decision"] == "granted"
+
+
+def test_a_person_revoked_at_a_peer_has_every_card_and_pass_refused_here(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    with_more_cards(rig)
+    token = rig.issue(sub="P1", hh="H1")
+    learn(
+        rig.conn, parse_event(reduce_event(Peer(rig).revoke("person", "P1", "P1").body(), "none"))
+    )
+    for uid in (ZHANG_CARD, SECOND_CARD, LOOKALIKE):
+        assert card_reasons(rig, uid) == ["card_revoked"]
+    assert present_pass(rig, token)["reasons"] == ["pass_revoked"]
+    rig.wait(10)
+    assert "card_revoked" not in card_reasons(rig, "1122334455")  # Li Na is not touched
+
+
+def test_the_same_revoke_learned_twice_is_harmless_and_nothing_is_unrevoked(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    peer = Peer(rig)
+    events = [
+        parse_event(reduce_event(peer.revoke(what, ref, who, ago_s=60).body(), "masked"))
+        for what, ref, who in (
+            ("card", ZHANG_CARD, "P1"),
+            ("pass", "j1", None),
+            ("person", "P2", "P2"),
+        )
+    ]
+    tables = (
+        "SELECT uid, revoked_at FROM cards UNION ALL SELECT jti, revoked_at FROM revoked_passes"
+        " UNION ALL SELECT person, revoked_at FROM revoked_persons ORDER BY 1"
+    )
+    for event in events:
+        learn(rig.conn, event)
+    first = rig.conn.execute(tables).fetchall()
+    rig.clock.advance(3600)
+    for event in events:
+        learn(rig.conn, event)  # a replay, a redelivery
+    later = [
+        peer.revoke(what, ref, who)
+        for what, ref, who in (("card", ZHANG_CARD, "P1"), ("person", "P2", "P2"))
+    ]
+    for event in later:
+        learn(rig.conn, event)  # a later revoke of the same keeps the first revocation's time
+    assert rig.conn.execute(tables).fetchall() == first
+    assert {when for _, when in first} == {events[0].ts}
+
+
+def test_this_gates_revoke_teaches_a_second_gate(tmp_path: Path) -> None:
+    here = Rig(tmp_path / "here")
+    here.controller._record(Revoke.of("card", ZHANG_CARD, "P1", "mqtt:central"))
+    (event,) = [e for e in here.stored() if e["kind"] == "revoke"]
+    there = Rig(tmp_path / "there")
+    learn(there.conn, parse_event(reduce_event(event, "masked")))
+    assert card_reasons(there, ZHANG_CARD) == ["card_revoked"]
 
 
 # -- retention -------------------------------------------------------------------------------

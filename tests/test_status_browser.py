@@ -387,6 +387,30 @@ def test_the_site_s_peers_are_listed_with_the_devices(browser: Any, tmp_path: Pa
         broker.kill()
 
 
+def test_a_revocation_is_a_line_with_the_card_uid_masked(browser: Any, tmp_path: Path) -> None:
+    """A ``cmd/revoke`` is an event on the screen too: what was revoked, by whom."""
+    from tests.support.mosquitto import Mosquitto, command
+
+    broker = Mosquitto(tmp_path).start()
+    gate = GateProcess(tmp_path, mqtt_url=broker.url)
+    try:
+        gate.start()
+        screen = Screen(browser, gate, lang="en")
+        page = screen.page
+        page.wait_for_selector("#verdict.idle")
+        assert command(broker.port, "gated/s1/g1", "revoke", {"card": "0A1B2C3D4E"})["ok"]
+        line = page.locator("#events li.revoke")
+        expect(line).to_contain_text("card ******3D4E revoked · by mqtt:central")
+        assert "0A1B2C3D4E" not in page.content()
+        page.click("#lang")
+        expect(line).to_contain_text("卡 ******3D4E 已注销")
+        screen.accessible("a revocation in the events")
+        screen.close()
+    finally:
+        gate.close()
+        broker.kill()
+
+
 def peer_event(seq: int, gate: str) -> dict[str, Any]:
     """A peer's event as its ledger stamped it."""
     from gated.events import Device

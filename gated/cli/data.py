@@ -40,6 +40,8 @@ CSV_FIELDS = (
     ("alarm", "alarm"),
     ("detail", "detail"),
     ("passed", "passed"),
+    ("what", "what"),
+    ("by", "by"),
     ("clock_synced", "clock_synced"),
     ("boot", "boot"),
 )

@@ -45,11 +45,12 @@ from pydantic_core import PydanticCustomError
 
 from gated import registry_build
 from gated.clock import iso_utc
-from gated.events import MODES
+from gated.events import MODES, Revoke
 from gated.mqtt import registry_sync
 from gated.mqtt.inbound import COMMAND_MAX_BYTES, InputRefused, decode
 from gated.mqtt.replay import ReplayRefused, parse_range
 from gated.privacy import mask_uid
+from gated.registry import normalise_uid
 from gated.storage import Transaction
 
 if TYPE_CHECKING:
@@ -359,20 +360,31 @@ class Commands:
 
     def _revoke(self, msg: dict[str, Any]) -> Runner:
         body = _check(RevokeBody, msg)
-        reg = self.controller.registry
-        clock = self.controller.clock
+        by = self._by(msg)
+        ctl = self.controller
+        reg, clock = ctl.registry, ctl.clock
+        # Each revocation is recorded as a ``revoke`` event in the same step, so the gate's
+        # peers revoke the same (docs/contracts.md §4b); a refused one records nothing.
         if body.person is not None:
             # The person's cards and every pass issued to them (``sub``), whatever its jti.
             pid = body.person
-            return lambda: {"cards": reg.revoke_person(pid, iso_utc(clock.time()))}
+
+            def revoke_person() -> dict[str, Any]:
+                cards = reg.revoke_person(pid, iso_utc(clock.time()))
+                event = ctl._record(Revoke.of("person", pid, pid, by))
+                return {"cards": cards, "event": event.id}
+
+            return revoke_person
         if body.card is not None:
-            uid = body.card
+            uid = normalise_uid(body.card)
 
             def revoke_card() -> dict[str, Any]:
                 when = iso_utc(clock.time())
                 if not reg.revoke_card(uid, when):
                     raise LookupError(f"no active card ending {mask_uid(uid)}")
-                return {}
+                owner = reg.card(uid).person
+                event = ctl._record(Revoke.of("card", uid, owner.id if owner else None, by))
+                return {"event": event.id}
 
             return revoke_card
         jti = body.jti
@@ -380,7 +392,7 @@ class Commands:
 
         def revoke_pass() -> dict[str, Any]:
             reg.revoke_pass(jti, iso_utc(clock.time()))
-            return {}
+            return {"event": ctl._record(Revoke.of("pass", jti, None, by)).id}
 
         return revoke_pass
 

@@ -49,6 +49,7 @@ _SHOWN = (
     "confirm_temp_c",
     "boot",
     "events",
+    "what",
 )
 #: ... and of its ``person`` (a field of :class:`gated.events.Person`).
 _SHOWN_PERSON = ("id", "name", "unit", "household", "category", "id_number")

@@ -26,6 +26,7 @@ _PLAIN: dict[str, dict[str, Any]] = {
     "guard_off": {"guard": "G1"},
     "device": {"device": "test", "ok": True, "detail": ""},
     "ack": {"ref": "", "alarm": "device", "guard": None},
+    "revoke": {"what": "pass", "ref": "j1", "person": None, "by": "test"},
 }
 
 

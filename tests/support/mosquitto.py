@@ -262,3 +262,45 @@ class Door:
     def close(self) -> None:
         self.shut()
         self.server.close()
+
+
+def command(
+    port: int, root: str, name: str, payload: dict[str, Any], timeout: float = 30.0
+) -> dict[str, Any]:
+    """Send ``{root}/cmd/{name}`` once the gate takes commands; its ``cmd_result``, waited for.
+
+    A gate publishes its status before it subscribes to its commands, and a command the
+    broker got before that is lost: a ``ping`` is sent every half second until one is
+    answered, then the command.
+    """
+    col = Collector(port, [f"{root}/cmd_result"], client_id=f"cmd-{time.monotonic_ns()}")
+    try:
+
+        def answer(req: str, within: float) -> dict[str, Any] | None:
+            def found(messages: list[Any]) -> bool:
+                return any(json.loads(p).get("req") == req for _, p, _ in messages)
+
+            try:
+                col.wait_for(found, timeout=within)
+            except AssertionError:
+                return None
+            with col.cond:
+                results = [json.loads(p) for _, p, _ in col.messages]
+            return next(r for r in results if r.get("req") == req)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            req = f"ping-{time.monotonic_ns()}"
+            publish(port, f"{root}/cmd/ping", {"req": req})
+            if answer(req, 0.5) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{root} took no command within {timeout:g} s")
+        req = f"{name}-{time.monotonic_ns()}"
+        publish(port, f"{root}/cmd/{name}", {"req": req, **payload})
+        result = answer(req, timeout)
+        if result is None:
+            raise AssertionError(f"{root} did not answer cmd/{name} within {timeout:g} s")
+        return result
+    finally:
+        col.close()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from gated.passes import generate_keypair, issue_pass
 from tests.support.gate_process import PEOPLE, GateProcess
-from tests.support.mosquitto import Collector, Door, Mosquitto
+from tests.support.mosquitto import Collector, Door, Mosquitto, command
 from tests.support.waiting import wait_until
 
 T = TypeVar("T")
@@ -201,6 +201,10 @@ class Site:
 
         found: dict[str, Any] = wait_until(seen, f"{observer}'s status: {what}", timeout=timeout)
         return found
+
+    def command(self, gate: str, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send ``cmd/{name}`` to ``gate`` once it takes commands; its answer, waited for."""
+        return command(self.broker.port, f"gated/{self.site}/{gate}", name, payload)
 
     def replays(self, to: str) -> list[dict[str, Any]]:
         """The ``cmd/replay`` requests the broker carried to gate ``to``."""

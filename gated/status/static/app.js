@@ -289,6 +289,10 @@
       return t(e.device) + ": " + (e.ok ? t("dev_ok") : t("dev_bad")) + cleared;
     }
     if (e.kind === "purge") return t("purged", { n: e.events || 0 });
+    if (e.kind === "revoke") {
+      const r = e.what === "pass" ? String(e.ref || "").slice(0, 8) : e.ref || "";
+      return t("revoked_" + e.what, { r }) + (e.by ? " · " + t("by", { g: e.by }) : "");
+    }
     return "";
   }
 
