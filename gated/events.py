@@ -23,6 +23,7 @@ that names the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, Self, TypeGuard, get_args
 
@@ -44,6 +45,8 @@ KINDS = (
     "ack",
     "revoke",
 )
+#: What a kind a newer gate added may be called (``newer`` parsing takes its header).
+_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: The fields the ledger stamps, in the order they close a body.
 HEADER = ("id", "ts", "site", "gate", "clock_synced", "boot", "seq")
 #: Fields that hold a body temperature (``mqtt.pii = "none"`` clears them).
@@ -522,9 +525,11 @@ def parse_event(
     :class:`~gated.errors.EventError` saying what is wrong, and nothing else.
 
     ``newer`` is for what another gate sent: a gate of a newer version may add fields
-    (every field added to a kind is optional), and its events must still be read by the
-    older ones of its site, so fields this version does not know are left out instead
-    of refused. What it does know is checked as strictly as ever.
+    (every field added to a kind is optional) and kinds, and its events must still be read
+    by the older ones of its site, so fields this version does not know are left out
+    instead of refused, and an event of a kind it does not know is its header alone (a
+    plain :class:`Event`: its ``seq`` is known, it teaches nothing). What it does know is
+    checked as strictly as ever.
     """
     data: Any = body
     if isinstance(body, (bytes, bytearray, str)):
@@ -537,10 +542,12 @@ def parse_event(
     kind = data.get("kind")
     if "kind" not in data:
         raise EventError("event: no kind")
-    if not isinstance(kind, str) or kind not in TYPES:
+    added = newer and isinstance(kind, str) and _KIND.fullmatch(kind) is not None
+    if (not isinstance(kind, str) or kind not in TYPES) and not added:
         raise EventError(f"event: unknown kind {_short(kind)}; one of {', '.join(KINDS)}")
+    model = TYPES.get(str(kind), Event)  # a kind a newer gate added: its header, nothing more
     try:
-        event = TYPES[kind].model_validate(_known(TYPES[kind], data) if newer else data)
+        event = model.model_validate(_known(model, data) if newer else data)
     except ValidationError as exc:
         raise EventError(f"{kind} event: {_problems(exc)}") from None
     except (ValueError, TypeError, RecursionError) as exc:  # a Mapping that misbehaves

@@ -353,3 +353,15 @@ def test_a_newer_gates_fields_are_left_out_not_refused(kind: str) -> None:
     assert parse_event(body, newer=True).body() == SAMPLES[kind]
     with pytest.raises(EventError, match="seq: Input should be a valid integer"):
         parse_event({**body, "seq": "5"}, newer=True)
+
+
+def test_a_kind_a_newer_gate_added_is_its_header_alone() -> None:
+    body = {**SAMPLES["ack"], "kind": "visit", "visitor": {"id": "V1"}}
+    with pytest.raises(EventError, match="unknown kind 'visit'"):
+        parse_event(body)
+    header = parse_event(body, newer=True)
+    assert type(header) is Event and header.kind == "visit"
+    assert header.body() == {"kind": "visit", **{k: SAMPLES["ack"][k] for k in HEADER}}
+    for kind in ("Visit!", "x" * 40, 5, None):  # not a kind's name: refused still
+        with pytest.raises(EventError, match="kind"):
+            parse_event({**body, "kind": kind}, newer=True)

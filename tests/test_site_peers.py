@@ -167,6 +167,19 @@ def test_a_through_that_moves_alone_is_in_the_status_within_a_second(gate: SiteG
     wait_until(lambda: shown() == 3, "through 3 in the status", timeout=10)
 
 
+def test_a_kind_a_newer_peer_added_is_taken_and_teaches_nothing(gate: SiteGate) -> None:
+    """A gate of a newer version may publish a kind this one does not know: its seq is
+    known (no gap, no replay asked for ever after), it is not refused, it teaches nothing."""
+    gate.peer.events(1)
+    newer = {k: v for k, v in peer_body(2).items() if k not in ("device", "ok", "detail")}
+    gate.peer.send(f"{SITE}/g2/event", {**newer, "kind": "visit", "visitor": {"id": "V1"}})
+    gate.peer.events(3)
+    gate.taken(3)
+    assert gate.peers()["g2"] == {"through": 3, "missing": 0, "online": True}
+    refused = {k: v for k, v in gate.commands.refusal_counts().items() if k.startswith("peer_")}
+    assert refused == {}
+
+
 def test_a_burst_of_1000_is_a_few_submits(gate: SiteGate) -> None:
     payloads = [json.dumps(peer_body(s)).encode() for s in range(1, 1001)]
     infos = [gate.peer.client.publish(f"{SITE}/g2/event", p, qos=1) for p in payloads]
