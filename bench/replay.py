@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gated.ledger import iso_utc
+from bench.latency import COLUMNS, CONFIG, pct  # the same gate as the latency bench
+from drivers.rdm6300 import encode_frame
+from gated.clock import iso_utc
 from gated.storage import Transaction, connect
 from tests.support.daemon import Daemon
 from tests.support.mosquitto import Mosquitto
@@ -46,45 +47,6 @@ from tests.support.mosquitto import Mosquitto
 ROOT = "gated/s1/g1"
 SEQ = re.compile(rb'"seq":(\d+)')
 GOAL_P99_MS = 2.0  # bench/decide.py's goal, which a replay must not break
-
-CONFIG = """\
-[gate]
-id = "g1"
-site = "s1"
-
-[storage]
-path = "{db}"
-
-[status]
-listen = ""
-
-[policy]
-require_temperature = false
-
-[card]
-driver = "rdm6300"
-port = "{port}"
-debounce_s = 1.0
-
-[turnstile]
-driver = "sim"
-open_s = 0.5
-
-[mqtt]
-urls = ["{url}"]
-"""
-
-COLUMNS = "person_id,name,id_number,unit,household,category,color,verified,card_uid"
-
-
-def frame(uid: str) -> bytes:
-    checksum = reduce(lambda a, b: a ^ b, bytes.fromhex(uid))
-    return b"\x02" + uid.encode() + f"{checksum:02X}".encode() + b"\x03"
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def bulk_history(db: Path, n: int) -> None:
@@ -191,7 +153,7 @@ def present(master: int, central: Central, uids: list[str]) -> tuple[list[float]
     end_to_end: list[float] = []
     decide: list[float] = []
     for uid in uids:
-        data = frame(uid)
+        data = encode_frame(uid)
         t0 = time.perf_counter()
         os.write(master, data)
         t1, decide_ms = central.next_decision(timeout=10)
@@ -228,7 +190,7 @@ def main() -> int:
     try:
         deadline = time.monotonic() + 60
         while True:  # the reader opens the pty on its own thread: until the first decision
-            os.write(master, frame(uids[0]))
+            os.write(master, encode_frame(uids[0]))
             try:
                 central.decisions.get(timeout=0.5)
                 break

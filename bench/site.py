@@ -36,15 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.latency import pct
 from tests.support.mosquitto import Mosquitto
 from tests.support.site import Site
 
 PEOPLE_EACH = 1200  # cards per gate: every presentation a new person
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def people(prefix: str, n: int) -> list[str]:
