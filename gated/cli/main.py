@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from gated import __version__
 from gated.cli import data as cli_data
 from gated.cli import db as cli_db
+from gated.cli import hub as cli_hub
 from gated.cli import passes as cli_pass
 from gated.cli import report as cli_report
 from gated.cli import status as cli_status
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_db.register(sub)
     cli_report.register(sub)
     cli_status.register(sub)
+    cli_hub.register(sub)
     return parser
 
 

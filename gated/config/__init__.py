@@ -17,7 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -107,7 +107,12 @@ __all__ = [
     "WiegandCardConfig",
     "config_from_dict",
     "load_config",
+    "read_toml",
+    "validate_file",
 ]
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Config(StrictModel):
@@ -211,6 +216,14 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read, merge ``overrides`` over, and validate a TOML config; raise ConfigError."""
     path = Path(path)
+    data = read_toml(path)
+    if overrides:
+        data = _merge(data, overrides)
+    return config_from_dict(data, path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's tables; ConfigError naming the file (and the line) when it is not one."""
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -218,23 +231,26 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: {_toml_problem(str(exc), text)}"]) from None
-    if overrides:
-        data = _merge(data, overrides)
-    return config_from_dict(data, path)
 
 
 def config_from_dict(data: Mapping[str, Any], source: Path) -> Config:
     """Validate a config given as a dict, as if read from the file ``source``."""
+    config = validate_file(Config, data, source)
+    config._source = Path(os.path.abspath(source))
+    return config
+
+
+def validate_file(model: type[M], data: Mapping[str, Any], source: Path) -> M:
+    """``data`` as ``model``, relative paths against ``source``'s directory; every problem
+    at once as a ConfigError (one ``"{file}: {dotted.key}: {reason}"`` line each)."""
     absolute = Path(os.path.abspath(source))
     try:
-        config = Config.model_validate(data, context={"base_dir": absolute.parent})
+        return model.model_validate(data, context={"base_dir": absolute.parent})
     except ValidationError as exc:
         raise ConfigError([_problem(str(source), e) for e in exc.errors()]) from None
-    config._source = absolute
-    return config
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,610 @@
+"""The hub's store: every gate's events, once each, and what the hub knows of every gate.
+
+SQLite through sqlite-utils (embedded: ``gated hub run`` needs no database server), WAL and
+``synchronous=FULL``, one connection per thread. The SQL is kept to what PostgreSQL also
+speaks (``INSERT ... ON CONFLICT DO NOTHING``, no ``INSERT OR ...``), so the schema is the
+one a database server will reuse.
+
+- ``hub_events(site, gate, seq, ...)``: each event as the gate published it (``body``),
+  keyed by (site, gate, seq): a duplicate is not stored again.
+- ``hub_gates``: per gate, its last status, clock, restarts, and continuity: ``through``
+  (every seq up to it is held, or was reported purged by the gate), ``highest`` (the highest
+  seq known to exist: seen, or named by the gate's status or a replay answer), ``purged``
+  (seqs the gate said it no longer has: counted, never forgotten).
+- ``hub_purged``: the ranges behind ``purged``; ``hub_replays``: the ``cmd/replay`` asked
+  and their answers; ``hub_rejects``: messages refused, kept (capped) for inspection.
+- ``hub_registry``, ``hub_revokes``: each site's registry versions and revocations
+  (:mod:`gated.hub.registry`); ``hub_alarm_acks``: alarms an operator acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from gated.errors import StorageError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hub_events (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    boot INTEGER,
+    clock_synced INTEGER,
+    received_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (site, gate, seq)
+);
+CREATE INDEX IF NOT EXISTS hub_events_site_ts ON hub_events (site, ts);
+CREATE INDEX IF NOT EXISTS hub_events_received ON hub_events (received_at);
+CREATE TABLE IF NOT EXISTS hub_gates (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    state TEXT,
+    status TEXT,
+    status_at REAL,
+    last_seen REAL,
+    boot INTEGER,
+    boots INTEGER NOT NULL DEFAULT 0,
+    clock_synced INTEGER,
+    skew_s REAL,
+    registry_version INTEGER,
+    last_seq INTEGER,
+    backlog INTEGER,
+    mode TEXT,
+    through INTEGER NOT NULL DEFAULT 0,
+    highest INTEGER NOT NULL DEFAULT 0,
+    received INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    purged INTEGER NOT NULL DEFAULT 0,
+    last_event_ts TEXT,
+    last_event_kind TEXT,
+    last_event_seq INTEGER,
+    PRIMARY KEY (site, gate)
+);
+CREATE TABLE IF NOT EXISTS hub_purged (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (site, gate, first)
+);
+CREATE TABLE IF NOT EXISTS hub_replays (
+    req TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    asked_at REAL NOT NULL,
+    answered_at REAL,
+    ok INTEGER,
+    sent INTEGER,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS hub_rejects (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB
+);
+CREATE TABLE IF NOT EXISTS hub_registry (
+    site TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    published_at REAL NOT NULL,
+    persons INTEGER NOT NULL,
+    cards INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (site, version)
+);
+CREATE TABLE IF NOT EXISTS hub_revokes (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    what TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    at REAL NOT NULL,
+    by TEXT
+);
+CREATE TABLE IF NOT EXISTS hub_alarm_acks (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    by TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (site, gate, seq)
+);
+"""
+
+#: Refused messages kept for inspection; the oldest go first.
+MAX_REJECTS = 10_000
+#: Bytes of a refused payload kept.
+REJECT_BYTES = 4096
+#: Rows scanned at once while moving ``through`` forward.
+SCAN = 5000
+
+GATE_COLUMNS = (
+    "site",
+    "gate",
+    "state",
+    "last_seen",
+    "boot",
+    "boots",
+    "mode",
+    "backlog",
+    "clock_synced",
+    "skew_s",
+    "registry_version",
+    "last_seq",
+    "received",
+    "duplicates",
+    "through",
+    "highest",
+    "purged",
+    "last_event_ts",
+    "last_event_kind",
+    "status",
+)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event to store, as parsed from a gate's message."""
+
+    site: str
+    gate: str
+    seq: int
+    id: str
+    kind: str
+    ts: str
+    boot: int | None
+    clock_synced: bool | None
+    received_at: float
+    body: str
+
+
+@dataclass
+class Stored:
+    """What :meth:`HubStore.add_events` did."""
+
+    stored: int = 0
+    duplicates: int = 0
+    #: (site, gate) whose ``through`` moved.
+    moved: tuple[tuple[str, str], ...] = ()
+
+
+def missing_of(row: dict[str, Any], above: int) -> int:
+    """Numbers between ``through`` and ``highest`` neither held nor purged."""
+    return max(0, int(row["highest"]) - int(row["through"]) - above)
+
+
+class HubStore:
+    """One connection to the hub's database (a thread uses its own)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self.db = sqlite_utils.Database(conn)
+            self.conn = conn
+            conn.executescript(SCHEMA)
+            conn.execute(
+                "INSERT INTO hub_meta(key, value) VALUES ('schema', ?) ON CONFLICT DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open the hub database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _gate(self, site: str, gate: str) -> None:
+        self.conn.execute(
+            "INSERT INTO hub_gates(site, gate) VALUES (?, ?) ON CONFLICT DO NOTHING", (site, gate)
+        )
+
+    def add_events(self, rows: Sequence[EventRow]) -> Stored:
+        """Store ``rows`` (inside a transaction the caller holds); duplicates are skipped."""
+        out = Stored()
+        per_gate: dict[tuple[str, str], list[EventRow]] = {}
+        c = self.conn
+        for r in rows:
+            cur = c.execute(
+                "INSERT INTO hub_events(site, gate, seq, id, kind, ts, boot, clock_synced,"
+                " received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (
+                    r.site,
+                    r.gate,
+                    r.seq,
+                    r.id,
+                    r.kind,
+                    r.ts,
+                    r.boot,
+                    None if r.clock_synced is None else int(r.clock_synced),
+                    r.received_at,
+                    r.body,
+                ),
+            )
+            if cur.rowcount == 1:
+                out.stored += 1
+                per_gate.setdefault((r.site, r.gate), []).append(r)
+            else:
+                out.duplicates += 1
+                self._gate(r.site, r.gate)
+                c.execute(
+                    "UPDATE hub_gates SET duplicates = duplicates + 1, last_seen = max("
+                    "coalesce(last_seen, 0), ?) WHERE site = ? AND gate = ?",
+                    (r.received_at, r.site, r.gate),
+                )
+        moved = []
+        for (site, gate), new in per_gate.items():
+            self._gate(site, gate)
+            boot, through, newest_seq = c.execute(
+                "SELECT boot, through, last_event_seq FROM hub_gates WHERE site = ? AND gate = ?",
+                (site, gate),
+            ).fetchone()
+            boots = 0
+            for r in sorted(new, key=lambda r: r.seq):
+                if r.boot is not None and boot is not None and r.boot > boot:
+                    boots += 1
+            last = max(new, key=lambda r: r.seq)
+            if newest_seq is None or last.seq >= newest_seq:
+                c.execute(
+                    "UPDATE hub_gates SET boot = ?, clock_synced = ?, last_event_ts = ?,"
+                    " last_event_kind = ?, last_event_seq = ? WHERE site = ? AND gate = ?",
+                    (
+                        last.boot if last.boot is not None else boot,
+                        None if last.clock_synced is None else int(last.clock_synced),
+                        last.ts,
+                        last.kind,
+                        last.seq,
+                        site,
+                        gate,
+                    ),
+                )
+            c.execute(
+                "UPDATE hub_gates SET received = received + ?, highest = max(highest, ?),"
+                " last_seen = max(coalesce(last_seen, 0), ?), boots = boots + ?"
+                " WHERE site = ? AND gate = ?",
+                (len(new), last.seq, max(r.received_at for r in new), boots, site, gate),
+            )
+            if any(r.seq == through + 1 for r in new) and self.advance(site, gate):
+                moved.append((site, gate))
+        out.moved = tuple(moved)
+        return out
+
+    def advance(self, site: str, gate: str) -> bool:
+        """Move ``through`` over the seqs held or purged right above it; whether it moved."""
+        c = self.conn
+        (through,) = c.execute(
+            "SELECT through FROM hub_gates WHERE site = ? AND gate = ?", (site, gate)
+        ).fetchone()
+        start = through
+        purged = c.execute(
+            "SELECT first, last FROM hub_purged WHERE site = ? AND gate = ? AND last > ?"
+            " ORDER BY first",
+            (site, gate, through),
+        ).fetchall()
+        progressed = True
+        while progressed:
+            progressed = False
+            for first, last in purged:
+                if first <= through + 1 and last > through:
+                    through = last
+                    progressed = True
+            for (s,) in c.execute(
+                "SELECT seq FROM hub_events WHERE site = ? AND gate = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (site, gate, through, SCAN),
+            ).fetchall():
+                if s != through + 1:
+                    break
+                through = s
+                progressed = True
+        if through != start:
+            c.execute(
+                "UPDATE hub_gates SET through = ?, highest = max(highest, ?)"
+                " WHERE site = ? AND gate = ?",
+                (through, through, site, gate),
+            )
+        return through != start
+
+    def status(self, site: str, gate: str, msg: dict[str, Any], at: float) -> None:
+        """A gate's status message (retained or live), heard at ``at`` (unix time)."""
+        self._gate(site, gate)
+        online = msg.get("state") == "online"
+        last_seq = msg.get("last_seq") if online else None
+        backlog = msg.get("backlog") if isinstance(msg.get("backlog"), int) else 0
+        version = msg.get("registry_version")
+        known = None
+        if isinstance(last_seq, int) and not isinstance(last_seq, bool):
+            # What its outbox still holds is on its way live: not a gap yet.
+            known = max(0, last_seq - int(backlog or 0))
+        self.conn.execute(
+            "UPDATE hub_gates SET state = ?, status = ?, status_at = ?,"
+            " last_seen = max(coalesce(last_seen, 0), ?),"
+            " mode = coalesce(?, mode), backlog = coalesce(?, backlog),"
+            " registry_version = CASE WHEN ? THEN ? ELSE registry_version END,"
+            " clock_synced = coalesce(?, clock_synced),"
+            " last_seq = coalesce(?, last_seq), highest = max(highest, coalesce(?, 0))"
+            " WHERE site = ? AND gate = ?",
+            (
+                msg.get("state"),
+                json.dumps(msg, ensure_ascii=False, separators=(",", ":")),
+                at,
+                at,
+                msg.get("mode") if isinstance(msg.get("mode"), str) else None,
+                backlog if online else None,
+                online and "registry_version" in msg,
+                version if isinstance(version, int) else None,
+                None if not isinstance(msg.get("clock_synced"), bool) else int(msg["clock_synced"]),
+                last_seq if isinstance(last_seq, int) else None,
+                known,
+                site,
+                gate,
+            ),
+        )
+
+    def skew(self, site: str, gate: str, skew_s: float) -> None:
+        self.conn.execute(
+            "UPDATE hub_gates SET skew_s = ? WHERE site = ? AND gate = ?", (skew_s, site, gate)
+        )
+
+    def purged(self, site: str, gate: str, first: int, last: int, at: float) -> None:
+        """The gate reports ``first..last`` purged: counted, and known from now on."""
+        self._gate(site, gate)
+        c = self.conn
+        # Only what is not held and not counted already.
+        held = c.execute(
+            "SELECT count(*) FROM hub_events WHERE site = ? AND gate = ? AND seq BETWEEN ? AND ?",
+            (site, gate, first, last),
+        ).fetchone()[0]
+        counted = 0
+        for a, b in c.execute(
+            "SELECT first, last FROM hub_purged WHERE site = ? AND gate = ? AND last >= ?"
+            " AND first <= ?",
+            (site, gate, first, last),
+        ):
+            counted += min(b, last) - max(a, first) + 1
+        new = max(0, last - first + 1 - held - counted)
+        c.execute(
+            "INSERT INTO hub_purged(site, gate, first, last, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (site, gate, first) DO UPDATE SET last = max(last, excluded.last)",
+            (site, gate, first, last, at),
+        )
+        c.execute(
+            "UPDATE hub_gates SET purged = purged + ?, highest = max(highest, ?)"
+            " WHERE site = ? AND gate = ?",
+            (new, last, site, gate),
+        )
+        self.advance(site, gate)
+
+    def known_exists(self, site: str, gate: str, seq: int) -> None:
+        """``seq`` exists at the gate (a replay answer's ``last_seq``)."""
+        self._gate(site, gate)
+        self.conn.execute(
+            "UPDATE hub_gates SET highest = max(highest, ?) WHERE site = ? AND gate = ?",
+            (seq, site, gate),
+        )
+
+    def reject(self, topic: str, code: str, reason: str, payload: bytes, at: float) -> None:
+        """Keep a refused message for inspection (the newest :data:`MAX_REJECTS`)."""
+        cur = self.conn.execute(
+            "INSERT INTO hub_rejects(received_at, topic, code, reason, payload)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (at, topic[:512], code, reason[:512], payload[:REJECT_BYTES]),
+        )
+        if cur.lastrowid and cur.lastrowid % 100 == 0:
+            self.conn.execute(
+                "DELETE FROM hub_rejects WHERE id <= ?", (cur.lastrowid - MAX_REJECTS,)
+            )
+
+    def asked(self, req: str, site: str, gate: str, first: int, last: int, at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO hub_replays(req, site, gate, first, last, asked_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (req, site, gate, first, last, at),
+        )
+
+    def answered(self, req: str, ok: bool, sent: int | None, error: str | None, at: float) -> None:
+        self.conn.execute(
+            "UPDATE hub_replays SET answered_at = ?, ok = ?, sent = ?, error = ? WHERE req = ?",
+            (at, int(ok), sent, error, req),
+        )
+
+    # -- reading ----------------------------------------------------------------------
+
+    def gate_rows(self) -> list[dict[str, Any]]:
+        """Every gate's row, by site and gate (``status`` parsed)."""
+        cols = ", ".join(GATE_COLUMNS)
+        out = []
+        for row in self.conn.execute(f"SELECT {cols} FROM hub_gates ORDER BY site, gate"):
+            d = dict(zip(GATE_COLUMNS, row, strict=True))
+            d["status"] = json.loads(d["status"]) if d["status"] else None
+            d["clock_synced"] = None if d["clock_synced"] is None else bool(d["clock_synced"])
+            d["missing"] = missing_of(d, self.held_above(d["site"], d["gate"], d["through"]))
+            out.append(d)
+        return out
+
+    def held_above(self, site: str, gate: str, through: int) -> int:
+        """Events held (or purged) above ``through``: ``missing`` leaves them out."""
+        c = self.conn
+        (held,) = c.execute(
+            "SELECT count(*) FROM hub_events WHERE site = ? AND gate = ? AND seq > ?",
+            (site, gate, through),
+        ).fetchone()
+        for a, b in c.execute(
+            "SELECT first, last FROM hub_purged WHERE site = ? AND gate = ? AND last > ?",
+            (site, gate, through),
+        ):
+            held += b - max(a, through + 1) + 1
+        return int(held)
+
+    def gaps(self, site: str, gate: str, limit: int = 16) -> list[tuple[int, int]]:
+        """The missing ranges of a gate between ``through`` and ``highest``, lowest first."""
+        c = self.conn
+        row = c.execute(
+            "SELECT through, highest FROM hub_gates WHERE site = ? AND gate = ?", (site, gate)
+        ).fetchone()
+        if row is None:
+            return []
+        through, highest = row
+        covered = [
+            (a, b)
+            for a, b in c.execute(
+                "SELECT first, last FROM hub_purged WHERE site = ? AND gate = ? AND last > ?"
+                " ORDER BY first",
+                (site, gate, through),
+            )
+        ]
+        known = list(covered)
+        run: list[int] = []
+        for (seq,) in c.execute(
+            "SELECT seq FROM hub_events WHERE site = ? AND gate = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq",
+            (site, gate, through, highest),
+        ):
+            if run and seq == run[1] + 1:
+                run[1] = seq
+            else:
+                if run:
+                    known.append((run[0], run[1]))
+                run = [seq, seq]
+        if run:
+            known.append((run[0], run[1]))
+        out: list[tuple[int, int]] = []
+        start = through + 1
+        for a, b in sorted(known):
+            if a > start:
+                out.append((start, min(a - 1, highest)))
+                if len(out) >= limit:
+                    return out
+            start = max(start, b + 1)
+        if start <= highest:
+            out.append((start, highest))
+        return out[:limit]
+
+    def events(
+        self,
+        *,
+        site: str | None = None,
+        gate: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Stored event bodies by (site, gate, seq); ``since``/``until`` bound ``ts``."""
+        where, args = [], []
+        for col, value in (("site", site), ("gate", gate)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        if kinds is not None:
+            kinds = list(kinds)
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            args.extend(kinds)
+        sql = "SELECT body FROM hub_events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY site, gate, seq"
+        for (body,) in self.conn.execute(sql, args):
+            yield json.loads(body)
+
+    def alarms(self, *, unacked: bool = True, limit: int = 200) -> list[dict[str, Any]]:
+        """The fleet's alarms, newest first (by the hub's receive time)."""
+        sql = (
+            "SELECT e.body, a.by, a.at FROM hub_events e LEFT JOIN hub_alarm_acks a"
+            " ON a.site = e.site AND a.gate = e.gate AND a.seq = e.seq WHERE e.kind = 'alarm'"
+        )
+        if unacked:
+            sql += " AND a.seq IS NULL"
+            # An alarm the gate's own guard acknowledged is handled, too.
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM hub_events k WHERE k.site = e.site"
+                " AND k.gate = e.gate AND k.kind = 'ack' AND json_extract(k.body, '$.ref') = e.id)"
+            )
+        sql += " ORDER BY e.received_at DESC LIMIT ?"
+        out = []
+        for body, by, at in self.conn.execute(sql, (limit,)):
+            event = json.loads(body)
+            event["hub_ack"] = {"by": by, "at": at} if at is not None else None
+            out.append(event)
+        return out
+
+    def ack_alarm(self, site: str, gate: str, seq: int, by: str, at: float) -> bool:
+        """An operator acknowledges an alarm at the hub; False when there is no such alarm."""
+        row = self.conn.execute(
+            "SELECT 1 FROM hub_events WHERE site = ? AND gate = ? AND seq = ? AND kind = 'alarm'",
+            (site, gate, seq),
+        ).fetchone()
+        if row is None:
+            return False
+        self.conn.execute(
+            "INSERT INTO hub_alarm_acks(site, gate, seq, by, at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (site, gate, seq, by, at),
+        )
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, for /metrics and tests."""
+        out = {}
+        for table in ("hub_events", "hub_gates", "hub_rejects", "hub_replays"):
+            (n,) = self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+            out[table] = int(n)
+        return out
+
+    def rejects(self, limit: int = 100) -> list[dict[str, Any]]:
+        cols = ("id", "received_at", "topic", "code", "reason", "payload")
+        rows = self.conn.execute(
+            "SELECT id, received_at, topic, code, reason, payload FROM hub_rejects"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def purge(self, before_received: float) -> int:
+        """Delete events the hub received before ``before_received`` (retention)."""
+        cur = self.conn.execute("DELETE FROM hub_events WHERE received_at < ?", (before_received,))
+        return int(cur.rowcount)
