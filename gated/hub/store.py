@@ -189,6 +189,12 @@ class Stored:
     moved: tuple[tuple[str, str], ...] = ()
 
 
+def is_online(row: dict[str, Any], now: float, offline_after_s: float) -> bool:
+    """A gate whose status says online and that was heard from within ``offline_after_s``."""
+    seen = row.get("last_seen")
+    return row.get("state") == "online" and seen is not None and now - seen < offline_after_s
+
+
 def missing_of(row: dict[str, Any], above: int) -> int:
     """Numbers between ``through`` and ``highest`` neither held nor purged."""
     return max(0, int(row["highest"]) - int(row["through"]) - above)
