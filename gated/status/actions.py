@@ -44,6 +44,82 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+def same_origin(request: web.Request) -> bool:
+    """Whether a POST comes from this page (or from a non-browser client)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == f"{request.scheme}://{request.host}"
+    site = request.headers.get("Sec-Fetch-Site")
+    return site in (None, "same-origin", "none")
+
+
+async def json_body(request: web.Request, where: str) -> dict[str, Any] | web.Response:
+    """The JSON object of a POST from this page, or the error response to send instead
+    (403 cross-site, 415 not JSON, 400 not an object); ``where`` names the page in the log."""
+    if not same_origin(request):
+        log.warning("%s: refused a cross-site %s", where, request.path)
+        return _error(403, "cross-site request refused")
+    if request.content_type != "application/json":
+        return _error(415, "send application/json")
+    try:
+        data = json.loads(await request.text() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "not JSON")
+    if not isinstance(data, dict):
+        return _error(400, "expected a JSON object")
+    return data
+
+
+def csrf_session(
+    auth: GuardAuth, request: web.Request, cookie: str = COOKIE
+) -> Login | web.Response:
+    """The session of ``request``'s cookie, or 401 (none) / 403 (no valid CSRF token)."""
+    s = auth.session(request.cookies.get(cookie))
+    if s is None:
+        return _error(401, "log in first")
+    if request.headers.get("X-CSRF-Token") != s.csrf:
+        return _error(403, "missing or wrong CSRF token")
+    return s
+
+
+async def check_pin(
+    auth: GuardAuth,
+    who: str,
+    pin: str,
+    client: str,
+    logins: Counter,
+    where: str,
+    role: str,
+    local: str = "the booth",
+) -> Login | web.Response:
+    """Check ``who``'s PIN from ``client`` within the lockout rules of :class:`GuardAuth`:
+    the new session, or the 401 / 429 to answer. ``logins`` counts ``ok``, ``wrong`` and
+    ``locked``; ``where``, ``role`` ("guard", "operator") and ``local`` (a loopback client)
+    name them in the log. The PIN is never logged."""
+    # The try is taken before the hash, so logins that arrive at once count at once.
+    attempt = auth.reserve(who, client)
+    if attempt is None:
+        logins.labels("locked").inc()
+        left = auth.locked(who, client)
+        return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
+    stored = auth.hash_for(who)
+    loop = asyncio.get_running_loop()
+    ok = await loop.run_in_executor(None, verify_pin, pin, stored or _DUMMY_HASH)
+    if not ok or not stored:
+        logins.labels("wrong").inc()
+        place = local if attempt.booth else "the network"
+        log.warning("%s: wrong PIN for %s %s from %s", where, role, who, place)
+        left = auth.locked(who, client)
+        if left > 0:
+            log.warning(
+                "%s: PIN tries for %s %s from %s paused for %.0f s", where, role, who, place, left
+            )
+            return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
+        return _error(401, f"wrong {role} id or PIN")
+    logins.labels("ok").inc()
+    return auth.right(attempt)
+
+
 class GuardActions:
     """The POST endpoints of docs/contracts.md §8 and ``/api/alarm/ack``.
 
@@ -82,29 +158,11 @@ class GuardActions:
 
     # -- checks ---------------------------------------------------------------------------
 
-    @staticmethod
-    def same_origin(request: web.Request) -> bool:
-        """Whether a POST comes from this page (or from a non-browser client)."""
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            return origin == f"{request.scheme}://{request.host}"
-        site = request.headers.get("Sec-Fetch-Site")
-        return site in (None, "same-origin", "none")
+    same_origin = staticmethod(same_origin)
 
     async def body(self, request: web.Request) -> dict[str, Any] | web.Response:
         """The JSON object of a POST, or the error response to send instead."""
-        if not self.same_origin(request):
-            log.warning("status screen: refused a cross-site %s", request.path)
-            return _error(403, "cross-site request refused")
-        if request.content_type != "application/json":
-            return _error(415, "send application/json")
-        try:
-            data = json.loads(await request.text() or "{}")
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "not JSON")
-        if not isinstance(data, dict):
-            return _error(400, "expected a JSON object")
-        return data
+        return await json_body(request, "status screen")
 
     def parse(self, model: type[B], data: dict[str, Any]) -> B | web.Response:
         """``data`` as ``model``, or the 400 that names the first field refused."""
@@ -117,12 +175,7 @@ class GuardActions:
 
     def session(self, request: web.Request) -> Login | web.Response:
         """The guard's session, or 401 (none) / 403 (no valid CSRF token)."""
-        s = self.auth.session(request.cookies.get(COOKIE))
-        if s is None:
-            return _error(401, "log in first")
-        if request.headers.get("X-CSRF-Token") != s.csrf:
-            return _error(403, "missing or wrong CSRF token")
-        return s
+        return csrf_session(self.auth, request)
 
     async def run(self, action: Callable[[GuardDesk], T]) -> T:
         """Run ``action(desk)`` on the controller thread and await its result."""
@@ -160,34 +213,11 @@ class GuardActions:
         guard, pin = body.guard, body.pin
         if not self.auth.enabled:
             return _error(403, "guard login is not set up (status.guard_pin_hash or guards)")
-        client = request.remote or "?"
-        # The try is taken before the hash, so logins that arrive at once count at once.
-        attempt = self.auth.reserve(guard, client)
-        if attempt is None:
-            self.logins.labels("locked").inc()
-            left = self.auth.locked(guard, client)
-            return _error(429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))})
-        stored = self.auth.hash_for(guard)
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, verify_pin, pin, stored or _DUMMY_HASH)
-        if not ok or not stored:
-            self.logins.labels("wrong").inc()
-            where = "the booth" if attempt.booth else "the network"
-            log.warning("status screen: wrong PIN for guard %s from %s", guard, where)
-            left = self.auth.locked(guard, client)
-            if left > 0:
-                log.warning(
-                    "status screen: PIN tries for guard %s from %s paused for %.0f s",
-                    guard,
-                    where,
-                    left,
-                )
-                return _error(
-                    429, "too many wrong PINs: wait", **{"Retry-After": str(math.ceil(left))}
-                )
-            return _error(401, "wrong guard id or PIN")
-        s = self.auth.right(attempt)
-        self.logins.labels("ok").inc()
+        s = await check_pin(
+            self.auth, guard, pin, request.remote or "?", self.logins, "status screen", "guard"
+        )
+        if isinstance(s, web.Response):
+            return s
         await self.run(lambda desk: desk.log_in(guard))
         log.info("status screen: guard %s logged in", guard)
         await self.refresh()

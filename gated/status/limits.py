@@ -24,12 +24,19 @@ log = logging.getLogger(__name__)
 MAX_REFUSING = 32
 #: Seconds a refused connection has to send its request before it gets its 503.
 REFUSE_WAIT_S = 1.0
-_BUSY = json.dumps({"error": "too many connections to the status screen: try again"}).encode()
-BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 5\r\nConnection: close\r\nCache-Control: no-store\r\n"
-    b"Content-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
-)
+
+
+def busy_response(page: str) -> bytes:
+    """The whole 503 answer of a connection past the limit, ``page`` named in it."""
+    body = json.dumps({"error": f"too many connections to the {page}: try again"}).encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Retry-After: 5\r\nConnection: close\r\nCache-Control: no-store\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+BUSY_RESPONSE = busy_response("status screen")
 
 
 class ConnectionLimit:
@@ -41,10 +48,12 @@ class ConnectionLimit:
         make: Callable[[], asyncio.Protocol],
         limit: int,
         refused: Callable[[], None],
+        busy: bytes = BUSY_RESPONSE,
     ):
         self.make = make
         self.limit = limit
         self.refused = refused
+        self.busy = busy
         self.open = {True: 0, False: 0}  # by "from this machine"
         self.refusing = 0
 
@@ -84,7 +93,7 @@ class _Counted(asyncio.Protocol):
 
     def _answer(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(BUSY_RESPONSE)
+            self.transport.write(self.limit.busy)
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -162,14 +171,17 @@ class LoopErrors:
     reports it thousands of times a second (95 MB of log in 45 s); one line a minute,
     with the count of the ones not logged, says the same."""
 
-    def __init__(self, clock: Callable[[], float], every_s: float = 60.0):
+    def __init__(
+        self, clock: Callable[[], float], every_s: float = 60.0, page: str = "status screen"
+    ):
         self.clock = clock
         self.every_s = every_s
+        self.page = page
         self.last: dict[str, float] = {}
         self.skipped: dict[str, int] = {}
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        message = str(context.get("message") or "error in the status screen's loop")
+        message = str(context.get("message") or f"error in the {self.page}'s loop")
         now = self.clock()
         if message in self.last and now - self.last[message] < self.every_s:
             self.skipped[message] = self.skipped.get(message, 0) + 1
@@ -182,4 +194,4 @@ class LoopErrors:
         if first and exc is not None and not isinstance(exc, OSError):
             loop.default_exception_handler(dict(context, message=message + more))
             return
-        log.error("status screen: %s%s%s", message, f": {exc}" if exc else "", more)
+        log.error("%s: %s%s%s", self.page, message, f": {exc}" if exc else "", more)

@@ -81,7 +81,8 @@ CSP = (
 )
 
 
-def _secure(headers: Any) -> None:
+def secure_headers(headers: Any) -> None:
+    """The headers every answer of a page gated serves carries (CSP: nothing from elsewhere)."""
     headers.setdefault("Content-Security-Policy", CSP)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
@@ -462,10 +463,10 @@ class StatusServer:
         try:
             response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:
-            _secure(exc.headers)
+            secure_headers(exc.headers)
             raise
         if not response.prepared:
-            _secure(response.headers)
+            secure_headers(response.headers)
         return response
 
     def reader(self, request: web.Request) -> bool:
