@@ -23,7 +23,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,8 @@ class Stored:
     duplicates: int = 0
     #: (site, gate) whose ``through`` moved.
     moved: tuple[tuple[str, str], ...] = ()
+    #: The rows stored (not the duplicates).
+    new: list[EventRow] = field(default_factory=list)
 
 
 def is_online(row: dict[str, Any], now: float, offline_after_s: float) -> bool:
@@ -268,6 +270,7 @@ class HubStore:
             )
             if cur.rowcount == 1:
                 out.stored += 1
+                out.new.append(r)
                 per_gate.setdefault((r.site, r.gate), []).append(r)
             else:
                 out.duplicates += 1
@@ -350,8 +353,9 @@ class HubStore:
             )
         return through != start
 
-    def status(self, site: str, gate: str, msg: dict[str, Any], at: float) -> None:
-        """A gate's status message (retained or live), heard at ``at`` (unix time)."""
+    def status(self, site: str, gate: str, msg: dict[str, Any], seen: float | None) -> None:
+        """A gate's status message; ``seen``: when the gate was last heard from by it (unix
+        time; None for a retained one with no stamp, such as its will)."""
         self._gate(site, gate)
         online = msg.get("state") == "online"
         last_seq = msg.get("last_seq") if online else None
@@ -363,7 +367,8 @@ class HubStore:
             known = max(0, last_seq - int(backlog or 0))
         self.conn.execute(
             "UPDATE hub_gates SET state = ?, status = ?, status_at = ?,"
-            " last_seen = max(coalesce(last_seen, 0), ?),"
+            " last_seen = CASE WHEN ? IS NULL THEN last_seen"
+            " ELSE max(coalesce(last_seen, 0), ?) END,"
             " mode = coalesce(?, mode), backlog = coalesce(?, backlog),"
             " registry_version = CASE WHEN ? THEN ? ELSE registry_version END,"
             " clock_synced = coalesce(?, clock_synced),"
@@ -372,8 +377,9 @@ class HubStore:
             (
                 msg.get("state"),
                 json.dumps(msg, ensure_ascii=False, separators=(",", ":")),
-                at,
-                at,
+                seen,
+                seen,
+                seen,
                 msg.get("mode") if isinstance(msg.get("mode"), str) else None,
                 backlog if online else None,
                 online and "registry_version" in msg,
