@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gated.clock import iso_utc
+from gated.events import Device
+from gated.retention import DAY_S, Retention, purge_now
 from tests.support.hub import HubProcess
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Mosquitto, publish
+from tests.support.replay_gate import Gate
 from tests.support.site import WANG_CARD, ZHANG_CARD, Site
 
 
@@ -86,3 +93,72 @@ def test_a_hub_killed_and_a_broker_restarted_lose_nothing(site: Site, hub: HubPr
         assert got[: len(want)] == want
         assert len({s for s, _ in got}) == len(got)  # once each
         assert row["missing"] == 0
+
+
+def test_a_part_the_gate_purged_is_counted_purged_not_missing(tmp_path: Path) -> None:
+    gate = Gate(tmp_path / "gate")
+    hub = HubProcess(tmp_path / "hub", gate.broker.port)
+    try:
+        rig = gate.rig
+        for _ in range(10):  # ten days, four events a day
+            gate.record(4)
+            gate.ctl.submit(lambda: rig.clock.advance(DAY_S)).result(10)
+        gate.delivered()  # an event the broker never had would be kept, not purged
+        retention = Retention(rig.conn, rig.clock, retention_days=5)
+        plan = gate.ctl.submit(lambda: purge_now(retention, gate.ctl._record)).result(30)
+        assert plan is not None and plan.upto_seq == 20
+        last = gate.last_seq()
+        gate.delivered()
+        # The hub starts after all that: 1..20 are gone at the gate, 21..last are there.
+        # (The gate's fake clock is months behind the hub's: as if never synchronised, so
+        # the hub's replay requests are not refused as from the future.)
+        rig.synced = False
+        hub.start()
+        row = hub.wait_through("s1", "g1", last, timeout=40)
+        assert (row["purged"], row["missing"], row["received"]) == (20, 0, last - 20)
+        assert [s for s, _ in hub.rows("s1", "g1")] == list(range(21, last + 1))
+        assert hub.query("SELECT first, last FROM hub_purged") == [(1, 20)]
+    finally:
+        hub.close()
+        gate.close()
+
+
+def stamped(seq: int, site: str = "s1", gate: str = "g1") -> dict[str, Any]:
+    event = Device.health("card", True, "reader answers").stamped(
+        id=str(uuid.uuid4()),
+        seq=seq,
+        ts=iso_utc(time.time()),
+        site=site,
+        gate=gate,
+        clock_synced=True,
+        boot=1,
+    )
+    return event.body()
+
+
+def test_hostile_messages_are_kept_aside_and_the_stream_goes_on(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    hub = HubProcess(tmp_path / "hub", broker.port)
+    try:
+        hub.start()
+        base = "gated/s1/g1"
+        publish(broker.port, f"{base}/event", stamped(1))
+        publish(broker.port, f"{base}/event", b"[" * 50_000)  # nested past any parser
+        publish(broker.port, f"{base}/event", b"\xff\xfe not UTF-8")
+        publish(broker.port, f"{base}/event", b"9" * 400)  # a 400-digit number
+        publish(broker.port, f"{base}/event", stamped(2, site="s2"))  # another site's body
+        publish(broker.port, f"{base}/event", {"kind": "decision", "seq": 3})  # no header
+        alarm = stamped(3) | {"kind": "alarm", "alarm": "fever", "detail": "38.2"}
+        publish(broker.port, f"{base}/event", alarm)  # an alarm on the event topic
+        publish(broker.port, f"{base}/status", {"state": "online", "last_seq": -4})
+        publish(broker.port, f"{base}/event", stamped(2))
+        hub.wait_through("s1", "g1", 2)
+        codes = sorted(c for (c,) in hub.query("SELECT code FROM hub_rejects"))
+        assert codes == sorted(
+            ["depth", "utf8", "number", "site_gate", "event", "topic", "status"]
+        ), codes
+        assert hub.rows("s1", "g1")[-1][0] == 2
+        assert hub.daemon is not None and hub.daemon.proc.poll() is None
+    finally:
+        hub.close()
+        broker.stop()
