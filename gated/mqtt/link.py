@@ -35,7 +35,7 @@ from paho.mqtt.properties import Properties
 from drivers.common.backoff import Backoff  # shared with the device readers; named here too
 
 if TYPE_CHECKING:
-    from gated.config import MqttConfig
+    from gated.config.sections import BrokerConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Link:
 
     def __init__(
         self,
-        config: MqttConfig,
+        config: BrokerConfig,
         client_id: str,
         will: tuple[str, bytes],
         *,
