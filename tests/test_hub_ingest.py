@@ -162,3 +162,49 @@ def test_hostile_messages_are_kept_aside_and_the_stream_goes_on(tmp_path: Path) 
     finally:
         hub.close()
         broker.stop()
+
+
+def test_a_gate_cut_off_from_the_broker_catches_up_at_the_hub(site: Site, hub: HubProcess) -> None:
+    hub.start()
+    site.start()
+    site.arrive("in", card=ZHANG_CARD)
+    hub.wait_through("s1", "in", ledger_ids(site, "in")[-1][0])
+    site.doors["in"].shut()
+    # Offline, the gate decides all the same; its outbox keeps what the hub has not had.
+    site.arrive("in", card=WANG_CARD)
+    site.arrive("in", card=ZHANG_CARD)
+    assert hub.gate("s1", "in")["through"] < ledger_ids(site, "in")[-1][0]  # type: ignore[index]
+    site.doors["in"].open()
+    want = ledger_ids(site, "in")
+    row = hub.wait_through("s1", "in", want[-1][0], timeout=40)
+    assert hub.rows("s1", "in")[: len(want)] == want
+    assert row["missing"] == 0
+
+
+def test_two_hub_instances_share_the_stream_and_store_each_event_once(
+    tmp_path: Path, site: Site
+) -> None:
+    db = tmp_path / "shared" / "hub.db"
+    db.parent.mkdir()
+    hubs = [
+        HubProcess(
+            tmp_path / name, site.broker.port, hub_id=name, hub={"database": f"sqlite:///{db}"}
+        )
+        for name in ("h1", "h2")
+    ]
+    try:
+        for h in hubs:
+            h.start()
+        site.start()
+        for card in (ZHANG_CARD, WANG_CARD, ZHANG_CARD, WANG_CARD):
+            site.arrive("in", card=card)
+        site.arrive("out", card=WANG_CARD)
+        for gate in ("in", "out"):
+            want = ledger_ids(site, gate)
+            row = hubs[0].wait_through("s1", gate, want[-1][0], timeout=40)
+            assert row["missing"] == 0
+            got = hubs[0].rows("s1", gate)
+            assert got[: len(want)] == want
+    finally:
+        for h in hubs:
+            h.close()

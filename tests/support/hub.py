@@ -48,7 +48,6 @@ class HubProcess:
         self, tmp_path: Path, broker_port: int, hub_id: str = "h1", **sections: Any
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
-        self.db = tmp_path / "hub.db"
         self.web_port = free_port()
         base: dict[str, dict[str, Any]] = {
             "hub": {"id": hub_id, "database": "sqlite:///hub.db"},
@@ -56,7 +55,9 @@ class HubProcess:
             "web": {"listen": f"127.0.0.1:{self.web_port}"},
             "report": {"timezone": "Asia/Shanghai"},
         }
-        self.config = write_hub_config(tmp_path / "hub.toml", deep_merge(base, sections))
+        merged = deep_merge(base, sections)
+        self.db = tmp_path / merged["hub"]["database"].removeprefix("sqlite:///")
+        self.config = write_hub_config(tmp_path / "hub.toml", merged)
         self.daemon: Daemon | None = None
 
     def start(self) -> HubProcess:
