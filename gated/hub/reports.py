@@ -1,0 +1,334 @@
+"""The hub's reports over its stored events (docs/contracts.md §9).
+
+``gated hub report daily``: per gate, the very object ``gated report daily --format json``
+gives on that gate (:func:`gated.report.daily_report`, one implementation), plus what only
+the hub knows (``missing``, ``online``, ``registry_version``); per site, the totals; the
+**red list** (gates that checked at least ``black_below`` of their passages and whose every
+event the hub holds, best first) and the **black list** (compliance below ``black_below``,
+unattended periods, or events missing: ``why`` names each); the cards seen that the site's
+registry does not hold; the cards first used that day at each site.
+
+What differs from the gate, because the hub only knows what it stored:
+
+- *First use.* A gate remembers every card's first use (``card_first_use``, kept past its
+  retention). The hub has no such table: in a gate's object a card is "first used" when the
+  hub holds no decision with it at that gate before the day's first event (by ``seq``, as the
+  gate), and in ``first_used_cards`` when the hub holds no decision with it at any gate of
+  the site stamped before the day. Events the hub never received, or purged after
+  ``retention_days``, make a card look new again.
+- *Masked uids.* Gates publish card uids as ``[mqtt] pii`` says (``masked`` by default:
+  ``******3D4E``). Masked uids are compared with the registry's masked too, so a stranger's
+  card ending like a registered one is not told apart (``match: "masked"``), and two cards of
+  a gate ending alike count as one in its first uses. With ``pii = "none"`` the temperatures
+  are dropped before they leave the gate, so that gate's compliance cannot be computed here.
+- *Missing.* ``missing`` is what the hub lacks of the gate now (numbers between ``through``
+  and ``highest``): a gap has no stamp, so it is not counted against a day.
+
+Days are counted in ``[report] timezone``; ``gated hub export`` and ``gated hub gates`` are
+here too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from gated.events import card_ref
+from gated.hub.store import HubStore, is_online
+from gated.privacy import mask_uid
+from gated.registry import normalise_uid
+from gated.report import daily_report, day_bounds, day_cards, earlier_refs, local_time
+
+if TYPE_CHECKING:
+    from gated.hub.config import HubConfig
+
+#: How far before a day its passages' decisions are first looked for.
+EARLIER_WINDOW = timedelta(days=1)
+
+
+def _gate_reports(
+    store: HubStore,
+    site: str,
+    gates: Iterable[str],
+    day: date,
+    tz: ZoneInfo,
+    *,
+    uses: list[tuple[str, str, int, str]] | None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """The gate reports of one site's day, and the day's events by gate."""
+    start, end = day_bounds(day, tz)
+    after = day_bounds(day - EARLIER_WINDOW, tz)[0]
+    by_gate: dict[str, list[dict[str, Any]]] = {
+        g: list(evs)
+        for g, evs in groupby(
+            store.events(site=site, since=start, until=end), key=lambda e: str(e.get("gate"))
+        )
+    }
+    first_seq: dict[tuple[str, str], int] = {}
+    for g, card, seq, _ in uses or ():
+        first_seq[(g, card)] = seq
+    out = {}
+    for gate in gates:
+        events = by_gate.get(gate, [])
+        day_first = min((int(e["seq"]) for e in events if isinstance(e.get("seq"), int)), default=0)
+        seen = {c for c in day_cards(events) if first_seq.get((gate, c), day_first) < day_first}
+        earlier = store.decisions_by_id(site, gate, earlier_refs(events), after=after)
+        out[gate] = daily_report(
+            events,
+            day=day,
+            tz=tz,
+            site=site,
+            gate=gate,
+            cards_seen_before=seen,
+            earlier_decisions=earlier,
+        )
+    return out, by_gate
+
+
+def _registered(body: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """The card uids a registry snapshot holds, and the same masked."""
+    cards: set[str] = set()
+    for person in body.get("persons") or ():
+        if isinstance(person, Mapping):
+            for uid in person.get("cards") or ():
+                if isinstance(uid, str) and uid.strip():
+                    cards.add(normalise_uid(uid))
+    return cards, {str(mask_uid(c)) for c in cards}
+
+
+def _is_masked(card: str) -> bool:
+    return "*" in card
+
+
+def _unregistered(
+    site: str, by_gate: Mapping[str, list[dict[str, Any]]], registry: tuple[int, Any] | None
+) -> list[dict[str, Any]]:
+    """Cards presented at ``site`` that its registry at the hub does not hold (sessions)."""
+    held, held_masked = _registered(registry[1]) if registry is not None else (set(), set())
+    found: dict[str, dict[str, Any]] = {}
+    for gate, events in by_gate.items():
+        for e in events:
+            card = card_ref(e)
+            # A guard's answer repeats the card of the session it answers: counted once.
+            if e.get("kind") != "decision" or card is None or e.get("ref") is not None:
+                continue
+            if registry is None:
+                reasons = e.get("reasons")
+                if not (isinstance(reasons, list) and "unknown_card" in reasons):
+                    continue
+                match = None
+            elif _is_masked(card):
+                if card in held_masked:
+                    continue
+                match = "masked"
+            else:
+                if normalise_uid(card) in held:
+                    continue
+                match = "uid"
+            u = found.setdefault(
+                card,
+                {
+                    "site": site,
+                    "card": mask_uid(card),
+                    "count": 0,
+                    "gates": set(),
+                    "source": "gate" if registry is None else "registry",
+                    "registry_version": None if registry is None else registry[0],
+                    "match": match,
+                },
+            )
+            u["count"] += 1
+            u["gates"].add(gate)
+    out = []
+    for u in found.values():
+        u["gates"] = sorted(u["gates"])
+        out.append(u)
+    return sorted(out, key=lambda u: (-u["count"], str(u["card"])))
+
+
+def _first_used(
+    site: str,
+    by_gate: Mapping[str, list[dict[str, Any]]],
+    uses: list[tuple[str, str, int, str]],
+    start: str,
+    tz: ZoneInfo,
+) -> list[dict[str, Any]]:
+    """Cards with no decision stored at any gate of ``site`` stamped before the day."""
+    before = {c for _, c, _, ts in uses if ts < start}
+    first: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    for gate, events in by_gate.items():
+        for e in events:
+            card = card_ref(e) if e.get("kind") == "decision" else None
+            if card is None or card in before:
+                continue
+            ts = str(e.get("ts", ""))
+            if card not in first or ts < first[card][0]:
+                first[card] = (ts, gate, e)
+    out = []
+    for card, (ts, gate, e) in sorted(first.items(), key=lambda kv: kv[1][0]):
+        person = e.get("person")
+        out.append(
+            {
+                "site": site,
+                "gate": gate,
+                "time": local_time(ts, tz),
+                "card": mask_uid(card),
+                "person": person.get("id") if isinstance(person, Mapping) else None,
+            }
+        )
+    return out
+
+
+def _minutes(period: Mapping[str, Any]) -> float:
+    """An unattended period's length: from its first alarm to the guard who came (or the last)."""
+    end = period.get("ended_by", {}) or {}
+    a, b = str(period.get("start")), str(end.get("time") or period.get("end"))
+    try:
+        t0 = datetime.strptime(a, "%H:%M:%S")
+        t1 = datetime.strptime(b, "%H:%M:%S")
+    except ValueError:
+        return 0.0
+    return max(0.0, (t1 - t0).total_seconds() / 60)
+
+
+def daily(
+    store: HubStore,
+    config: HubConfig,
+    day: date,
+    site: str | None = None,
+    *,
+    now: float | None = None,
+    cards: bool = True,
+) -> dict[str, Any]:
+    """The hub's report of ``day`` (in ``[report] timezone``), every gate or one site's.
+
+    ``cards=False`` leaves out what needs each site's whole card history (first uses:
+    ``first_used_cards`` empty, and each gate's too): for a page that only shows figures.
+    """
+    tz = config.tz
+    now = time.time() if now is None else now
+    start, _ = day_bounds(day, tz)
+    rows = [r for r in store.gate_rows() if site is None or r["site"] == site]
+    black_below = config.hub.black_below
+    gates: list[dict[str, Any]] = []
+    sites: dict[str, dict[str, Any]] = {}
+    unregistered: list[dict[str, Any]] = []
+    first_used: list[dict[str, Any]] = []
+    for s, site_rows_it in groupby(rows, key=lambda r: str(r["site"])):
+        site_rows = list(site_rows_it)
+        uses = store.card_uses(s) if cards else None
+        reports, by_gate = _gate_reports(
+            store, s, [str(r["gate"]) for r in site_rows], day, tz, uses=uses
+        )
+        registry = store.latest_registry(s)
+        totals: dict[str, Any] = {
+            "gates": len(site_rows),
+            "passages": 0,
+            "checked": 0,
+            "share": None,
+            "decisions": {},
+            "fever_alarms": 0,
+            "tailgates": 0,
+            "unattended_periods": 0,
+            "unattended_minutes": 0.0,
+            "missing": 0,
+            "registry_version": None if registry is None else registry[0],
+        }
+        for row in site_rows:
+            r = reports[str(row["gate"])]
+            r["missing"] = int(row["missing"])
+            r["online"] = is_online(row, now, config.hub.offline_after_s)
+            r["registry_version"] = row["registry_version"]
+            gates.append(r)
+            totals["passages"] += r["compliance"]["passages"]
+            totals["checked"] += r["compliance"]["checked"]
+            for k, v in r["decisions"].items():
+                totals["decisions"][k] = totals["decisions"].get(k, 0) + v
+            totals["fever_alarms"] += len(r["fever_alarms"])
+            totals["tailgates"] += r["passages"]["tailgates"]
+            totals["unattended_periods"] += len(r["unattended_periods"])
+            totals["unattended_minutes"] += sum(_minutes(p) for p in r["unattended_periods"])
+            totals["missing"] += r["missing"]
+        if totals["passages"]:
+            totals["share"] = round(totals["checked"] / totals["passages"], 4)
+        totals["unattended_minutes"] = round(totals["unattended_minutes"], 1)
+        totals["decisions"] = dict(sorted(totals["decisions"].items()))
+        sites[s] = totals
+        unregistered += _unregistered(s, by_gate, registry)
+        if uses is not None:
+            first_used += _first_used(s, by_gate, uses, start, tz)
+    red, black = red_and_black(gates, black_below)
+    return {
+        "report": "hub_daily",
+        "date": day.isoformat(),
+        "timezone": config.report.timezone,
+        "black_below": black_below,
+        "gates": gates,
+        "sites": sites,
+        "red": red,
+        "black": black,
+        "unregistered_cards": unregistered,
+        "first_used_cards": first_used,
+    }
+
+
+def red_and_black(
+    gates: Iterable[Mapping[str, Any]], black_below: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The red list (best first) and the black list (worst first) of gate reports."""
+    red, black = [], []
+    for r in gates:
+        share = r["compliance"]["share"]
+        why = []
+        if share is not None and share < black_below:
+            why.append("compliance")
+        if r["unattended_periods"]:
+            why.append("unattended")
+        if r.get("missing"):
+            why.append("missing")
+        entry = {"site": r["site"], "gate": r["gate"], "share": share}
+        if why:
+            black.append(
+                {
+                    **entry,
+                    "why": why,
+                    "passages": r["compliance"]["passages"],
+                    "unattended_periods": len(r["unattended_periods"]),
+                    "missing": int(r.get("missing") or 0),
+                }
+            )
+        elif share is not None:
+            red.append({**entry, "passages": r["compliance"]["passages"]})
+    red.sort(key=lambda e: (-e["share"], -e["passages"], e["site"], e["gate"]))
+    black.sort(
+        key=lambda e: (
+            e["share"] is None,
+            e["share"] or 0.0,
+            -e["missing"],
+            -e["unattended_periods"],
+            e["site"],
+            e["gate"],
+        )
+    )
+    return red, black
+
+
+def compliance_history(
+    store: HubStore, config: HubConfig, end: date, days: int = 14
+) -> dict[str, Any]:
+    """Per gate, its compliance share on each of the ``days`` days to ``end`` (None: no passage)."""
+    tz = config.tz
+    span = [end - timedelta(days=days - 1 - i) for i in range(days)]
+    rows = store.gate_rows()
+    out: dict[str, list[float | None]] = {f"{r['site']}/{r['gate']}": [] for r in rows}
+    for s, site_rows in groupby(rows, key=lambda r: str(r["site"])):
+        names = [str(r["gate"]) for r in site_rows]
+        for day in span:
+            reports, _ = _gate_reports(store, s, names, day, tz, uses=None)
+            for g in names:
+                out[f"{s}/{g}"].append(reports[g]["compliance"]["share"])
+    return {"days": [d.isoformat() for d in span], "gates": out}
