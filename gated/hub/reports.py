@@ -30,21 +30,34 @@ here too.
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from itertools import groupby
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from gated.cli.data import ledger_row, parse_since
+from gated.errors import GatedError
 from gated.events import card_ref
+from gated.hub.config import HubConfig, load_hub_config
+from gated.hub.report_format import (
+    DAILY_CSV_COLUMNS,
+    EXPORT_COLUMNS,
+    daily_csv_rows,
+    format_daily_text,
+    format_gates_text,
+    gate_table,
+)
 from gated.hub.store import HubStore, is_online
 from gated.privacy import mask_uid
 from gated.registry import normalise_uid
 from gated.report import daily_report, day_bounds, day_cards, earlier_refs, local_time
-
-if TYPE_CHECKING:
-    from gated.hub.config import HubConfig
 
 #: How far before a day its passages' decisions are first looked for.
 EARLIER_WINDOW = timedelta(days=1)
@@ -332,3 +345,81 @@ def compliance_history(
             for g in names:
                 out[f"{s}/{g}"].append(reports[g]["compliance"]["share"])
     return {"days": [d.isoformat() for d in span], "gates": out}
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def open_store(config: HubConfig) -> HubStore:
+    """The hub's store for a command that reads it; GatedError when there is none yet."""
+    path = config.database_path
+    if not path.is_file():
+        raise GatedError(f"no hub database at {path} (hub.database): has `gated hub run` run yet?")
+    return HubStore(path)
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    """``gated hub gates``: one row per gate the hub has heard of."""
+    config = load_hub_config(args.config)
+    store = open_store(config)
+    try:
+        rows = gate_table(store, config, time.time())
+    finally:
+        store.close()
+    if args.format == "json":
+        json.dump(rows, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_gates_text(rows))
+    return 0
+
+
+def cmd_report_daily(args: argparse.Namespace) -> int:
+    """``gated hub report daily``: one day (default today in ``[report] timezone``)."""
+    config = load_hub_config(args.config)
+    day = args.date or datetime.now(config.tz).date()
+    store = open_store(config)
+    try:
+        report = daily(store, config, day, site=args.site)
+    finally:
+        store.close()
+    if args.format == "json":
+        json.dump(report, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(DAILY_CSV_COLUMNS)
+        writer.writerows(daily_csv_rows(report))
+    else:
+        sys.stdout.write(format_daily_text(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``gated hub export``: the stored events by (site, gate, seq), streamed."""
+    try:
+        since = parse_since(args.since) if args.since else None
+    except GatedError as exc:
+        print(f"gated: {exc}", file=sys.stderr)  # bad usage: exit 2, one line
+        return 2
+    config = load_hub_config(args.config)
+    store = open_store(config)
+    out = sys.stdout
+    try:
+        events = store.events(site=args.site, gate=args.gate, since=since)
+        if args.format == "jsonl":
+            for e in events:
+                out.write(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n")
+        else:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(EXPORT_COLUMNS)
+            for e in events:
+                writer.writerow([e.get("site"), e.get("gate"), *ledger_row(e)])
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        store.close()
+    return 0
