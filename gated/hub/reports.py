@@ -35,7 +35,9 @@ import csv
 import json
 import os
 import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timedelta
 from itertools import groupby
@@ -330,10 +332,47 @@ def red_and_black(
     return red, black
 
 
+#: Shares of past days already computed, by (database, site, gates, day, zone) and the
+#: count of events they were computed from: the newest first out of :data:`HISTORY_KEPT`.
+_history: OrderedDict[tuple[Any, ...], tuple[int, dict[str, float | None]]] = OrderedDict()
+_history_lock = threading.Lock()
+HISTORY_KEPT = 20_000
+
+
+def _day_shares(
+    store: HubStore, site: str, gates: list[str], day: date, tz: ZoneInfo
+) -> dict[str, float | None]:
+    """Each gate's compliance share of ``day``, computed again only when its events changed.
+
+    Stored events are only ever added (or purged): the count of the site's events of the day
+    and the day before (whose decisions its passages may refer to) tells whether they did.
+    """
+    end = day_bounds(day, tz)[1]
+    count = store.count_events(site, day_bounds(day - EARLIER_WINDOW, tz)[0], end)
+    where = f"memory:{id(store.conn)}" if str(store.path) == ":memory:" else store.path.resolve()
+    key = (str(where), site, tuple(gates), day, tz.key)
+    with _history_lock:
+        kept = _history.get(key)
+        if kept is not None and kept[0] == count:
+            _history.move_to_end(key)
+            return kept[1]
+    reports, _ = _gate_reports(store, site, gates, day, tz, uses=None)
+    shares = {g: reports[g]["compliance"]["share"] for g in gates}
+    with _history_lock:
+        _history[key] = (count, shares)
+        _history.move_to_end(key)
+        while len(_history) > HISTORY_KEPT:
+            _history.popitem(last=False)
+    return shares
+
+
 def compliance_history(
     store: HubStore, config: HubConfig, end: date, days: int = 14
 ) -> dict[str, Any]:
-    """Per gate, its compliance share on each of the ``days`` days to ``end`` (None: no passage)."""
+    """Per gate, its compliance share on each of the ``days`` days to ``end`` (None: no passage).
+
+    A day whose events have not changed since it was last computed is not computed again.
+    """
     tz = config.tz
     span = [end - timedelta(days=days - 1 - i) for i in range(days)]
     rows = store.gate_rows()
@@ -341,9 +380,9 @@ def compliance_history(
     for s, site_rows in groupby(rows, key=lambda r: str(r["site"])):
         names = [str(r["gate"]) for r in site_rows]
         for day in span:
-            reports, _ = _gate_reports(store, s, names, day, tz, uses=None)
+            shares = _day_shares(store, s, names, day, tz)
             for g in names:
-                out[f"{s}/{g}"].append(reports[g]["compliance"]["share"])
+                out[f"{s}/{g}"].append(shares[g])
     return {"days": [d.isoformat() for d in span], "gates": out}
 
 

@@ -585,6 +585,14 @@ class HubStore:
                     out[str(event.get("id"))] = event
         return out
 
+    def count_events(self, site: str, since: str, until: str) -> int:
+        """Events of ``site`` stamped in ``[since, until)`` (by the (site, ts) index alone)."""
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM hub_events WHERE site = ? AND ts >= ? AND ts < ?",
+            (site, since, until),
+        ).fetchone()
+        return int(n)
+
     def card_uses(self, site: str) -> list[tuple[str, str, int, str]]:
         """Per gate of ``site`` and card uid (as stored): its first stored decision's seq and ts."""
         rows = self.conn.execute(
