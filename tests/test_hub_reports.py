@@ -19,9 +19,10 @@ import pytest
 from gated.cli.data import LEDGER_COLUMNS
 from gated.cli.main import main
 from gated.cli.report import build_report
+from gated.events import parse_event
 from gated.hub.config import HubConfig, load_hub_config
 from gated.hub.reports import compliance_history, daily
-from gated.hub.store import HubStore
+from gated.hub.store import EventRow, HubStore
 from tests.support.hub_store import add_registry, copy_ledger
 from tests.support.rig import Rig
 
@@ -468,3 +469,45 @@ def test_export_round_trips(
     ]
     code, out, err = run("--format", "csv", "--since", "yesterday")
     assert code == 2 and out == "" and "not an ISO 8601" in err
+
+
+def test_what_a_forged_gate_sends_cannot_drive_the_terminal(
+    tmp_path: Path, store: HubStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fine = good_gate(tmp_path, "g2")
+    copy_ledger(store, fine.config.storage.path)
+    (decision,) = [e for e in fine.stored() if e["kind"] == "decision"][:1]
+    # A stolen gate account publishes a decision whose card uid and a status whose mode
+    # carry terminal control sequences: valid events all the same.
+    forged = dict(decision, seq=1000, id="forged-1", gate="g9", reasons=["unknown_card"])
+    forged["credential"] = {"kind": "card", "ref": "AB\x1b[2J\x1b[H\x07", "color": None}
+    forged["decision"] = "denied"
+    e = parse_event(json.dumps(forged), newer=True)
+    assert e.seq == 1000
+    store.begin()
+    store.add_events(
+        [
+            EventRow(
+                "s1",
+                "g9",
+                1000,
+                "forged-1",
+                "decision",
+                e.ts or "",
+                1,
+                True,
+                0.0,
+                json.dumps(forged),
+            )
+        ]
+    )
+    store.status("s1", "g9", {"state": "online", "mode": "\x1b[31mnormal"}, time.time())
+    store.commit()
+    path = str(hub_config(tmp_path))
+    capsys.readouterr()
+    assert main(["hub", "report", "daily", "-c", path, "--date", "2026-02-03"]) == 0
+    assert main(["hub", "gates", "-c", path]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[H\\x07" in out  # the uid's last four characters, shown escaped
+    assert "\\x1b[31mnormal" in out

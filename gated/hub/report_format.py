@@ -83,9 +83,22 @@ def _cell(value: Any) -> str:
 
 
 def _table(rows: list[list[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: what a gate sent that is not printable is shown escaped.
+
+    (A gate's account could be stolen: a card uid or a mode it sends must not move the
+    cursor or clear the screen of the duty officer reading the report.)
+    """
+    return "".join(
+        ch if ch.isprintable() or ch == "\n" else ch.encode("unicode_escape").decode()
+        for ch in text
     )
 
 
@@ -94,7 +107,7 @@ def format_gates_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no gate heard of yet\n"
     body = [[_cell(r[c]) for c in GATES_COLUMNS] for r in rows]
-    return _table([list(GATES_COLUMNS), *body])
+    return printable(_table([list(GATES_COLUMNS), *body]))
 
 
 def _share(share: float | None) -> str:
@@ -199,4 +212,4 @@ def format_daily_text(r: Mapping[str, Any]) -> str:
         f"  {x['site']}/{x['gate']}  {x['time']}  {x['card']}  {x['person'] or 'not registered'}"
         for x in r["first_used_cards"]
     ] or ["  none"]
-    return "\n".join(out) + "\n"
+    return printable("\n".join(out) + "\n")
