@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -476,7 +477,7 @@ def test_what_a_forged_gate_sends_cannot_drive_the_terminal(
 ) -> None:
     fine = good_gate(tmp_path, "g2")
     copy_ledger(store, fine.config.storage.path)
-    (decision,) = [e for e in fine.stored() if e["kind"] == "decision"][:1]
+    decision = next(e for e in fine.stored() if e["kind"] == "decision")
     # A stolen gate account publishes a decision whose card uid and a status whose mode
     # carry terminal control sequences: valid events all the same.
     forged = dict(decision, seq=1000, id="forged-1", gate="g9", reasons=["unknown_card"])
@@ -485,22 +486,8 @@ def test_what_a_forged_gate_sends_cannot_drive_the_terminal(
     e = parse_event(json.dumps(forged), newer=True)
     assert e.seq == 1000
     store.begin()
-    store.add_events(
-        [
-            EventRow(
-                "s1",
-                "g9",
-                1000,
-                "forged-1",
-                "decision",
-                e.ts or "",
-                1,
-                True,
-                0.0,
-                json.dumps(forged),
-            )
-        ]
-    )
+    row = EventRow("s1", "g9", 1000, "forged-1", "decision", str(e.ts), 1, True, 0, "")
+    store.add_events([dataclasses.replace(row, body=json.dumps(forged))])
     store.status("s1", "g9", {"state": "online", "mode": "\x1b[31mnormal"}, time.time())
     store.commit()
     path = str(hub_config(tmp_path))
