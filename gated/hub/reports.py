@@ -24,8 +24,11 @@ What differs from the gate, because the hub only knows what it stored:
 - *Missing.* ``missing`` is what the hub lacks of the gate now (numbers between ``through``
   and ``highest``): a gap has no stamp, so it is not counted against a day.
 
-Days are counted in ``[report] timezone``; ``gated hub export`` and ``gated hub gates`` are
-here too.
+- *Days.* They are counted in ``[report] timezone`` (each gate's object says so): a gate
+  whose ``gate.timezone`` is another counts its own days otherwise.
+
+``gated hub export`` and ``gated hub gates`` are here too; how they look is in
+:mod:`gated.hub.report_format`, the cards in :mod:`gated.hub.cards`.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from zoneinfo import ZoneInfo
 
 from gated.cli.data import ledger_row, parse_since
 from gated.errors import GatedError
-from gated.events import card_ref
+from gated.hub.cards import first_used_cards, unregistered_cards
 from gated.hub.config import HubConfig, load_hub_config
 from gated.hub.report_format import (
     DAILY_CSV_COLUMNS,
@@ -57,9 +60,7 @@ from gated.hub.report_format import (
     gate_table,
 )
 from gated.hub.store import HubStore, is_online
-from gated.privacy import mask_uid
-from gated.registry import normalise_uid
-from gated.report import daily_report, day_bounds, day_cards, earlier_refs, local_time
+from gated.report import daily_report, day_bounds, day_cards, earlier_refs
 
 #: How far before a day its passages' decisions are first looked for.
 EARLIER_WINDOW = timedelta(days=1)
@@ -102,100 +103,6 @@ def _gate_reports(
             earlier_decisions=earlier,
         )
     return out, by_gate
-
-
-def _registered(body: Mapping[str, Any]) -> tuple[set[str], set[str]]:
-    """The card uids a registry snapshot holds, and the same masked."""
-    cards: set[str] = set()
-    for person in body.get("persons") or ():
-        if isinstance(person, Mapping):
-            for uid in person.get("cards") or ():
-                if isinstance(uid, str) and uid.strip():
-                    cards.add(normalise_uid(uid))
-    return cards, {str(mask_uid(c)) for c in cards}
-
-
-def _is_masked(card: str) -> bool:
-    return "*" in card
-
-
-def _unregistered(
-    site: str, by_gate: Mapping[str, list[dict[str, Any]]], registry: tuple[int, Any] | None
-) -> list[dict[str, Any]]:
-    """Cards presented at ``site`` that its registry at the hub does not hold (sessions)."""
-    held, held_masked = _registered(registry[1]) if registry is not None else (set(), set())
-    found: dict[str, dict[str, Any]] = {}
-    for gate, events in by_gate.items():
-        for e in events:
-            card = card_ref(e)
-            # A guard's answer repeats the card of the session it answers: counted once.
-            if e.get("kind") != "decision" or card is None or e.get("ref") is not None:
-                continue
-            if registry is None:
-                reasons = e.get("reasons")
-                if not (isinstance(reasons, list) and "unknown_card" in reasons):
-                    continue
-                match = None
-            elif _is_masked(card):
-                if card in held_masked:
-                    continue
-                match = "masked"
-            else:
-                if normalise_uid(card) in held:
-                    continue
-                match = "uid"
-            u = found.setdefault(
-                card,
-                {
-                    "site": site,
-                    "card": mask_uid(card),
-                    "count": 0,
-                    "gates": set(),
-                    "source": "gate" if registry is None else "registry",
-                    "registry_version": None if registry is None else registry[0],
-                    "match": match,
-                },
-            )
-            u["count"] += 1
-            u["gates"].add(gate)
-    out = []
-    for u in found.values():
-        u["gates"] = sorted(u["gates"])
-        out.append(u)
-    return sorted(out, key=lambda u: (-u["count"], str(u["card"])))
-
-
-def _first_used(
-    site: str,
-    by_gate: Mapping[str, list[dict[str, Any]]],
-    uses: list[tuple[str, str, int, str]],
-    start: str,
-    tz: ZoneInfo,
-) -> list[dict[str, Any]]:
-    """Cards with no decision stored at any gate of ``site`` stamped before the day."""
-    before = {c for _, c, _, ts in uses if ts < start}
-    first: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    for gate, events in by_gate.items():
-        for e in events:
-            card = card_ref(e) if e.get("kind") == "decision" else None
-            if card is None or card in before:
-                continue
-            ts = str(e.get("ts", ""))
-            if card not in first or ts < first[card][0]:
-                first[card] = (ts, gate, e)
-    out = []
-    for card, (ts, gate, e) in sorted(first.items(), key=lambda kv: kv[1][0]):
-        person = e.get("person")
-        out.append(
-            {
-                "site": site,
-                "gate": gate,
-                "time": local_time(ts, tz),
-                "card": mask_uid(card),
-                "person": person.get("id") if isinstance(person, Mapping) else None,
-            }
-        )
-    return out
 
 
 def _minutes(period: Mapping[str, Any]) -> float:
@@ -273,9 +180,9 @@ def daily(
         totals["unattended_minutes"] = round(totals["unattended_minutes"], 1)
         totals["decisions"] = dict(sorted(totals["decisions"].items()))
         sites[s] = totals
-        unregistered += _unregistered(s, by_gate, registry)
+        unregistered += unregistered_cards(s, by_gate, registry)
         if uses is not None:
-            first_used += _first_used(s, by_gate, uses, start, tz)
+            first_used += first_used_cards(s, by_gate, uses, start, tz)
     red, black = red_and_black(gates, black_below)
     return {
         "report": "hub_daily",
