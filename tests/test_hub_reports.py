@@ -280,7 +280,10 @@ def test_cards_first_used_at_the_site(tmp_path: Path, config: HubConfig, store: 
         ("******00FF", "g1", None),
     ]
     assert daily(store, config, DAY1)["first_used_cards"][0]["card"] == "******3D4E"
-    assert daily(store, config, DAY2, cards=False)["first_used_cards"] == []
+    figures = daily(store, config, DAY2, cards=False)
+    assert figures["first_used_cards"] == []
+    assert [g["first_used_cards"] for g in figures["gates"]] == [[], []]
+    assert figures["red"] == r["red"] and figures["black"] == r["black"]
 
 
 def test_compliance_over_days(tmp_path: Path, config: HubConfig, store: HubStore) -> None:

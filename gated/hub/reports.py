@@ -102,6 +102,8 @@ def _gate_reports(
             cards_seen_before=seen,
             earlier_decisions=earlier,
         )
+        if uses is None:  # not asked for: not every card of the day taken for new
+            out[gate]["first_used_cards"] = []
     return out, by_gate
 
 
