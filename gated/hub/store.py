@@ -563,6 +563,62 @@ class HubStore:
         for (body,) in self.conn.execute(sql, args):
             yield json.loads(body)
 
+    def decisions_by_id(
+        self, site: str, gate: str, ids: Iterable[str], *, after: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """A gate's stored decisions by id; ``after``: first look among those stamped since it.
+
+        (The decisions a day's passages refer to were taken just before it: the bounded look
+        reads a few rows by the (site, ts) index, the rest are looked for in the gate's whole
+        history.)
+        """
+        todo = sorted(set(ids))
+        out: dict[str, dict[str, Any]] = {}
+        for bound in ((after,) if after is not None else ()) + (None,):
+            todo = [i for i in todo if i not in out]
+            for i in range(0, len(todo), 500):
+                chunk = todo[i : i + 500]
+                sql = (
+                    "SELECT body FROM hub_events WHERE site = ? AND gate = ? AND kind = 'decision'"
+                    f" AND id IN ({','.join('?' * len(chunk))})"
+                )
+                args: list[Any] = [site, gate, *chunk]
+                if bound is not None:
+                    sql += " AND ts >= ?"
+                    args.append(bound)
+                for (body,) in self.conn.execute(sql, args):
+                    event = json.loads(body)
+                    out[str(event.get("id"))] = event
+        return out
+
+    def count_events(self, site: str, since: str, until: str) -> int:
+        """Events of ``site`` stamped in ``[since, until)`` (by the (site, ts) index alone)."""
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM hub_events WHERE site = ? AND ts >= ? AND ts < ?",
+            (site, since, until),
+        ).fetchone()
+        return int(n)
+
+    def card_uses(self, site: str) -> list[tuple[str, str, int, str]]:
+        """Per gate of ``site`` and card uid (as stored): its first stored decision's seq and ts."""
+        rows = self.conn.execute(
+            "SELECT gate, json_extract(body, '$.credential.ref'), min(seq), min(ts)"
+            " FROM hub_events WHERE site = ? AND kind = 'decision'"
+            " AND json_extract(body, '$.credential.kind') = 'card'"
+            " AND coalesce(json_extract(body, '$.credential.ref'), '') != ''"
+            " GROUP BY gate, json_extract(body, '$.credential.ref')",
+            (site,),
+        )
+        return [(str(g), str(c), int(q), str(t)) for g, c, q, t in rows]
+
+    def latest_registry(self, site: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest registry snapshot the hub holds for ``site``: (version, body)."""
+        row = self.conn.execute(
+            "SELECT version, body FROM hub_registry WHERE site = ? ORDER BY version DESC LIMIT 1",
+            (site,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
     def alarms(self, *, unacked: bool = True, limit: int = 200) -> list[dict[str, Any]]:
         """The fleet's alarms, newest first (by the hub's receive time)."""
         sql = (
