@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gated.cli.demo_hub import find_mosquitto, mosquitto_or_error, pick_port
+from gated.cli.children import pick_port
+from gated.cli.demo_hub import find_mosquitto, mosquitto_or_error
 from gated.errors import GatedError
 from tests.support.mosquitto import MOSQUITTO
 from tests.support.waiting import wait_until

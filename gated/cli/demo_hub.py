@@ -1,26 +1,23 @@
 """``gated demo --hub``: a broker, two simulated gates of one site and a hub, on this machine.
 
-Every part is a child process: a mosquitto of its own (persistence off, on a free loopback
-port), ``gated demo`` for each gate (the demo's registry, scenario and guard, with the broker
-and a screen given by an overlay file), and ``gated hub run``. Each runs in its own session, so
-a Ctrl-C at the terminal reaches this process alone, which stops them in order: the gates first
-(their outboxes drain to the broker while the hub still takes them), then the hub, then the
-broker. On Linux every child also gets SIGTERM should this process die, even by ``kill -9``
-(``PR_SET_PDEATHSIG``); that is safe because this process runs no thread of its own, so nothing
-can hold a lock between the fork and the exec.
+Every part is a child process (:mod:`gated.cli.children`): a mosquitto of its own
+(persistence off, on a free loopback port), ``gated demo`` for each gate (the demo's registry,
+scenario and guard, with the broker and a screen given by an overlay file), and ``gated hub
+run``. A signal reaches this process alone, which stops them in order: the gates first (their
+outboxes drain to the broker while the hub still takes them), then the hub, then the broker.
+Should this process die, even by ``kill -9``, they end too. It runs no thread of its own (the
+broker is polled from this one), which is what makes that safe.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from gated.cli.children import STOP_S, Part, pick_port
 from gated.errors import GatedError
 
 SITE = "north"
@@ -42,7 +40,6 @@ MOSQUITTO_FALLBACK = "/usr/sbin/mosquitto"
 START_S = 60.0
 #: How long the hub may take, once the gates are done, to hold everything they published.
 SETTLE_S = 30.0
-STOP_S = 10.0
 POLL_S = 0.1
 
 
@@ -67,23 +64,6 @@ def mosquitto_or_error(search_path: str | None = None, fallback: str = MOSQUITTO
     return found
 
 
-def pick_port(preferred: int, taken: set[int]) -> int:
-    """``preferred`` if nothing listens there on loopback, else a free port; noted in ``taken``."""
-    for want in (preferred, 0):
-        with socket.socket() as s:
-            # As the servers bind (reuse_address): a port left in TIME_WAIT is free.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", want))
-            except OSError:
-                continue
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-    return pick_port(0, taken)
-
-
 def toml_text(sections: dict[str, dict[str, Any]]) -> str:
     """A TOML document of one level of tables (strings, numbers, booleans, lists of those)."""
 
@@ -102,50 +82,6 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
         lines += [f"{k} = {value(v)}" for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux for SIGTERM when this process ends (None elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the prctl
-            os._exit(1)
-
-    return preexec
-
-
-@dataclass
-class Part:
-    """One child process of the demo."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    stop_s: float = STOP_S
-
-    def exited(self) -> int | None:
-        return self.proc.poll()
-
-    def stop(self) -> None:
-        """SIGTERM, and SIGKILL after ``stop_s``; reaped either way."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.stop_s)
-            except subprocess.TimeoutExpired:
-                print(f"gated demo: {self.name} did not stop; killed", file=sys.stderr)
-                self.proc.kill()
-        self.proc.wait()
 
 
 @dataclass
@@ -185,6 +121,8 @@ class HubDemo:
     parts: list[Part] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
     hub: Part | None = None
+    #: With ``exit_when_done``: the last line, printed once everything has stopped.
+    summary: str = ""
 
     # -- signals ----------------------------------------------------------------------
 
@@ -204,17 +142,9 @@ class HubDemo:
 
     # -- starting ---------------------------------------------------------------------
 
-    def spawn(self, name: str, argv: list[str], **kwargs: Any) -> Part:
+    def spawn(self, name: str, argv: list[str], stop_s: float = STOP_S, **kwargs: Any) -> Part:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent(),  # safe: no thread runs here (the module docstring)
-            **kwargs,
-        )
-        part = Part(name, proc)
+        part = Part.spawn(name, argv, stop_s, env=env, **kwargs)
         self.parts.append(part)
         return part
 
@@ -249,10 +179,8 @@ class HubDemo:
         conf = broker / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         with open(broker / "stderr.log", "wb") as err:
-            part = self.spawn(
-                "the broker", [self.mosquitto, "-c", str(conf)], stdout=err, stderr=err
-            )
-        part.stop_s = 5.0
+            argv = [self.mosquitto, "-c", str(conf)]
+            part = self.spawn("the broker", argv, 5.0, stdout=err, stderr=err)
 
         def listening() -> bool:
             try:
@@ -287,8 +215,7 @@ class HubDemo:
             encoding="utf-8",
         )
         argv = [sys.executable, "-m", "gated.cli", "hub", "run", "-c", str(config)]
-        part = self.hub = self.spawn("the hub", argv)
-        part.stop_s = 15.0
+        self.hub = self.spawn("the hub", argv, 15.0)
         # The gates' first events must find the hub's subscription at the broker (it keeps
         # nothing for a subscriber it has never seen): the hub publishes its retained
         # "online" status right after subscribing, on the same connection, so once the
@@ -372,7 +299,7 @@ class HubDemo:
         return 0
 
     def settle(self) -> int:
-        """The gates are done: until the hub holds all they logged; the summary line."""
+        """The gates are done: until the hub holds all they logged; then the summary."""
         from gated.hub.store import HubStore
 
         last = {g.id: g.last_seq() for g in self.gates}
@@ -404,8 +331,8 @@ class HubDemo:
             stored = {g: sum(1 for _ in store.events(site=SITE, gate=g)) for g in last}
         finally:
             store.close()
-        summary = ", ".join(f"{SITE}/{g} {n}" for g, n in stored.items())
-        print(f"gated demo --hub: the hub holds every event of both gates: {summary}", flush=True)
+        counts = ", ".join(f"{SITE}/{g} {n}" for g, n in stored.items())
+        self.summary = f"gated demo --hub: the hub holds every event of both gates: {counts}"
         return 0
 
     def stop(self) -> None:
@@ -469,6 +396,8 @@ def run_hub_demo(
                 demo.stop()
         if demo.stopping:
             print(f"gated demo --hub: stopped on {demo.stopping[0]}", file=sys.stderr)
+        elif demo.summary:
+            print(demo.summary, flush=True)
         return code
     finally:
         if tmp is not None:
