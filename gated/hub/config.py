@@ -81,7 +81,9 @@ class WebSection(StrictModel):
         default={},
         description="Operator logins: name = hash from `gated hash-pin` (needed beyond loopback).",
     )
-    language: Literal["zh-CN", "en"] = Field(default="zh-CN", description="Page language: zh-CN, en.")
+    language: Literal["zh-CN", "en"] = Field(
+        default="zh-CN", description="Page language: zh-CN, en."
+    )
     host_names: list[str] = Field(
         default=[], description="Names the page is reached by (the Host header), as the gate's."
     )
