@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -208,3 +213,49 @@ def test_two_hub_instances_share_the_stream_and_store_each_event_once(
     finally:
         for h in hubs:
             h.close()
+
+
+def test_the_hubs_daily_report_gives_each_gate_its_own_figures(site: Site, hub: HubProcess) -> None:
+    hub.start()
+    site.start()
+    site.arrive("in", card=ZHANG_CARD)
+    site.arrive("in", card="DEADBEEF00")  # not registered
+    site.arrive("in", card=WANG_CARD, temp=38.4)  # fever
+    site.arrive("out", card=WANG_CARD)
+    for gate in ("in", "out"):
+        site[gate].stop()  # its ledger complete (a grant's passage comes after open_s)
+        hub.wait_through("s1", gate, ledger_ids(site, gate)[-1][0])
+    day = hub.query("SELECT max(ts) FROM hub_events")[0][0]
+    local = datetime.fromisoformat(day.replace("Z", "+00:00")).astimezone(ZoneInfo("Asia/Shanghai"))
+    when = local.date().isoformat()
+    cli = [sys.executable, "-m", "gated.cli"]
+    out = subprocess.run(
+        [*cli, "hub", "report", "daily", "-c", str(hub.config), "--date", when, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    by_gate = {g["gate"]: g for g in report["gates"]}
+    for gate in ("in", "out"):
+        own = subprocess.run(
+            [
+                *cli,
+                "report",
+                "daily",
+                "-c",
+                str(site[gate].config),
+                "--date",
+                when,
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        mine = json.loads(own.stdout)
+        # Every figure of the gate's own report, as the gate computed it from its ledger.
+        assert {k: v for k, v in by_gate[gate].items() if k in mine} == mine, gate
+        assert by_gate[gate]["missing"] == 0
+    assert report["sites"]["s1"]["fever_alarms"] == 1
