@@ -259,3 +259,27 @@ def test_the_hubs_daily_report_gives_each_gate_its_own_figures(site: Site, hub: 
         assert {k: v for k, v in by_gate[gate].items() if k in mine} == mine, gate
         assert by_gate[gate]["missing"] == 0
     assert report["sites"]["s1"]["fever_alarms"] == 1
+
+
+def test_a_seq_held_with_another_id_is_kept_aside_not_dropped(tmp_path: Path) -> None:
+    """A gate whose ledger started again from 1 (a new SD card) sends seq 1 again with
+    a new id: not a duplicate to drop silently, but a conflict the hub shows."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    hub = HubProcess(tmp_path / "hub", broker.port)
+    try:
+        hub.start()
+        first = stamped(1)
+        publish(broker.port, "gated/s1/g1/event", first)
+        hub.wait_through("s1", "g1", 1)
+        publish(broker.port, "gated/s1/g1/event", first)  # at least once: a duplicate
+        publish(broker.port, "gated/s1/g1/event", stamped(1))  # seq 1 again, another id
+        publish(broker.port, "gated/s1/g1/event", stamped(2))
+        row = hub.wait_through("s1", "g1", 2)
+        assert hub.rows("s1", "g1")[0] == (1, first["id"])
+        assert (row["duplicates"], row["conflicts"]) == (1, 1)
+        kept = hub.query("SELECT code, payload FROM hub_rejects")
+        assert [c for c, _ in kept] == ["seq_conflict"]
+        assert json.loads(kept[0][1])["id"] != first["id"]
+    finally:
+        hub.close()
+        broker.stop()

@@ -71,6 +71,11 @@ ASK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 120.0
 #: Most messages in one transaction.
 BATCH_MAX = 2000
+#: Why an event whose seq the hub holds with another id is kept aside.
+CONFLICT = (
+    "seq already held with another event id: the gate's ledger started again from 1"
+    " (a new or recovered database?) or the event is forged"
+)
 #: How often the retention purge runs (seconds).
 PURGE_EVERY_S = 3600.0
 
@@ -283,13 +288,16 @@ class Ingest:
         statuses: list[tuple[str, str, dict[str, Any], float | None, float | None]] = []
         answers: list[tuple[str, str, dict[str, Any]]] = []
         refused: list[tuple[_Message, Refused]] = []
+        by_row: dict[int, _Message] = {}
         for m in batch:
             if m.topic.startswith(self.hubs):
                 continue  # a hub instance's own status (this one's or another's)
             try:
                 site, gate, leaf = self._topic(m.topic)
                 if leaf in ("event", "alarm"):
-                    rows.append(self._event(m, site, gate, leaf))
+                    row = self._event(m, site, gate, leaf)
+                    rows.append(row)
+                    by_row[id(row)] = m
                 elif leaf == "status":
                     status = self._status(m)
                     if status is not None:
@@ -304,6 +312,8 @@ class Ingest:
         try:
             store.begin()
             result = store.add_events(rows)
+            for row in result.conflicts:
+                refused.append((by_row[id(row)], Refused("seq_conflict", CONFLICT)))
             for site, gate, msg, seen, skew in statuses:
                 store.status(site, gate, msg, seen)
                 if skew is not None:

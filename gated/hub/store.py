@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS hub_gates (
     highest INTEGER NOT NULL DEFAULT 0,
     received INTEGER NOT NULL DEFAULT 0,
     duplicates INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0,
     purged INTEGER NOT NULL DEFAULT 0,
     last_event_ts TEXT,
     last_event_kind TEXT,
@@ -154,6 +155,7 @@ GATE_COLUMNS = (
     "last_seq",
     "received",
     "duplicates",
+    "conflicts",
     "through",
     "highest",
     "purged",
@@ -189,6 +191,8 @@ class Stored:
     moved: tuple[tuple[str, str], ...] = ()
     #: The rows stored (not the duplicates).
     new: list[EventRow] = field(default_factory=list)
+    #: Rows whose (site, gate, seq) is held with another event id: not stored.
+    conflicts: list[EventRow] = field(default_factory=list)
 
 
 def is_online(row: dict[str, Any], now: float, offline_after_s: float) -> bool:
@@ -273,6 +277,21 @@ class HubStore:
                 out.new.append(r)
                 per_gate.setdefault((r.site, r.gate), []).append(r)
             else:
+                (held,) = c.execute(
+                    "SELECT id FROM hub_events WHERE site = ? AND gate = ? AND seq = ?",
+                    (r.site, r.gate, r.seq),
+                ).fetchone()
+                if held != r.id:
+                    # The same seq with another id: a gate whose ledger started again from
+                    # 1 (a new database), or a forgery. Neither is a duplicate to drop.
+                    out.conflicts.append(r)
+                    self._gate(r.site, r.gate)
+                    c.execute(
+                        "UPDATE hub_gates SET conflicts = conflicts + 1"
+                        " WHERE site = ? AND gate = ?",
+                        (r.site, r.gate),
+                    )
+                    continue
                 out.duplicates += 1
                 self._gate(r.site, r.gate)
                 c.execute(
