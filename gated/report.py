@@ -44,6 +44,26 @@ def local_time(ts: str, tz: ZoneInfo) -> str:
     return when.astimezone(tz).strftime("%H:%M:%S")
 
 
+def earlier_refs(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The decisions the day's passages and guard answers refer to that the day does not hold.
+
+    (A grant just before midnight, its passage just after.) Whoever reads a ledger looks
+    them up by id and hands them to :func:`daily_report` as ``earlier_decisions``.
+    """
+    events = list(events)
+    ids = {e.get("id") for e in events if e.get("kind") == "decision"}
+    return {
+        str(e["ref"])
+        for e in events
+        if e.get("kind") in ("passage", "decision") and e.get("ref") and e["ref"] not in ids
+    }
+
+
+def day_cards(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The card uids the day's decisions name (those whose first use is to be told)."""
+    return {uid for e in events if e.get("kind") == "decision" and (uid := card_ref(e))}
+
+
 @dataclass
 class _Period:
     start: str

@@ -110,7 +110,8 @@ def _cell(e: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def _row(e: dict[str, Any]) -> list[Any]:
+def ledger_row(e: dict[str, Any]) -> list[Any]:
+    """An event as the CSV row of ``gated ledger export`` (:data:`LEDGER_COLUMNS`)."""
     # A stored row as it is: the export never refuses an event of an older version.
     row = [_cell(e, path) for _, path in CSV_FIELDS]
     reasons = LEDGER_COLUMNS.index("reasons")
@@ -136,7 +137,7 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(LEDGER_COLUMNS)
             for e in iter_events(conn, since):
-                writer.writerow(_row(e))
+                writer.writerow(ledger_row(e))
     finally:
         conn.close()
     return 0

@@ -136,10 +136,16 @@ def run_demo(
     exit_when_done: bool = False,
     speed: float = 1.0,
     workdir: str | None = None,
+    overlay: str | None = None,
 ) -> int:
-    """Run the demo; returns the exit code."""
+    """Run the demo; returns the exit code.
+
+    ``overlay``: a TOML file merged over config/demo.toml (``gated demo --hub`` gives each of
+    its gates one: who it is, the broker, its screen); its event lines then start with the
+    gate's id, and the banner is left to ``--hub``.
+    """
     from gated.app import App
-    from gated.config import load_config
+    from gated.config import load_config, read_toml
 
     if speed <= 0:
         raise GatedError("--speed must be greater than 0")
@@ -156,19 +162,22 @@ def run_demo(
         kid = "demo"
         if not (key_dir / f"{kid}.key").exists():
             generate_keypair(key_dir, kid)
+        layer = read_toml(Path(overlay)) if overlay else {}
+        base = load_config(DEMO_CONFIG, layer)
         scenario_path = Path(scenario) if scenario else work / "scenario.jsonl"
         if scenario is None:
-            lines = demo_scenario(key_dir / f"{kid}.key", kid, "demo-gate")
+            lines = demo_scenario(key_dir / f"{kid}.key", kid, base.gate.id)
             scenario_path.write_text("".join(json.dumps(s) + "\n" for s in lines))
-        base = load_config(DEMO_CONFIG).policy
+        # The overlay's sections (gate, mqtt, status) are not the demo's own below.
         config = load_config(
             DEMO_CONFIG,
             {
+                **layer,
                 "storage": {"path": str(work / "demo.db")},
                 "passes": {"public_keys": {kid: str(key_dir / f"{kid}.pub")}},
                 "policy": {
-                    "session_timeout_s": base.session_timeout_s / speed,
-                    "guard_timeout_s": base.guard_timeout_s / speed,
+                    "session_timeout_s": base.policy.session_timeout_s / speed,
+                    "guard_timeout_s": base.policy.guard_timeout_s / speed,
                 },
                 "sim": {
                     "scenario": str(scenario_path.resolve()),
@@ -183,20 +192,23 @@ def run_demo(
         )
         app.install_signal_handlers()
 
+        label = f"{config.gate.id:<10} " if overlay else ""
+
         def show(event: dict[str, Any]) -> None:
-            print(describe_event(event), flush=True)
+            print(label + describe_event(event), flush=True)
 
         app.controller.observers.append(show)
         app.controller.observers.append(DemoGuard(app.controller, 1.5 / speed))
         screen = ""
         if config.status.listen:
             screen = f"; screen on http://{config.status.listen} (guard PIN {DEMO_PIN})"
-        print(
-            f"gated demo: gate {config.gate.site}/{config.gate.id}, simulated hardware, "
-            f"scenario {scenario_path.name}{screen}; Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not overlay:
+            print(
+                f"gated demo: gate {config.gate.site}/{config.gate.id}, simulated hardware, "
+                f"scenario {scenario_path.name}{screen}; Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
         # The first thing the controller's loop runs: the desk ended the shifts of the last
         # run when it was made, so this one stands.
         desk = app.controller.desk

@@ -66,7 +66,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``gated demo``: simulated hardware, a scripted stream of arrivals."""
+    """``gated demo``: simulated hardware, a scripted stream of arrivals (``--hub``: a fleet)."""
+    if args.hub:
+        from gated.cli.demo_hub import run_hub_demo
+
+        if args.overlay:
+            raise GatedError("--overlay is what --hub gives each of its gates, not both at once")
+        return run_hub_demo(
+            scenario=args.scenario,
+            exit_when_done=args.exit_when_done,
+            speed=args.speed,
+            workdir=args.workdir,
+        )
     from gated.cli.demo import run_demo
 
     return run_demo(
@@ -74,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         exit_when_done=args.exit_when_done,
         speed=args.speed,
         workdir=args.workdir,
+        overlay=args.overlay,
     )
 
 
@@ -121,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir", help="keep the demo's database and keys here (default: a temporary directory)"
     )
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help="a broker, two simulated gates of one site and a hub with its fleet page"
+        " on http://127.0.0.1:8090 (needs mosquitto)",
+    )
+    # What --hub gives each of its gates: a TOML file merged over config/demo.toml.
+    p.add_argument("--overlay", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("selftest", help="for installers: check every configured device once")

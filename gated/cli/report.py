@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from gated.errors import GatedError
-from gated.events import card_ref
 from gated.ledger import ensure_card_first_use
-from gated.report import daily_report, day_bounds, format_text
+from gated.report import daily_report, day_bounds, day_cards, earlier_refs, format_text
 from gated.storage import connect
 
 if TYPE_CHECKING:
@@ -77,14 +76,9 @@ def build_report(config: Config, conn: sqlite3.Connection, day: date) -> dict[st
     tz = ZoneInfo(config.gate.timezone)
     start, end = day_bounds(day, tz)
     events = day_events(conn, start, end)
-    ids = {e["id"] for e in events if e.get("kind") == "decision"}
     # Passages and guard answers whose decision was taken before the day.
-    missing = {
-        str(e["ref"])
-        for e in events
-        if e.get("kind") in ("passage", "decision") and e.get("ref") and e["ref"] not in ids
-    }
-    cards = {uid for e in events if e.get("kind") == "decision" and (uid := card_ref(e))}
+    missing = earlier_refs(events)
+    cards = day_cards(events)
     ensure_card_first_use(conn)  # a database the daemon has not opened since the upgrade
     first_seq = min((int(e["seq"]) for e in events), default=0)
     return daily_report(

@@ -122,8 +122,8 @@ def _check_topic_prefix(value: str) -> str:
     return value
 
 
-class MqttConfig(StrictModel):
-    """The central broker every event is reported to."""
+class BrokerConfig(StrictModel):
+    """A connection to the central broker: the gate's ``[mqtt]``, and the hub's."""
 
     urls: list[Annotated[str, AfterValidator(_check_broker_url)]] = Field(
         default=[],
@@ -144,29 +144,14 @@ class MqttConfig(StrictModel):
     topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = Field(
         default="gated", description="First topic levels: {topic_prefix}/{site}/{id}/..."
     )
-    qos: Literal[1, 2] = Field(
-        default=1,
-        description="QoS of what the gate publishes: 1 or 2 (with 0 nothing confirms delivery).",
-    )
-    pii: Literal["masked", "full", "none"] = Field(
-        default="masked", description="Personal data in published events: masked, full or none."
-    )
-    ha_discovery: bool = Field(
-        default=False, description="Publish Home Assistant MQTT discovery (homeassistant/...)."
-    )
     keepalive_s: int = Field(default=30, ge=5, le=65535, description="MQTT keepalive in seconds.")
     protocol: Literal["auto", "5", "3.1.1"] = Field(
         default="auto",
         description='MQTT version: "auto" (5, else 3.1.1 where 5 is refused), "5" or "3.1.1".',
     )
-    registry_max_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1024,
-        description="Largest registry message taken (snapshot or delta), in bytes.",
-    )
 
     @model_validator(mode="after")
-    def _cert_with_key(self) -> MqttConfig:
+    def _cert_with_key(self) -> BrokerConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise KeyProblem(
                 "key_file" if self.key_file is None else "cert_file",
@@ -177,6 +162,26 @@ class MqttConfig(StrictModel):
             # A CA given for a plain connection would silently not be used.
             raise KeyProblem(tls_files[0], "set, but no url is mqtts://: TLS would not be used")
         return self
+
+
+class MqttConfig(BrokerConfig):
+    """The central broker every event is reported to."""
+
+    qos: Literal[1, 2] = Field(
+        default=1,
+        description="QoS of what the gate publishes: 1 or 2 (with 0 nothing confirms delivery).",
+    )
+    pii: Literal["masked", "full", "none"] = Field(
+        default="masked", description="Personal data in published events: masked, full or none."
+    )
+    ha_discovery: bool = Field(
+        default=False, description="Publish Home Assistant MQTT discovery (homeassistant/...)."
+    )
+    registry_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest registry message taken (snapshot or delta), in bytes.",
+    )
 
 
 class SiteConfig(StrictModel):

@@ -1,8 +1,8 @@
 """The hub's configuration (``HUB.toml``): validated like the gate's, every problem named.
 
-``[hub]`` who the hub is and where it stores; ``[mqtt]`` the broker, exactly the gate's
-section (:class:`gated.config.MqttConfig`); ``[web]`` the fleet page; ``[report]`` the
-time zone days are counted in. docs/contracts.md §9.
+``[hub]`` who the hub is and where it stores; ``[mqtt]`` the broker, with the gate's
+connection keys (:class:`gated.config.sections.BrokerConfig`); ``[web]`` the fleet page;
+``[report]`` the time zone days are counted in. docs/contracts.md §9.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_validator
 
-from gated.config import MqttConfig, read_toml, validate_file
+from gated.config import read_toml, validate_file
 from gated.config.drivers import KeyProblem, OptionalFile, StrictModel
-from gated.config.sections import TopicName, _check_listen
+from gated.config.sections import BrokerConfig, TopicName, _check_listen
 
 #: Below a day a hub stopped over a night would lose what the broker queued for it.
 MIN_SESSION_EXPIRY_S = 86400
@@ -81,7 +81,9 @@ class WebSection(StrictModel):
         default={},
         description="Operator logins: name = hash from `gated hash-pin` (needed beyond loopback).",
     )
-    language: Literal["zh-CN", "en"] = Field(default="zh-CN", description="Page language.")
+    language: Literal["zh-CN", "en"] = Field(
+        default="zh-CN", description="Page language: zh-CN, en."
+    )
     host_names: list[str] = Field(
         default=[], description="Names the page is reached by (the Host header), as the gate's."
     )
@@ -137,7 +139,7 @@ class HubConfig(StrictModel):
     """The whole configuration of one hub instance."""
 
     hub: HubSection = Field(description="Who the hub is.")
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The broker.")
+    mqtt: BrokerConfig = Field(default_factory=BrokerConfig, description="The broker.")
     web: WebSection = Field(default_factory=WebSection, description="The fleet page.")
     report: ReportSection = Field(default_factory=ReportSection, description="Reports.")
 

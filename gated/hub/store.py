@@ -23,7 +23,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS hub_gates (
     highest INTEGER NOT NULL DEFAULT 0,
     received INTEGER NOT NULL DEFAULT 0,
     duplicates INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0,
     purged INTEGER NOT NULL DEFAULT 0,
     last_event_ts TEXT,
     last_event_kind TEXT,
@@ -154,6 +155,7 @@ GATE_COLUMNS = (
     "last_seq",
     "received",
     "duplicates",
+    "conflicts",
     "through",
     "highest",
     "purged",
@@ -187,6 +189,10 @@ class Stored:
     duplicates: int = 0
     #: (site, gate) whose ``through`` moved.
     moved: tuple[tuple[str, str], ...] = ()
+    #: The rows stored (not the duplicates).
+    new: list[EventRow] = field(default_factory=list)
+    #: Rows whose (site, gate, seq) is held with another event id: not stored.
+    conflicts: list[EventRow] = field(default_factory=list)
 
 
 def is_online(row: dict[str, Any], now: float, offline_after_s: float) -> bool:
@@ -268,8 +274,24 @@ class HubStore:
             )
             if cur.rowcount == 1:
                 out.stored += 1
+                out.new.append(r)
                 per_gate.setdefault((r.site, r.gate), []).append(r)
             else:
+                (held,) = c.execute(
+                    "SELECT id FROM hub_events WHERE site = ? AND gate = ? AND seq = ?",
+                    (r.site, r.gate, r.seq),
+                ).fetchone()
+                if held != r.id:
+                    # The same seq with another id: a gate whose ledger started again from
+                    # 1 (a new database), or a forgery. Neither is a duplicate to drop.
+                    out.conflicts.append(r)
+                    self._gate(r.site, r.gate)
+                    c.execute(
+                        "UPDATE hub_gates SET conflicts = conflicts + 1"
+                        " WHERE site = ? AND gate = ?",
+                        (r.site, r.gate),
+                    )
+                    continue
                 out.duplicates += 1
                 self._gate(r.site, r.gate)
                 c.execute(
@@ -350,8 +372,9 @@ class HubStore:
             )
         return through != start
 
-    def status(self, site: str, gate: str, msg: dict[str, Any], at: float) -> None:
-        """A gate's status message (retained or live), heard at ``at`` (unix time)."""
+    def status(self, site: str, gate: str, msg: dict[str, Any], seen: float | None) -> None:
+        """A gate's status message; ``seen``: when the gate was last heard from by it (unix
+        time; None for a retained one with no stamp, such as its will)."""
         self._gate(site, gate)
         online = msg.get("state") == "online"
         last_seq = msg.get("last_seq") if online else None
@@ -363,7 +386,8 @@ class HubStore:
             known = max(0, last_seq - int(backlog or 0))
         self.conn.execute(
             "UPDATE hub_gates SET state = ?, status = ?, status_at = ?,"
-            " last_seen = max(coalesce(last_seen, 0), ?),"
+            " last_seen = CASE WHEN ? IS NULL THEN last_seen"
+            " ELSE max(coalesce(last_seen, 0), ?) END,"
             " mode = coalesce(?, mode), backlog = coalesce(?, backlog),"
             " registry_version = CASE WHEN ? THEN ? ELSE registry_version END,"
             " clock_synced = coalesce(?, clock_synced),"
@@ -372,8 +396,9 @@ class HubStore:
             (
                 msg.get("state"),
                 json.dumps(msg, ensure_ascii=False, separators=(",", ":")),
-                at,
-                at,
+                seen,
+                seen,
+                seen,
                 msg.get("mode") if isinstance(msg.get("mode"), str) else None,
                 backlog if online else None,
                 online and "registry_version" in msg,
@@ -556,6 +581,62 @@ class HubStore:
         sql += " ORDER BY site, gate, seq"
         for (body,) in self.conn.execute(sql, args):
             yield json.loads(body)
+
+    def decisions_by_id(
+        self, site: str, gate: str, ids: Iterable[str], *, after: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """A gate's stored decisions by id; ``after``: first look among those stamped since it.
+
+        (The decisions a day's passages refer to were taken just before it: the bounded look
+        reads a few rows by the (site, ts) index, the rest are looked for in the gate's whole
+        history.)
+        """
+        todo = sorted(set(ids))
+        out: dict[str, dict[str, Any]] = {}
+        for bound in ((after,) if after is not None else ()) + (None,):
+            todo = [i for i in todo if i not in out]
+            for i in range(0, len(todo), 500):
+                chunk = todo[i : i + 500]
+                sql = (
+                    "SELECT body FROM hub_events WHERE site = ? AND gate = ? AND kind = 'decision'"
+                    f" AND id IN ({','.join('?' * len(chunk))})"
+                )
+                args: list[Any] = [site, gate, *chunk]
+                if bound is not None:
+                    sql += " AND ts >= ?"
+                    args.append(bound)
+                for (body,) in self.conn.execute(sql, args):
+                    event = json.loads(body)
+                    out[str(event.get("id"))] = event
+        return out
+
+    def count_events(self, site: str, since: str, until: str) -> int:
+        """Events of ``site`` stamped in ``[since, until)`` (by the (site, ts) index alone)."""
+        (n,) = self.conn.execute(
+            "SELECT count(*) FROM hub_events WHERE site = ? AND ts >= ? AND ts < ?",
+            (site, since, until),
+        ).fetchone()
+        return int(n)
+
+    def card_uses(self, site: str) -> list[tuple[str, str, int, str]]:
+        """Per gate of ``site`` and card uid (as stored): its first stored decision's seq and ts."""
+        rows = self.conn.execute(
+            "SELECT gate, json_extract(body, '$.credential.ref'), min(seq), min(ts)"
+            " FROM hub_events WHERE site = ? AND kind = 'decision'"
+            " AND json_extract(body, '$.credential.kind') = 'card'"
+            " AND coalesce(json_extract(body, '$.credential.ref'), '') != ''"
+            " GROUP BY gate, json_extract(body, '$.credential.ref')",
+            (site,),
+        )
+        return [(str(g), str(c), int(q), str(t)) for g, c, q, t in rows]
+
+    def latest_registry(self, site: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest registry snapshot the hub holds for ``site``: (version, body)."""
+        row = self.conn.execute(
+            "SELECT version, body FROM hub_registry WHERE site = ? ORDER BY version DESC LIMIT 1",
+            (site,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
 
     def alarms(self, *, unacked: bool = True, limit: int = 200) -> list[dict[str, Any]]:
         """The fleet's alarms, newest first (by the hub's receive time)."""

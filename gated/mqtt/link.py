@@ -21,6 +21,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from paho.mqtt.properties import Properties
 from drivers.common.backoff import Backoff  # shared with the device readers; named here too
 
 if TYPE_CHECKING:
-    from gated.config import MqttConfig
+    from gated.config.sections import BrokerConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Link:
 
     def __init__(
         self,
-        config: MqttConfig,
+        config: BrokerConfig,
         client_id: str,
         will: tuple[str, bytes],
         *,
@@ -93,6 +94,7 @@ class Link:
         connect_timeout_s: float = 5.0,
         window: int = 500,
         session_expiry_s: int = 0,
+        prepare: Callable[[mqtt.Client], None] | None = None,
     ):
         self.config = config
         self.urls = [BrokerUrl.parse(u) for u in config.urls]
@@ -105,6 +107,9 @@ class Link:
         #: away, queueing what its subscriptions match (the site's peer events); 0: a
         #: clean session at every connect.
         self.session_expiry_s = session_expiry_s
+        #: Called with each new client before its CONNECT (callbacks, manual acks): what a
+        #: persistent session delivers right after the CONNACK must find them set.
+        self.prepare = prepare
         self.index = 0
         #: The protocol of the connection ``connect`` returned last.
         self.protocol: MQTTProtocolVersion | None = None
@@ -149,6 +154,8 @@ class Link:
         client.connect_timeout = self.connect_timeout_s
         client.max_inflight_messages_set(self.window)
         client.max_queued_messages_set(0)
+        if self.prepare is not None:
+            self.prepare(client)
         topic, payload = self.will
         client.will_set(topic, payload, qos=1, retain=True)
         if self.config.username:

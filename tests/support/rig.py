@@ -52,7 +52,11 @@ class Rig:
         self.synced = True
         self.conn = connect(self.config.storage.path)
         self.ledger = Ledger(
-            self.conn, site="s1", gate="g1", clock=self.clock, clock_synced=lambda: self.synced
+            self.conn,
+            site=self.config.gate.site,
+            gate=self.config.gate.id,
+            clock=self.clock,
+            clock_synced=lambda: self.synced,
         )
         self.ledger.start_boot()
         self.registry = Registry(self.conn)
