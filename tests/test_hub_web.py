@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.events import event
 from tests.support.hub_web import ZHANG, HubPage, lan_address
-from tests.support.screen import ARTIFACTS, REPO, WAIT_MS, expect
+from tests.support.screen import ARTIFACTS, REPO, WAIT_MS, accessible, expect
 from tests.support.waiting import wait_until
 
 
@@ -38,6 +38,10 @@ def lan() -> str:
     if address is None:
         pytest.skip("this machine has no address beyond loopback")
     return address
+
+
+#: What a gate's status might carry when its account is stolen: shown as text, never markup.
+XSS = "<img src=x onerror=alert(1)>"
 
 
 def fleet(hub: HubPage) -> None:
@@ -60,7 +64,7 @@ def fleet(hub: HubPage) -> None:
         "south",
         "s2",
         clock_synced=False,
-        devices={"card": {"ok": True, "detail": ""}, "thermometer": {"ok": False, "detail": "x"}},
+        devices={"card": {"ok": True, "detail": ""}, "thermometer": {"ok": False, "detail": XSS}},
     )
 
 
@@ -82,12 +86,32 @@ def test_gates_come_what_needs_the_duty_officer_first(hub: HubPage) -> None:
     assert by["n1"]["online"] and by["n1"]["attention"] == [] and by["n1"]["behind"] is False
     assert by["n1"]["registry_version"] == 2 and by["n1"]["latest_version"] == 2
     assert by["s2"]["alarms"] == 1 and by["s2"]["clock_synced"] is False
-    assert by["s2"]["devices"]["thermometer"] == {"ok": False, "detail": "x"}
+    assert by["s2"]["devices"]["thermometer"] == {"ok": False, "detail": XSS}
     assert set(by["s2"]["attention"]) == {"alarms", "devices", "clock"}
     # The site's latest registry is 2: a gate of it that says 1 is behind.
     hub.district.status("north", "n1", registry_version=1)
     n1 = next(g for g in hub.get_json("/api/gates") if g["gate"] == "n1")
     assert n1["behind"] is True and n1["attention"] == ["behind"]
+
+
+def test_a_status_of_the_wrong_shape_is_shown_without_what_does_not_fit(hub: HubPage) -> None:
+    hub.district.add("north", "x9", event("mode", mode="locked", previous="normal", by="G1"))
+    hub.district.status(
+        "north",
+        "x9",
+        devices=["card"],
+        backlog="lots",
+        mode=5,
+        registry_version="9",
+        clock_synced="yes",
+        detail="y" * 100_000,
+    )
+    (row,) = hub.get_json("/api/gates")
+    assert row["devices"] == {} and row["backlog"] == 0 and row["registry_version"] is None
+    assert row["mode"] is None and row["clock_synced"] is True  # from its event
+    hub.district.status("north", "x9", devices={"card" * 50: {"ok": "yes"}, "qr": {"ok": False}})
+    (row,) = hub.get_json("/api/gates")
+    assert row["devices"] == {"qr": {"ok": False, "detail": ""}}
 
 
 def test_alarms_are_masked_and_an_operator_acknowledges_one(hub: HubPage) -> None:
@@ -322,6 +346,9 @@ def test_the_duty_officer_sees_the_fleet_and_acknowledges_a_live_alarm(
     assert "离线" in page.inner_text("[data-gate='north/n2']")
     assert "缺 4" in page.inner_text("[data-gate='south/s1']")
     expect(page.locator("#alarm-list li")).to_have_count(1)
+    # A device's detail, whatever a gate sent, is a tooltip's text.
+    assert page.locator("#gate-rows img").count() == 0
+    assert page.get_attribute("[data-gate='south/s2'] .dev.bad", "title") == XSS
     shown = page.inner_text("#alarm-list")
     assert "Z**** W**" in shown and "38.4" in shown
     content = page.content()
@@ -330,6 +357,7 @@ def test_the_duty_officer_sees_the_fleet_and_acknowledges_a_live_alarm(
     expect(page.locator("#black li[data-gate='north/n2']")).to_have_count(1)
     expect(page.locator("#chart tr[data-gate='north/n2'] rect.low")).to_have_count(1)
     page.wait_for_selector("#report-body table")
+    accessible(page, "the fleet with an open alarm")
     # A tailgate at n1, as the ingest would announce it: on the page at once, with a sound.
     page.click("#title")  # a gesture: browsers start sound only after one
     beeps = page.evaluate("window.gatedBeeps || 0")
@@ -346,6 +374,7 @@ def test_the_duty_officer_sees_the_fleet_and_acknowledges_a_live_alarm(
     assert page.inner_text("#title") == "Fleet"
     assert "OFFLINE" in page.inner_text("[data-gate='north/n2']")
     assert "Tailgating" in page.inner_text("#alarm-list")
+    accessible(page, "the fleet with two open alarms")
     path = screen.shot("hub-fleet-en")
     if os.environ.get("GATED_SCREENSHOT") == "1":
         shutil.copy(path, REPO / "docs" / "hub-screenshot.png")
@@ -373,6 +402,7 @@ def test_from_another_machine_the_page_asks_for_a_login_first(
     page = screen.page
     page.wait_for_selector("#logindlg[open]")
     assert page.locator("#gate-rows tr").count() == 0
+    accessible(page, "the login asked for")
     page.fill("#operator", "duty")
     page.fill("#pin", "0000")
     page.click("#loginok")

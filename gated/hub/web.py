@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from gated import __version__
 from gated.clock import iso_utc
+from gated.hub import reports
 from gated.hub.config import HubConfig
 from gated.hub.stats import HubStats
 from gated.hub.store import HubStore, is_online
@@ -443,15 +443,10 @@ class HubWeb:
         now = time.monotonic()
         if now - at < BLACK_TTL_S:
             return black
-        black = {}
-        try:
-            report = _reports().daily(store, self.config, self.today())
-            for b in report.get("black") or []:
-                black[(str(b.get("site")), str(b.get("gate")))] = [
-                    str(w) for w in b.get("why") or []
-                ]
-        except (ImportError, AttributeError) as exc:
-            log.debug("fleet page: no black list: %s", exc)
+        report = reports.daily(store, self.config, self.today(), now=self.wall(), cards=False)
+        black = {
+            (str(b["site"]), str(b["gate"])): [str(w) for w in b["why"]] for b in report["black"]
+        }
         self._black = (now, black)
         return black
 
@@ -672,7 +667,9 @@ class HubWeb:
         """``GET /api/report/daily?date=&site=``: the ``hub report daily`` json."""
         day = self._day(request)
         site = request.query.get("site") or None
-        report = await self._read(lambda s: _reports().daily(s, self.config, day, site))
+        report = await self._read(
+            lambda s: reports.daily(s, self.config, day, site, now=self.wall())
+        )
         return web.json_response(_masked_report(report))
 
     async def api_compliance(self, request: web.Request) -> web.Response:
@@ -684,9 +681,7 @@ class HubWeb:
         if not 1 <= days <= MAX_DAYS:
             return _error(400, f"days: 1 to {MAX_DAYS}")
         end = self._day(request)
-        history = await self._read(
-            lambda s: _reports().compliance_history(s, self.config, end, days)
-        )
+        history = await self._read(lambda s: reports.compliance_history(s, self.config, end, days))
         return web.json_response(history)
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
@@ -869,11 +864,6 @@ class HubWeb:
         if problems:
             body["error"] = "; ".join(problems)
         return web.json_response(body, status=200 if not problems else 503)
-
-
-def _reports() -> Any:
-    """:mod:`gated.hub.reports` (the day's report and the compliance history)."""
-    return importlib.import_module("gated.hub.reports")
 
 
 def _cards_masked(items: Any) -> list[Any]:

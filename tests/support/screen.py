@@ -76,6 +76,27 @@ def need_browser() -> None:
         pytest.skip(problem)
 
 
+def accessible(page: Any, what: str) -> None:
+    """Fail on any serious or critical WCAG 2.1 A/AA violation axe-core finds on the
+    page as it is now, naming each rule, its impact and the elements that break it."""
+    if not page.evaluate("typeof window.axe === 'object'"):
+        page.evaluate(AXE.read_text())  # from the test, past the page's CSP
+    result = page.evaluate(
+        "tags => axe.run(document, { runOnly: { type: 'tag', values: tags },"
+        " resultTypes: ['violations'] })",
+        WCAG21AA,
+    )
+    problems = [
+        f"{v['id']} ({v['impact']}, {v['help']}): "
+        + ", ".join(" ".join(n["target"]) for n in v["nodes"])
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not problems, (
+        f"{what} in {page.evaluate('document.documentElement.lang')}:\n" + "\n".join(problems)
+    )
+
+
 class Screen:
     """One browser tab on the gate's screen, failing the test on any script error."""
 
@@ -131,25 +152,8 @@ class Screen:
         )
 
     def accessible(self, what: str) -> None:
-        """Fail on any serious or critical WCAG 2.1 A/AA violation axe-core finds on the
-        page as it is now, naming each rule, its impact and the elements that break it."""
-        if not self.page.evaluate("typeof window.axe === 'object'"):
-            self.page.evaluate(AXE.read_text())  # from the test, past the page's CSP
-        result = self.page.evaluate(
-            "tags => axe.run(document, { runOnly: { type: 'tag', values: tags },"
-            " resultTypes: ['violations'] })",
-            WCAG21AA,
-        )
-        problems = [
-            f"{v['id']} ({v['impact']}, {v['help']}): "
-            + ", ".join(" ".join(n["target"]) for n in v["nodes"])
-            for v in result["violations"]
-            if v["impact"] in ("serious", "critical")
-        ]
-        assert not problems, (
-            f"{what} in {self.page.evaluate('document.documentElement.lang')}:\n"
-            + "\n".join(problems)
-        )
+        """Fail on any serious or critical WCAG 2.1 A/AA violation (:func:`accessible`)."""
+        accessible(self.page, what)
 
     def cut_off(self) -> list[str]:
         """The lines of the verdict card that are not wholly inside the card and the viewport."""

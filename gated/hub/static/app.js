@@ -34,9 +34,18 @@
   }
   function num(n) { return Number(n || 0).toLocaleString(lang === "en" ? "en" : "zh-CN"); }
   function pct(x) { return x === null || x === undefined ? "—" : (x * 100).toFixed(1) + "%"; }
+  // Times in the district's zone ([report] timezone), whatever the browser's.
   function localTime(ts) {
     const d = new Date(ts);
-    return isNaN(d) ? "" : d.toLocaleString(lang, { hour12: false });
+    if (isNaN(d)) return "";
+    const zone = session && session.timezone;
+    try { return d.toLocaleString(lang, { hour12: false, timeZone: zone || undefined }); }
+    catch (err) { return d.toLocaleString(lang, { hour12: false }); }
+  }
+  function clockTime() {
+    const zone = session && session.timezone;
+    try { return new Date().toLocaleTimeString(lang, { hour12: false, timeZone: zone || undefined }); }
+    catch (err) { return new Date().toLocaleTimeString(lang, { hour12: false }); }
   }
   function age(s) {
     if (s === null || s === undefined) return "";
@@ -65,7 +74,7 @@
   }
 
   function renderTop() {
-    $("clock").textContent = new Date().toLocaleTimeString(lang, { hour12: false });
+    $("clock").textContent = clockTime();
     const online = gates.filter((g) => g.online).length;
     $("summary").textContent = t("summary", { n: gates.length, o: online, a: alarms.length });
     const me = session && session.me;
@@ -211,7 +220,7 @@
         const c = g.compliance || {};
         const d = g.decisions || {};
         return [g.site + "/" + g.gate, g.online ? t("online") : t("offline"), num(c.passages), pct(c.share),
-          num((d.denied || 0) + (d.guard_denied || 0)), num(g.fever_alarms), num((g.passages || {}).tailgates),
+          num((d.denied || 0) + (d.guard_denied || 0)), num((g.fever_alarms || []).length), num((g.passages || {}).tailgates),
           num((g.unattended_periods || []).length), num(g.missing)];
       })
     ));
@@ -402,7 +411,7 @@
       lastMessage = Date.now();
       connect();
     }
-    $("clock").textContent = new Date().toLocaleTimeString(lang, { hour12: false });
+    $("clock").textContent = clockTime();
   }, 1000);
   setInterval(() => { if (session && (!session.login_needed || session.me)) loadReport(); }, 300000);
 
