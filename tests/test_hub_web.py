@@ -297,6 +297,13 @@ def test_the_live_stream_says_hello_then_each_change(hub: HubPage) -> None:
     assert (shown["gate"], shown["alarm"], shown["seq"]) == ("n1", "tailgate", alarm["seq"])
     gate = next_of("gate")  # the gate's row, read back: one alarm open now
     assert gate["gate"] == "n1" and gate["alarms"] == 1 and "alarms" in gate["attention"]
+    assert {a["gate"] for a in next_of("alarms")} == {"n1", "s2"}
+    # The gate's own guard acknowledges the fever at s2: it leaves the page with that event.
+    fever = next(a for a in hello["alarms"] if a["gate"] == "s2")
+    hub.district.add("south", "s2", event("ack", ref=fever["id"], alarm="fever", guard="G1"))
+    hub.web.notify("gate", {"site": "south", "gate": "s2"})
+    assert next_of("gate")["alarms"] == 0
+    assert [a["gate"] for a in next_of("alarms")] == ["n1"]
     conn.close()
 
 

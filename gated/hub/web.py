@@ -80,6 +80,8 @@ HEARTBEAT_S = 10.0
 GONE_CHECK_S = 1.0
 #: Seconds a store read may take before the page answers 503.
 READ_TIMEOUT_S = 30.0
+#: ... and before ``/healthz`` says it does not answer.
+HEALTH_TIMEOUT_S = 5.0
 #: How long today's black list is reused for the gates' order.
 BLACK_TTL_S = 60.0
 #: Seconds gathering the gates the ingest named before their rows are read back.
@@ -424,10 +426,10 @@ class HubWeb:
             self._store = HubStore(self.store_path)
         return self._store
 
-    async def read(self, fn: Callable[[HubStore], T]) -> T:
+    async def read(self, fn: Callable[[HubStore], T], timeout: float = READ_TIMEOUT_S) -> T:
         """``fn(store)`` on the page's store thread, awaited without blocking the loop."""
         fut = self.loop.run_in_executor(self._pool, lambda: fn(self._db()))
-        return await asyncio.wait_for(fut, READ_TIMEOUT_S)
+        return await asyncio.wait_for(fut, timeout)
 
     def _latest(self, store: HubStore) -> dict[str, int]:
         """Each site's newest registry version the hub published."""
@@ -551,12 +553,15 @@ class HubWeb:
     async def _send_gates(self) -> None:
         dirty, self._dirty = self._dirty, set()
         try:
-            rows = await self.read(lambda s: self._gates(s, dirty))
+            rows, alarms = await self.read(lambda s: (self._gates(s, dirty), self._unacked(s)))
         except Exception as exc:  # the store is busy or gone: the next change retries
             log.warning("fleet page: gates not read back: %s", exc)
             return
         for row in rows:
             self.broadcast("gate", row)
+        # All the open alarms again: one the gate's own guard acknowledged (its ``ack``
+        # event just came) leaves the page with it.
+        self.broadcast("alarms", alarms)
 
     def broadcast(self, kind: str, data: Any) -> None:
         """Send one message to every live page; a page too slow is dropped."""
@@ -686,7 +691,7 @@ class HubWeb:
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/events``: ``hello`` (gates and alarms), then ``gate``, ``alarm``,
-        ``ack`` as they happen; 503 past ``MAX_CLIENTS`` live pages."""
+        ``ack`` and ``alarms`` (every open one) as they happen; 503 past ``MAX_CLIENTS``."""
         if self.streams >= MAX_CLIENTS:
             self.refused.labels("clients").inc()
             self._warn_refused(f"{self.streams} live pages already")
@@ -848,7 +853,12 @@ class HubWeb:
         started = time.perf_counter()
         problems = []
         try:
-            await self.read(lambda s: s.conn.execute("SELECT count(*) FROM hub_gates").fetchone())
+            await self.read(
+                lambda s: s.conn.execute("SELECT count(*) FROM hub_gates").fetchone(),
+                HEALTH_TIMEOUT_S,
+            )
+        except TimeoutError:
+            problems.append(f"store: no answer within {HEALTH_TIMEOUT_S:g} s")
         except Exception as exc:
             problems.append(f"store: {type(exc).__name__}: {str(exc)[:200]}")
         if not self.stats.connected:

@@ -391,6 +391,15 @@
       renderTop();
       renderAlarms();
     });
+    es.addEventListener("alarms", (m) => {
+      const open = JSON.parse(m.data);
+      lastMessage = Date.now();
+      const had = new Set(alarms.map((x) => key(x) + "/" + x.seq));
+      if (open.some((x) => !had.has(key(x) + "/" + x.seq))) beep();
+      alarms = open;
+      renderTop();
+      renderAlarms();
+    });
     es.addEventListener("ack", (m) => {
       const a = JSON.parse(m.data);
       lastMessage = Date.now();
