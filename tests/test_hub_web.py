@@ -187,6 +187,31 @@ def test_the_host_header_must_name_the_hub(hub: HubPage) -> None:
     assert headers["x-content-type-options"] == "nosniff" and b"http" not in body.split(b"<body")[0]
 
 
+def test_open_connections_past_the_limit_get_503(hub: HubPage) -> None:
+    import socket
+
+    from gated.hub.web import MAX_CONNECTIONS
+
+    held = [socket.create_connection(("127.0.0.1", hub.port), 10) for _ in range(MAX_CONNECTIONS)]
+    try:
+
+        def answer() -> bytes:
+            with socket.create_connection(("127.0.0.1", hub.port), 10) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                return s.makefile("rb").read()
+
+        got = wait_until(lambda: (a := answer()).startswith(b"HTTP/1.1 503") and a, "a 503")
+        assert b"too many connections to the fleet page" in got
+        for s in held[:8]:
+            s.close()
+        wait_until(lambda: answer().startswith(b"HTTP/1.1 200"), "room again")
+        metrics = hub.request("GET", "/metrics")[2].decode()
+        assert 'gated_hub_web_refused_total{reason="connections"}' in metrics
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_metrics_count_the_fleet(hub: HubPage) -> None:
     fleet(hub)
     hub.stats.add("stored", 14)
