@@ -71,6 +71,9 @@ ASK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 120.0
 #: Most messages in one transaction.
 BATCH_MAX = 2000
+#: Messages the broker may have handed over unacknowledged (MQTT 5 Receive Maximum):
+#: a backlog after an outage comes in at the pace the store takes it, not all into memory.
+RECEIVE_MAX = 2000
 #: Why an event whose seq the hub holds with another id is kept aside.
 CONFLICT = (
     "seq already held with another event id: the gate's ledger started again from 1"
@@ -147,6 +150,7 @@ class Ingest:
             (self.hub_topic, json.dumps(offline).encode()),
             session_expiry_s=config.hub.session_expiry_s,
             prepare=self._prepare,
+            receive_maximum=RECEIVE_MAX,
         )
         self._queue: queue.Queue[_Message] = queue.Queue()
         self._stop_net = threading.Event()
