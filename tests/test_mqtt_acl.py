@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.common.base import DeviceHealth, Reading
@@ -86,11 +88,13 @@ class Raw:
         wait_until(lambda: mid in self.codes, f"PUBACK for {topic}")
         return not self.codes[mid].is_failure
 
-    def subscribe(self, *filters: str) -> None:
-        """Subscribe with QoS 1 and wait for the SUBACK (mosquitto grants every one)."""
+    def subscribe(self, *filters: str, granted: bool = True) -> list[Any]:
+        """Subscribe with QoS 1, wait for the SUBACK and check it (the ACL file grants all)."""
         _, mid = self.client.subscribe([(f, 1) for f in filters])
         wait_until(lambda: mid in self.granted, f"SUBACK for {filters}")
-        assert not any(rc.is_failure for rc in self.granted[mid]), self.granted[mid]
+        codes = self.granted[mid]
+        assert all(rc.is_failure != granted for rc in codes), codes
+        return codes
 
     def topics(self) -> list[str]:
         return [t for t, _, _ in list(self.messages)]
@@ -398,5 +402,76 @@ def test_on_mosquitto_a_gate_account_in_the_hubs_share_group_costs_a_shared_hub_
         assert 0 < len(got) < 10, got
         assert thief.messages == []
         thief.close()
+    finally:
+        b.kill()
+
+
+def dynsec_broker(tmp_path: Path) -> tuple[Mosquitto, Any]:
+    """A mosquitto with the dynamic-security plugin and ``ctl(*args)`` to configure it."""
+    plugin = next(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"), None)
+    if plugin is None or not shutil.which("mosquitto_ctrl"):
+        pytest.skip("mosquitto's dynamic-security plugin and mosquitto_ctrl are needed")
+    config = tmp_path / "dynsec.json"
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(config), "admin", "pw-admin"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    extra = (
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"plugin {plugin}\nplugin_opt_config_file {config}\n"
+    )
+    b = Mosquitto(tmp_path, extra=extra, port=port).start()
+
+    def ctl(*args: str) -> None:
+        base = ["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(port), "-u", "admin"]
+        subprocess.run(
+            [*base, "-P", "pw-admin", "dynsec", *args], check=True, capture_output=True, timeout=30
+        )
+
+    return b, ctl
+
+
+def test_with_dynamic_security_only_the_hub_joins_its_share_group(tmp_path: Path) -> None:
+    """mosquitto's dynamic-security plugin checks SUBSCRIBE, ``$share/`` form and all.
+
+    docs/mqtt.md: a broker that does is one where the hub may keep a share group.
+    """
+    b, ctl = dynsec_broker(tmp_path)
+    try:
+        roles = {
+            "hub": [
+                ("subscribePattern", "$share/hub/gated/+/+/event"),
+                ("subscribePattern", "gated/+/+/status"),
+            ],
+            "g1": [
+                ("subscribePattern", "gated/s1/+/event"),
+                ("publishClientSend", "gated/s1/g1/#"),
+            ],
+            "g2": [("publishClientSend", "gated/s2/g2/#")],
+        }
+        for user, acls in roles.items():
+            ctl("createRole", user)
+            for acltype, topic in acls:
+                ctl("addRoleACL", user, acltype, topic, "allow")
+            ctl("createClient", user, "-p", f"pw-{user}")
+            ctl("addClientRole", user, user)
+        hub = Raw(b.port, "hub", "gated-hub-district-1")
+        hub.subscribe("$share/hub/gated/+/+/event", "gated/+/+/status")
+        thief = Raw(b.port, "g1", "g1-thief")
+        codes = thief.subscribe("$share/hub/gated/+/+/event", granted=False)
+        assert [rc.value for rc in codes] == [135]  # not authorized
+        thief.subscribe("gated/s1/+/event")  # its peers' events, as before
+        g2 = Raw(b.port, "g2", "g2-raw")
+        for seq in range(1, 11):
+            assert g2.allowed("gated/s2/g2/event", payload={"seq": seq})
+        assert g2.allowed("gated/s2/g2/status", payload={"state": "online"})
+        wait_until(lambda: "gated/s2/g2/status" in hub.topics(), "g2's status at the hub")
+        got = [body["seq"] for t, body, _ in hub.messages if t.endswith("/event")]
+        assert got == list(range(1, 11))
+        assert thief.messages == []
+        for c in (hub, thief, g2):
+            c.close()
     finally:
         b.kill()
