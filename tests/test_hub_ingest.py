@@ -186,14 +186,20 @@ def test_a_gate_cut_off_from_the_broker_catches_up_at_the_hub(site: Site, hub: H
     assert row["missing"] == 0
 
 
-def test_two_hub_instances_share_the_stream_and_store_each_event_once(
-    tmp_path: Path, site: Site
+@pytest.mark.parametrize("group", ["hub", ""])
+def test_two_hub_instances_on_one_database_store_each_event_once(
+    tmp_path: Path, site: Site, group: str
 ) -> None:
+    """With a share group the broker hands each event to one of them; with plain
+    subscriptions both take every event, and the store keeps it once."""
     db = tmp_path / "shared" / "hub.db"
     db.parent.mkdir()
     hubs = [
         HubProcess(
-            tmp_path / name, site.broker.port, hub_id=name, hub={"database": f"sqlite:///{db}"}
+            tmp_path / name,
+            site.broker.port,
+            hub_id=name,
+            hub={"database": f"sqlite:///{db}", "share_group": group},
         )
         for name in ("h1", "h2")
     ]

@@ -124,7 +124,8 @@ def test_hub_keeps_its_store_in_its_state_directory_and_secrets_as_credentials()
     # the guide's config puts the store there and names the unit's credentials only
     guide = hub_guide()
     (database,) = re.findall(r'^database = "sqlite:///([^"]+)"', guide, re.M)
-    assert Path("/" + database.lstrip("/")).parent == Path("/var/lib") / state
+    # four slashes: an absolute path (three would be relative to /etc/gated, the config's)
+    assert database.startswith("/") and Path(database).parent == Path("/var/lib") / state
     named = re.findall(r'_file = "/run/credentials/gated-hub\.service/([\w-]+)"', guide)
     assert named and set(named) <= set(creds)
 

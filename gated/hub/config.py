@@ -43,7 +43,7 @@ class HubSection(StrictModel):
         default=None, description="File holding the database password (for a database server)."
     )
     share_group: str = Field(
-        default="hub",
+        default="",
         pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description='MQTT 5 shared subscription group of the hub instances; "" = plain.',
     )
