@@ -600,16 +600,23 @@ class HubStore:
 
     # -- the sites' registries (gated.hub.registry) --------------------------------------
 
-    def registry_next(self, site: str) -> int:
+    def registry_next(self, site: str, below: int) -> tuple[int, list[tuple[str, int]]]:
         """The site's next version: above every version the hub made and every one its
-        gates reported applying."""
+        gates reported applying (those from ``below`` on are left out: no version could
+        follow them); and the gates that reported one above what the hub made."""
         (made,) = self.conn.execute(
             "SELECT max(version) FROM hub_registry WHERE site = ?", (site,)
         ).fetchone()
-        (applied,) = self.conn.execute(
-            "SELECT max(registry_version) FROM hub_gates WHERE site = ?", (site,)
-        ).fetchone()
-        return max(int(made or 0), int(applied or 0)) + 1
+        made = int(made or 0)
+        ahead = [
+            (str(gate), int(v))
+            for gate, v in self.conn.execute(
+                "SELECT gate, registry_version FROM hub_gates WHERE site = ?"
+                " AND registry_version > ? AND registry_version < ? ORDER BY gate",
+                (site, made, below),
+            )
+        ]
+        return max([made, *(v for _, v in ahead)]) + 1, ahead
 
     def registry_add(
         self, site: str, version: int, body: str, persons: int, cards: int, sha256: str, at: float
