@@ -328,10 +328,13 @@ def test_versions_go_above_what_gates_applied_and_a_failed_send_is_not_the_lates
         # a gate of s9 says it applied version 7 (from a hub whose store was lost)
         store.begin()
         store.status("s9", "g1", {"state": "online", "registry_version": 7}, time.time())
+        # one past what any gate can apply is left out (a forged status must not end sync)
+        store.status("s9", "g2", {"state": "online", "registry_version": 2**53}, time.time())
         store.commit()
         csv = write_csv(tmp_path / "r.csv", HUB_PEOPLE)
         code, out = hub(toml, "registry", "publish", str(csv), "--site", "s9")
         assert code == 0 and "registry version 8 published" in out, out
+        assert "note: s9/g1 reported registry version 7, which this hub did not make" in out
         # the broker is unreachable: exit 1, the version is kept as not published
         dead = hub_toml(tmp_path / "dead.toml", f"mqtt://127.0.0.1:{free_port()}")
         code, out = hub(dead, "registry", "publish", str(csv), "--site", "s9")

@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -137,6 +138,18 @@ def _send(store: HubStore, config: HubConfig, site: str, version: int, messages:
     store.commit()
 
 
+def _next_version(store: HubStore, site: str) -> int:
+    version, ahead = store.registry_next(site, registry_sync.MAX_VERSION)
+    for gate, v in ahead:
+        # The hub's store was replaced, or another publisher, or a forged status: say so.
+        print(
+            f"note: {site}/{gate} reported registry version {v}, which this hub did not make;"
+            " the new version goes above it",
+            file=sys.stderr,
+        )
+    return version
+
+
 def _registry_topic(config: HubConfig, site: str) -> str:
     return f"{config.mqtt.topic_prefix}/{site}/registry"
 
@@ -150,7 +163,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         store.begin()
         try:
-            version = store.registry_next(site)
+            version = _next_version(store, site)
             revoked = store.revokes(site)
             body = _encode(snapshot(version, persons, cards, revoked))
             payload = _checked(body, args.file, config.mqtt.registry_max_bytes)
@@ -219,7 +232,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                     " first (gated hub registry publish), or revoke at a gate (cmd/revoke)"
                 )
             now = time.time()
-            version = store.registry_next(site)
+            version = _next_version(store, site)
             store.revoke_add(site, version, what, ref, now, _operator(config.hub.id))
             msg = json.loads(base["body"])
             msg["version"] = version
