@@ -346,10 +346,14 @@ def test_versions_go_above_what_gates_applied_and_a_failed_send_is_not_the_lates
         # a revocation made while the broker is down is kept for the next version
         code, out = hub(dead, "revoke", "--site", "s9", "--card", WANG_CARD)
         assert code == 1 and "the revocation is recorded at the hub" in out, out
+        assert "note: no person" not in out, out
+        code, out = hub(dead, "revoke", "--site", "s9", "--card", "DEADBEEF01")
+        assert code == 1 and "note: no person of s9's registry version 8 holds card" in out
         code, out = hub(toml, "registry", "publish", str(csv), "--site", "s9")
-        assert code == 0 and "registry version 11 published" in out, out
+        assert code == 0 and "registry version 12 published" in out, out
         payload = retained(broker.port, "gated/s9/registry")
-        assert payload is not None and json.loads(payload)["revoked_cards"] == [WANG_CARD]
+        assert payload is not None
+        assert json.loads(payload)["revoked_cards"] == [WANG_CARD, "DEADBEEF01"]
         # a site the hub never published for: a revocation is refused (it would empty it)
         code, out = hub(toml, "revoke", "--site", "s8", "--card", WANG_CARD)
         assert code == 1 and "has published no registry for it yet" in out, out

@@ -61,6 +61,7 @@ from gated.hub.broker import Broker, PublishError
 from gated.hub.config import HubConfig, load_hub_config
 from gated.hub.store import HubStore, is_online
 from gated.mqtt import registry_sync
+from gated.privacy import mask_uid
 from gated.registry import Person, normalise_uid, read_csv
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,13 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             msg = json.loads(base["body"])
             msg["version"] = version
             msg.update({REVOKED[w]: refs for w, refs in store.revokes(site).items()})
+            if what == "card" and not any(ref in p["cards"] for p in msg["persons"]):
+                # Still sent (a gate may hold the card from a CSV of its own): a typo shows.
+                print(
+                    f"note: no person of {site}'s registry version {base['version']} holds"
+                    f" card {mask_uid(ref)}",
+                    file=sys.stderr,
+                )
             body = _encode(msg)
             payload = body.encode("utf-8")
             digest = hashlib.sha256(payload).hexdigest()
