@@ -51,7 +51,6 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -86,38 +85,40 @@ def _site(value: str) -> str:
         raise GatedError(f"--site {value!r}: {exc}") from None
 
 
-def snapshot(
-    version: int, persons: Sequence[Person], cards: dict[str, str], revoked: dict[str, list[str]]
-) -> dict[str, Any]:
-    """The snapshot message (docs/mqtt.md): every person with their cards, and every
-    revocation of the site."""
+def persons_of(persons: Sequence[Person], cards: dict[str, str]) -> list[dict[str, Any]]:
+    """The snapshot's ``persons`` (docs/mqtt.md): every person with their cards."""
     by_person: dict[str, list[str]] = {}
     for uid, pid in cards.items():
         by_person.setdefault(pid, []).append(uid)
-    return {
-        "type": "snapshot",
-        "version": version,
-        "persons": [{**asdict(p), "cards": sorted(by_person.get(p.id, []))} for p in persons],
-        **{REVOKED[what]: refs for what, refs in revoked.items()},
-    }
+    return [{**vars(p), "cards": sorted(by_person.get(p.id, []))} for p in persons]
 
 
-def _encode(msg: dict[str, Any]) -> str:
+def _encode(msg: Any) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-def _checked(body: str, name: str, limit: int) -> bytes:
-    """``body`` as a gate reads it, or RegistryImportError (nothing published)."""
+def _body(version: int, persons_json: str, revoked: dict[str, list[str]]) -> str:
+    """The snapshot message, its ``persons`` encoded beforehand (outside the store's
+    write transaction: it takes seconds for 200,000 persons), with every revocation."""
+    lists = _encode({REVOKED[what]: refs for what, refs in revoked.items()})[1:-1]
+    return f'{{"type":"snapshot","version":{version},"persons":{persons_json},{lists}}}'
+
+
+def _check(persons: list[dict[str, Any]], name: str) -> None:
+    """The persons as a gate reads them, or RegistryImportError (nothing published)."""
+    try:
+        registry_sync.parse({"type": "snapshot", "version": 1, "persons": persons})
+    except registry_sync.RegistryMessageError as exc:
+        raise RegistryImportError(f"{name}: the gates would refuse this snapshot: {exc}") from None
+
+
+def _sized(body: str, name: str, limit: int) -> bytes:
     payload = body.encode("utf-8")
     if len(payload) > limit:
         raise RegistryImportError(
             f"{name}: the snapshot is {len(payload)} bytes, above [mqtt] registry_max_bytes"
             f" ({limit}): the gates would refuse it"
         )
-    try:
-        registry_sync.parse(json.loads(body))
-    except registry_sync.RegistryMessageError as exc:
-        raise RegistryImportError(f"{name}: the gates would refuse this snapshot: {exc}") from None
     return payload
 
 
@@ -160,14 +161,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     config = load_hub_config(args.config)
     site = _site(args.site)
     persons, cards = read_csv(Path(args.file))
+    listed = persons_of(persons, cards)
+    _check(listed, args.file)
+    persons_json = _encode(listed)
     store = HubStore(config.database_path)
     try:
         store.begin()
         try:
             version = _next_version(store, site)
             revoked = store.revokes(site)
-            body = _encode(snapshot(version, persons, cards, revoked))
-            payload = _checked(body, args.file, config.mqtt.registry_max_bytes)
+            body = _body(version, persons_json, revoked)
+            payload = _sized(body, args.file, config.mqtt.registry_max_bytes)
             digest = hashlib.sha256(payload).hexdigest()
             store.registry_add(site, version, body, len(persons), len(cards), digest, time.time())
             store.commit()
@@ -224,28 +228,30 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     prefix = config.mqtt.topic_prefix
     store = HubStore(config.database_path)
     try:
+        base = store.registry_latest(site)
+        if base is None:
+            raise GatedError(
+                f"site {site}: the hub has published no registry for it yet; publish one"
+                " first (gated hub registry publish), or revoke at a gate (cmd/revoke)"
+            )
+        listed = json.loads(base["body"])["persons"]
+        if what == "card" and not any(ref in p["cards"] for p in listed):
+            # Still sent (a gate may hold the card from a CSV of its own): a typo shows.
+            print(
+                f"note: no person of {site}'s registry version {base['version']} holds"
+                f" card {mask_uid(ref)}",
+                file=sys.stderr,
+            )
+        persons_json = _encode(listed)
         store.begin()
         try:
-            base = store.registry_latest(site)
-            if base is None:
-                raise GatedError(
-                    f"site {site}: the hub has published no registry for it yet; publish one"
-                    " first (gated hub registry publish), or revoke at a gate (cmd/revoke)"
-                )
+            latest = store.registry_history(site, published_only=True, limit=1)
+            if latest[0]["version"] != base["version"]:
+                raise GatedError(f"site {site}: a new registry version came meanwhile: run again")
             now = time.time()
             version = _next_version(store, site)
             store.revoke_add(site, version, what, ref, now, _operator(config.hub.id))
-            msg = json.loads(base["body"])
-            msg["version"] = version
-            msg.update({REVOKED[w]: refs for w, refs in store.revokes(site).items()})
-            if what == "card" and not any(ref in p["cards"] for p in msg["persons"]):
-                # Still sent (a gate may hold the card from a CSV of its own): a typo shows.
-                print(
-                    f"note: no person of {site}'s registry version {base['version']} holds"
-                    f" card {mask_uid(ref)}",
-                    file=sys.stderr,
-                )
-            body = _encode(msg)
+            body = _body(version, persons_json, store.revokes(site))
             payload = body.encode("utf-8")
             digest = hashlib.sha256(payload).hexdigest()
             store.registry_add(site, version, body, base["persons"], base["cards"], digest, now)
