@@ -397,3 +397,18 @@ def test_a_snapshot_the_broker_refuses_is_not_published(tmp_path: Path) -> None:
         assert retained(port, "gated/s1/registry") is None
     finally:
         broker.kill()
+
+
+def test_a_row_the_gates_would_refuse_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    # the CSV's checks take a name of any length; a gate takes at most 256 characters
+    toml = hub_toml(tmp_path / "hub.toml", f"mqtt://127.0.0.1:{free_port()}")
+    long_name = "P3,Zhang " + "M" * 300 + ",320623199203031234,1-101,H1,resident,green,0,5566778899"
+    csv = write_csv(tmp_path / "r.csv", (*HUB_PEOPLE[:2], long_name))
+    code, out = hub(toml, "registry", "publish", str(csv), "--site", "s1")
+    assert code == 2, out
+    assert "person P3: the gates would refuse this snapshot: persons[2].name" in out, out
+    store = HubStore(load_hub_config(toml).database_path)
+    try:
+        assert store.registry_history("s1") == []
+    finally:
+        store.close()

@@ -47,6 +47,7 @@ import getpass
 import hashlib
 import json
 import logging
+import re
 import secrets
 import sys
 import time
@@ -109,7 +110,12 @@ def _check(persons: list[dict[str, Any]], name: str) -> None:
     try:
         registry_sync.parse({"type": "snapshot", "version": 1, "persons": persons})
     except registry_sync.RegistryMessageError as exc:
-        raise RegistryImportError(f"{name}: the gates would refuse this snapshot: {exc}") from None
+        # A check the CSV's own does not make (a name longer than a gate takes): say whose.
+        found = re.match(r"persons\[(\d+)\]", str(exc))
+        who = f"person {persons[int(found[1])]['id']}: " if found else ""
+        raise RegistryImportError(
+            f"{name}: {who}the gates would refuse this snapshot: {exc}"
+        ) from None
 
 
 def _sized(body: str, name: str, limit: int) -> bytes:
