@@ -63,6 +63,11 @@ class HubSection(StrictModel):
     retention_days: int = Field(
         default=365, ge=1, le=36500, description="Days stored events are kept before the purge."
     )
+    registry_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest registry snapshot published: the gates' [mqtt] registry_max_bytes.",
+    )
     offline_after_s: float = Field(
         default=90,
         ge=10,

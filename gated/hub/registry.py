@@ -4,7 +4,7 @@
 checks (:func:`gated.registry.read_csv`: a bad row named by its line, nothing
 published, exit 2), makes the site's next snapshot (docs/mqtt.md "Registry sync"),
 checks it as a gate will (:func:`gated.mqtt.registry_sync.parse`, and
-``[mqtt] registry_max_bytes``), and publishes it retained, QoS 1, on
+``[hub] registry_max_bytes``, the gates' limit), and publishes it retained, QoS 1, on
 ``{prefix}/{site}/registry``.
 
 - **Versions.** The next version is above every version the hub made for the site and
@@ -122,7 +122,7 @@ def _sized(body: str, name: str, limit: int) -> bytes:
     payload = body.encode("utf-8")
     if len(payload) > limit:
         raise RegistryImportError(
-            f"{name}: the snapshot is {len(payload)} bytes, above [mqtt] registry_max_bytes"
+            f"{name}: the snapshot is {len(payload)} bytes, above [hub] registry_max_bytes"
             f" ({limit}): the gates would refuse it"
         )
     return payload
@@ -177,7 +177,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             version = _next_version(store, site)
             revoked = store.revokes(site)
             body = _body(version, persons_json, revoked)
-            payload = _sized(body, args.file, config.mqtt.registry_max_bytes)
+            payload = _sized(body, args.file, config.hub.registry_max_bytes)
             digest = hashlib.sha256(payload).hexdigest()
             store.registry_add(site, version, body, len(persons), len(cards), digest, time.time())
             store.commit()
