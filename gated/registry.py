@@ -12,6 +12,7 @@ import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from gated.errors import RegistryImportError
@@ -230,6 +231,24 @@ def _flag(value: str, line: int, column: str, name: str) -> bool:
     if v in _FALSE:
         return False
     raise RegistryImportError(f"{name}:{line}: {column}: expected true or false, got {value!r}")
+
+
+def read_csv(path: Path) -> tuple[list[Person], dict[str, str]]:
+    """Read and check a registry CSV file whole (``gated registry import``, ``gated hub
+    registry publish``); :class:`RegistryImportError` names the line of the first problem."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RegistryImportError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Excel on a Chinese Windows saves "CSV" as GBK: name the line, say what to do.
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RegistryImportError(
+            f'{path}:{line}: not UTF-8 text; save the file as "CSV UTF-8"'
+        ) from None
+    return parse_csv(io.StringIO(text, newline=""), str(path))
 
 
 def parse_csv(stream: TextIO, name: str) -> tuple[list[Person], dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -18,10 +19,12 @@ import pytest
 from gated.clock import iso_utc
 from gated.events import Device
 from gated.retention import DAY_S, Retention, purge_now
+from tests.support.gate_process import COLUMNS
 from tests.support.hub import HubProcess
 from tests.support.mosquitto import Mosquitto, publish
 from tests.support.replay_gate import Gate
-from tests.support.site import WANG_CARD, ZHANG_CARD, Site
+from tests.support.site import SITE_PEOPLE, WANG_CARD, ZHANG_CARD, Site
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -186,14 +189,20 @@ def test_a_gate_cut_off_from_the_broker_catches_up_at_the_hub(site: Site, hub: H
     assert row["missing"] == 0
 
 
-def test_two_hub_instances_share_the_stream_and_store_each_event_once(
-    tmp_path: Path, site: Site
+@pytest.mark.parametrize("group", ["hub", ""])
+def test_two_hub_instances_on_one_database_store_each_event_once(
+    tmp_path: Path, site: Site, group: str
 ) -> None:
+    """With a share group the broker hands each event to one of them; with plain
+    subscriptions both take every event, and the store keeps it once."""
     db = tmp_path / "shared" / "hub.db"
     db.parent.mkdir()
     hubs = [
         HubProcess(
-            tmp_path / name, site.broker.port, hub_id=name, hub={"database": f"sqlite:///{db}"}
+            tmp_path / name,
+            site.broker.port,
+            hub_id=name,
+            hub={"database": f"sqlite:///{db}", "share_group": group},
         )
         for name in ("h1", "h2")
     ]
@@ -283,3 +292,35 @@ def test_a_seq_held_with_another_id_is_kept_aside_not_dropped(tmp_path: Path) ->
     finally:
         hub.close()
         broker.stop()
+
+
+def hub_cli(hub: HubProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    cli = [sys.executable, "-m", "gated.cli", "hub", *args, "-c", str(hub.config)]
+    return subprocess.run(cli, capture_output=True, text=True, timeout=60)
+
+
+def test_a_registry_from_the_running_hub_reaches_every_gate_and_the_fleet_shows_it(
+    tmp_path: Path, site: Site, hub: HubProcess
+) -> None:
+    hub.start()
+    site.start()
+    csv = tmp_path / "registry.csv"
+    csv.write_text("".join(line + "\n" for line in (COLUMNS, *SITE_PEOPLE)), encoding="utf-8")
+    published = hub_cli(hub, "registry", "publish", str(csv), "--site", "s1")
+    assert published.returncode == 0, published.stderr
+    version = int(re.findall(r"\d+", published.stdout)[0])
+
+    def versions() -> dict[str, int | None]:
+        rows = json.loads(hub_cli(hub, "gates", "--format", "json").stdout)
+        return {r["gate"]: r["registry_version"] for r in rows}
+
+    wait_until(lambda: versions() == {"in": version, "out": version}, "both gates applied it")
+    site["out"].stop()
+    revoked = hub_cli(hub, "revoke", "--site", "s1", "--card", WANG_CARD)
+    assert revoked.returncode == 0, revoked.stderr
+    wait_until(lambda: versions()["in"] == version + 1, "the online gate applied the revoke")
+    assert versions()["out"] == version  # behind, and the fleet view says so
+    assert "card_revoked" in site.arrive("in", card=WANG_CARD)["reasons"]
+    site.start("out")
+    wait_until(lambda: versions()["out"] == version + 1, "the gate back applied it")
+    assert "card_revoked" in site.arrive("out", card=WANG_CARD)["reasons"]

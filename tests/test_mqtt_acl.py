@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.common.base import DeviceHealth, Reading
@@ -19,7 +21,8 @@ from tests.support.remote import Remote
 from tests.support.waiting import wait_until
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "mqtt.md"
-USERS = ("g1", "g2", "central", "homeassistant")
+USERS = ("g1", "g2", "central", "homeassistant", "hub")
+HUB_STATUS = "gated/_hub/district-1/status"
 
 
 def doc_acls() -> list[str]:
@@ -65,18 +68,36 @@ class Raw:
         )
         self.client.username_pw_set(**auth(user))
         self.codes: dict[int, Any] = {}
+        self.granted: dict[int, list[Any]] = {}
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self.client.on_publish = lambda c, u, mid, rc, p: self.codes.__setitem__(mid, rc)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.granted.__setitem__(mid, rcs)
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (m.topic, json.loads(m.payload), bool(m.retain))
+        )
         up = threading.Event()
         self.client.on_connect = lambda *a: up.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert up.wait(20)
 
-    def allowed(self, topic: str) -> bool:
+    def allowed(self, topic: str, retain: bool = False, payload: Any = None) -> bool:
         """Publish with QoS 1: did the broker accept it?"""
-        mid = self.client.publish(topic, b'{"req": "x", "seq": 1}', qos=1).mid
+        data = json.dumps(payload or {"req": "x", "seq": 1}).encode()
+        mid = self.client.publish(topic, data, qos=1, retain=retain).mid
         wait_until(lambda: mid in self.codes, f"PUBACK for {topic}")
         return not self.codes[mid].is_failure
+
+    def subscribe(self, *filters: str, granted: bool = True) -> list[Any]:
+        """Subscribe with QoS 1, wait for the SUBACK and check it (the ACL file grants all)."""
+        _, mid = self.client.subscribe([(f, 1) for f in filters])
+        wait_until(lambda: mid in self.granted, f"SUBACK for {filters}")
+        codes = self.granted[mid]
+        assert all(rc.is_failure != granted for rc in codes), codes
+        return codes
+
+    def topics(self) -> list[str]:
+        return [t for t, _, _ in list(self.messages)]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -209,4 +230,248 @@ def test_the_per_gate_acl_binds_a_gate_to_its_site(tmp_path: Path) -> None:
         spy.close()
         peers.close()
         central.close()
+        b.kill()
+
+
+HUB_FILTERS = (
+    "$share/hub/gated/+/+/event",
+    "$share/hub/gated/+/+/alarm",
+    "gated/+/+/status",
+    "gated/+/+/cmd_result",
+)
+
+
+def test_the_hub_reads_every_gate_and_its_replays_registries_and_revocations_apply(
+    tmp_path: Path,
+) -> None:
+    """The hub's account against a real gate: every topic it reads arrives, every command lands."""
+    b, files = acl_broker(tmp_path, doc_acls()[0])
+    gate = Remote(
+        tmp_path, broker=b, auth=auth("hub"), username="g1", password_file=str(files["g1"])
+    )
+    hub = Raw(b.port, "hub", "gated-hub-district-1")
+    other = Raw(b.port, "g2", "g2-raw")  # a gate of another site on the same broker
+    try:
+        hub.subscribe(*HUB_FILTERS)
+        # the gate's event and alarm (through the share group), its status and answers
+        gate.rig.controller.put(Reading("device", DeviceHealth(False, "unplugged"), "qr"))
+        for topic in ("event", "alarm", "status", "cmd_result"):
+            assert other.allowed(f"gated/s2/g2/{topic}"), topic
+        want = {f"gated/{g}/{t}" for g in ("s1/g1", "s2/g2") for t in ("event", "alarm", "status")}
+        wait_until(lambda: want | {"gated/s2/g2/cmd_result"} <= set(hub.topics()), "hub reads")
+
+        # a replay the hub asks for: answered, and the event comes again
+        seq = next(body["seq"] for t, body, _ in hub.messages if t == "gated/s1/g1/event")
+        got = len(hub.messages)
+        ask = {"req": "hub-r1", "ts": gate.now(), "by": "hub:district-1", "from": seq, "to": seq}
+        answer = gate.send("replay", ask)
+        assert answer["ok"] is True and answer["sent"] == 1, answer
+        wait_until(
+            lambda: any(t == "gated/s1/g1/event" for t in hub.topics()[got:]), "replayed event"
+        )
+        wait_until(
+            lambda: any(
+                t == "gated/s1/g1/cmd_result" and body["req"] == "hub-r1"
+                for t, body, _ in list(hub.messages)
+            ),
+            "the answer at the hub",
+        )
+
+        # its retained snapshot, then a delta and a revocation on the gate's commands
+        person = {"id": "P1", "name": "Person P1", "household": "H1", "cards": ["0A1B2C3D4E"]}
+        snapshot = {"type": "snapshot", "version": 1, "persons": [person]}
+        assert hub.allowed("gated/s1/registry", retain=True, payload=snapshot)
+        wait_until(
+            lambda: any(s.get("registry_version") == 1 for s in gate.statuses()), "snapshot applied"
+        )
+        delta = {"req": "hub-d2", "type": "delta", "version": 2, "persons": [person]}
+        assert gate.send("registry", delta)["ok"] is True
+        revoked = gate.send(
+            "revoke", {"req": "hub-v1", "card": "0A1B2C3D4E", "by": "hub:district-1"}
+        )
+        assert revoked["ok"] is True, revoked
+        # the snapshot stays for a gate that connects later
+        late = Collector(b.port, ["gated/s1/registry"], "g1-late", **auth("g1"))
+        late.wait_for(lambda m: any(r for _, _, r in m))
+        late.close()
+
+        # its own status, retained, under gated/_hub/
+        status = {"state": "online", "ts": gate.now()}
+        assert hub.allowed(HUB_STATUS, retain=True, payload=status)
+        # and nothing as a gate, nor the commands it does not send
+        for topic in ("event", "alarm", "status", "cmd_result"):
+            assert not hub.allowed(f"gated/s1/g1/{topic}"), topic
+        for name in ("open", "mode", "ping"):
+            assert not hub.allowed(f"gated/s1/g1/cmd/{name}"), name
+        assert not hub.allowed("homeassistant/status")
+    finally:
+        hub.close()
+        other.close()
+        gate.close()  # also stops the broker
+
+
+def test_a_stolen_gate_account_cannot_pass_for_the_hub(tmp_path: Path) -> None:
+    b, _ = acl_broker(tmp_path, doc_acls()[0])
+    hub = Raw(b.port, "hub", "gated-hub-district-1")
+    thief = Raw(b.port, "g1", "g1-thief")
+    reader = Raw(b.port, "g1", "g1-reader")  # apart: mosquitto drops a client after a refusal
+    watcher = Raw(b.port, "central", "watcher")
+    try:
+        watcher.subscribe("gated/_hub/#")
+        reader.subscribe("gated/_hub/#", "gated/+/+/status")
+        assert hub.allowed(HUB_STATUS, retain=True, payload={"state": "online"})
+        wait_until(lambda: HUB_STATUS in watcher.topics(), "the hub's status")
+        # the hub's status, under its id or the gate's own (the patterns' "+" matches "_hub")
+        assert not thief.allowed(HUB_STATUS, retain=True, payload={"state": "offline"})
+        assert not thief.allowed("gated/_hub/g1/status", retain=True)
+        assert not thief.allowed("gated/_hub/district-1/event")
+        # the hub's commands to other gates and the site's snapshot
+        for name in ("registry", "revoke", "open", "mode"):
+            assert not thief.allowed(f"gated/s1/g2/cmd/{name}"), name
+        assert not thief.allowed("gated/s1/registry", retain=True)
+        # nor does it read the hub's status (retained or new)
+        assert hub.allowed(HUB_STATUS, retain=True, payload={"state": "online", "n": 2})
+        wait_until(lambda: len(watcher.topics()) >= 2, "the second status")
+        assert [body["state"] for _, body, _ in watcher.messages] == ["online", "online"]
+        assert reader.messages == []
+    finally:
+        for c in (hub, thief, reader, watcher):
+            c.close()
+        b.kill()
+
+
+def per_site_broker(tmp_path: Path) -> Mosquitto:
+    """The per-gate ACL of docs/mqtt.md: g1 at site s1, g2 at site s2."""
+    pattern, per_gate = doc_acls()
+    head = pattern[: pattern.index("# every gate")]
+    blocks = [per_gate.replace("greenfield", s).replace("north-1", g) for s, g in ACL_GATES]
+    b, _ = acl_broker(tmp_path, head + "".join(blocks))
+    return b
+
+
+ACL_GATES = (("s1", "g1"), ("s2", "g2"))
+
+
+def events_through(b: Mosquitto, hub_filter: str, n: int) -> tuple[list[int], Raw]:
+    """The seqs the hub on ``hub_filter`` got of ``n`` events of g2 (site s2), g1 in its group.
+
+    g1 (site s1) subscribes to ``$share/hub/gated/+/+/event`` first. A status from g2 after the
+    events, on the hub's plain status subscription, says they have all been handed out.
+    """
+    hub = Raw(b.port, "hub", "gated-hub-district-1")
+    hub.subscribe(hub_filter, "gated/+/+/status")
+    thief = Raw(b.port, "g1", "g1-thief")
+    thief.subscribe("$share/hub/gated/+/+/event")  # granted: mosquitto checks no SUBSCRIBE
+    g2 = Raw(b.port, "g2", "g2-raw")
+    for seq in range(1, n + 1):
+        assert g2.allowed("gated/s2/g2/event", payload={"seq": seq})
+    assert g2.allowed("gated/s2/g2/status", payload={"state": "online"})
+    wait_until(lambda: "gated/s2/g2/status" in hub.topics(), "g2's status at the hub")
+    g2.close()
+    hub.close()
+    return [body["seq"] for t, body, _ in hub.messages if t.endswith("/event")], thief
+
+
+def test_a_gate_account_in_the_hubs_share_group_reads_nothing_of_another_site(
+    tmp_path: Path,
+) -> None:
+    """With share_group = "" (docs/mqtt.md, for mosquitto) the hub still gets every event."""
+    b = per_site_broker(tmp_path)
+    try:
+        got, thief = events_through(b, "gated/+/+/event", 10)
+        assert got == list(range(1, 11))
+        # what it may not read never reaches it, shared or not
+        assert thief.messages == []
+        thief.close()
+    finally:
+        b.kill()
+
+
+def test_on_mosquitto_a_gate_account_in_the_hubs_share_group_costs_a_shared_hub_events(
+    tmp_path: Path,
+) -> None:
+    """Why docs/mqtt.md runs the hub without a share group on mosquitto: SUBSCRIBE is not checked.
+
+    The broker hands each event to the group's members in turn and drops one the chosen member
+    may not read, so the hub misses every other event of another site. Should mosquitto start
+    refusing the gate's SUBSCRIBE, this fails, and the advice can change.
+    """
+    b = per_site_broker(tmp_path)
+    try:
+        got, thief = events_through(b, "$share/hub/gated/+/+/event", 10)
+        assert 0 < len(got) < 10, got
+        assert thief.messages == []
+        thief.close()
+    finally:
+        b.kill()
+
+
+def dynsec_broker(tmp_path: Path) -> tuple[Mosquitto, Any]:
+    """A mosquitto with the dynamic-security plugin and ``ctl(*args)`` to configure it."""
+    plugin = next(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"), None)
+    if plugin is None or not shutil.which("mosquitto_ctrl"):
+        pytest.skip("mosquitto's dynamic-security plugin and mosquitto_ctrl are needed")
+    config = tmp_path / "dynsec.json"
+    subprocess.run(
+        ["mosquitto_ctrl", "dynsec", "init", str(config), "admin", "pw-admin"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    extra = (
+        f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+        f"plugin {plugin}\nplugin_opt_config_file {config}\n"
+    )
+    b = Mosquitto(tmp_path, extra=extra, port=port).start()
+
+    def ctl(*args: str) -> None:
+        base = ["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(port), "-u", "admin"]
+        subprocess.run(
+            [*base, "-P", "pw-admin", "dynsec", *args], check=True, capture_output=True, timeout=30
+        )
+
+    return b, ctl
+
+
+def test_with_dynamic_security_only_the_hub_joins_its_share_group(tmp_path: Path) -> None:
+    """mosquitto's dynamic-security plugin checks SUBSCRIBE, ``$share/`` form and all.
+
+    docs/mqtt.md: a broker that does is one where the hub may keep a share group.
+    """
+    b, ctl = dynsec_broker(tmp_path)
+    try:
+        roles = {
+            "hub": [
+                ("subscribePattern", "$share/hub/gated/+/+/event"),
+                ("subscribePattern", "gated/+/+/status"),
+            ],
+            "g1": [
+                ("subscribePattern", "gated/s1/+/event"),
+                ("publishClientSend", "gated/s1/g1/#"),
+            ],
+            "g2": [("publishClientSend", "gated/s2/g2/#")],
+        }
+        for user, acls in roles.items():
+            ctl("createRole", user)
+            for acltype, topic in acls:
+                ctl("addRoleACL", user, acltype, topic, "allow")
+            ctl("createClient", user, "-p", f"pw-{user}")
+            ctl("addClientRole", user, user)
+        hub = Raw(b.port, "hub", "gated-hub-district-1")
+        hub.subscribe("$share/hub/gated/+/+/event", "gated/+/+/status")
+        thief = Raw(b.port, "g1", "g1-thief")
+        codes = thief.subscribe("$share/hub/gated/+/+/event", granted=False)
+        assert [rc.value for rc in codes] == [135]  # not authorized
+        thief.subscribe("gated/s1/+/event")  # its peers' events, as before
+        g2 = Raw(b.port, "g2", "g2-raw")
+        for seq in range(1, 11):
+            assert g2.allowed("gated/s2/g2/event", payload={"seq": seq})
+        assert g2.allowed("gated/s2/g2/status", payload={"state": "online"})
+        wait_until(lambda: "gated/s2/g2/status" in hub.topics(), "g2's status at the hub")
+        got = [body["seq"] for t, body, _ in hub.messages if t.endswith("/event")]
+        assert got == list(range(1, 11))
+        assert thief.messages == []
+        for c in (hub, thief, g2):
+            c.close()
+    finally:
         b.kill()

@@ -2,82 +2,34 @@
 
 from __future__ import annotations
 
-import functools
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
-
 from gated.config import StorageConfig
+from tests.support.systemd import (
+    Unit,
+    allowed_syscalls,
+    directives,
+    exposure,
+    heredoc,
+    make_root,
+    needs_analyze,
+    syscall_set,
+    verify,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "gated.service"
 RULES = REPO / "systemd" / "99-gated.rules"
 INSTALL = REPO / "docs" / "install.md"
-ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
-SYSTEM_UNITS = next(
-    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
-    None,
-)
-
-needs_analyze = pytest.mark.skipif(
-    not Path(ANALYZE).exists() or SYSTEM_UNITS is None,
-    reason="systemd-analyze and the system's units are needed (apt-get install systemd)",
-)
-
-
-def directives(text: str) -> list[tuple[str, str, str]]:
-    """(section, key, value) of every line; keys may repeat."""
-    out, section = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        out.append((section, key.strip(), value.strip()))
-    return out
-
-
-def values(key: str, section: str = "Service") -> list[str]:
-    return [v for s, k, v in directives(UNIT.read_text()) if s == section and k == key]
-
-
-def one(key: str, section: str = "Service") -> str:
-    (value,) = values(key, section)
-    return value
-
-
-def make_root(tmp_path: Path, unit_text: str) -> Path:
-    """A root for ``--root=``: the system's units, ours, and the ExecStart binary."""
-    assert SYSTEM_UNITS is not None
-    root = tmp_path / "root"
-    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    (root / "etc/systemd/system").mkdir(parents=True)
-    (root / "etc/systemd/system/gated.service").write_text(unit_text)
-    exe = root / "opt/gated/.venv/bin/gated"
-    exe.parent.mkdir(parents=True)
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    return root
-
-
-def verify(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ANALYZE, "verify", "--man=no", f"--root={root}", "gated.service"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+GATE = Unit(UNIT)
+values = GATE.values
+one = GATE.one
 
 
 @needs_analyze
 def test_unit_verifies_cleanly(tmp_path: Path) -> None:
-    result = verify(make_root(tmp_path, UNIT.read_text()))
+    result = verify(make_root(tmp_path, {"gated.service": UNIT.read_text()}), "gated.service")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
 
@@ -85,59 +37,15 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
 @needs_analyze
 def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
     broken = UNIT.read_text().replace("WatchdogSec=", "WatchdogSek=")
-    result = verify(make_root(tmp_path, broken))
+    result = verify(make_root(tmp_path, {"gated.service": broken}), "gated.service")
     assert "WatchdogSek" in result.stdout + result.stderr
 
 
 @needs_analyze
 def test_security_exposure_is_4_or_better() -> None:
-    result = subprocess.run(
-        [ANALYZE, "security", "--offline=true", "--no-pager", str(UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    match = re.search(r"Overall exposure level for gated\.service: (\d+\.\d+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    exposure = float(match.group(1))
-    print(f"systemd-analyze security exposure: {exposure}")
-    assert exposure <= 4.0
-
-
-@functools.cache
-def syscall_set(name: str) -> frozenset[str]:
-    """The system calls of ``@group`` (nested groups expanded), or ``{name}`` for a call."""
-    if not name.startswith("@"):
-        return frozenset({name})
-    result = subprocess.run(
-        [ANALYZE, "syscall-filter", "--no-pager", name],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    out: set[str] = set()
-    for line in result.stdout.splitlines()[1:]:
-        word = line.strip()
-        if word and not word.startswith("#"):
-            out |= syscall_set(word)
-    return frozenset(out)
-
-
-def allowed_syscalls(unit_text: str) -> set[str]:
-    """The calls an allow-list ``SystemCallFilter=`` lets through, merged as systemd does.
-
-    The first line decides the mode (an allow list, which starts from ``@default``);
-    after that a plain line adds its calls and a ``~`` line removes them, in order.
-    """
-    lines = [v for s, k, v in directives(unit_text) if s == "Service" and k == "SystemCallFilter"]
-    assert lines and not lines[0].startswith("~"), "expected an allow list"
-    allowed = set(syscall_set("@default"))
-    for value in lines:
-        deny = value.startswith("~")
-        names = set().union(*(syscall_set(w) for w in value.lstrip("~").split()))
-        allowed = allowed - names if deny else allowed | names
-    return allowed
+    figure = exposure(UNIT)
+    print(f"systemd-analyze security exposure: {figure}")
+    assert figure <= 4.0
 
 
 @needs_analyze
@@ -237,13 +145,6 @@ def test_install_guide_and_udev_rules_match_the_unit() -> None:
         assert "==" in rule and "SYMLINK+=" in rule, rule
 
 
-def heredoc(guide: str, target: str) -> str:
-    """The text a ``sudo tee TARGET ... <<'EOF'`` block of the guide writes."""
-    match = re.search(rf"tee {re.escape(target)} >/dev/null <<'EOF'\n(.*?)\nEOF\n", guide, re.S)
-    assert match, target
-    return match.group(1) + "\n"
-
-
 def test_the_journald_drop_in_directory_is_made_before_the_file() -> None:
     guide = INSTALL.read_text()
     made = guide.index("mkdir -p /var/log/journal /etc/systemd/journald.conf.d")
@@ -273,7 +174,8 @@ def test_gatedctl_runs_for_its_user_with_the_units_credentials() -> None:
 
 def test_broker_users_are_the_gate_ids_and_the_password_file_is_created_once() -> None:
     guide = INSTALL.read_text()
-    (username,) = re.findall(r'^username = "([^"]+)"', guide, re.M)
+    gate_part = guide[: guide.index("## 13. The hub")]
+    (username,) = re.findall(r'^username = "([^"]+)"', gate_part, re.M)
     users = re.findall(r"mosquitto_passwd (-c )?/etc/mosquitto/passwd (\S+)", guide)
     assert users[0][0] == "-c " and all(not c for c, _ in users[1:])
     assert username in [u for _, u in users[1:]]
@@ -286,17 +188,10 @@ def test_broker_users_are_the_gate_ids_and_the_password_file_is_created_once() -
 def test_the_kiosk_unit_verifies_and_lets_the_alarm_sound(tmp_path: Path) -> None:
     guide = INSTALL.read_text()
     kiosk = heredoc(guide, "/etc/systemd/system/gated-kiosk.service")
-    root = make_root(tmp_path, UNIT.read_text())
-    (root / "etc/systemd/system/gated-kiosk.service").write_text(kiosk)
-    cage = root / "usr/bin/cage"
-    cage.parent.mkdir(parents=True, exist_ok=True)
-    cage.write_text("#!/bin/sh\n")
-    cage.chmod(0o755)
-    result = subprocess.run(
-        [ANALYZE, "verify", "--man=no", f"--root={root}", "gated-kiosk.service"],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    units = {"gated.service": UNIT.read_text(), "gated-kiosk.service": kiosk}
+    result = verify(
+        make_root(tmp_path, units, ("/opt/gated/.venv/bin/gated", "/usr/bin/cage")),
+        "gated-kiosk.service",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import sqlite3
 import sys
@@ -14,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from gated.clock import iso_utc, parse_iso_utc
-from gated.errors import GatedError, RegistryImportError
+from gated.errors import GatedError
 from gated.ledger import iter_events
-from gated.registry import Registry
+from gated.registry import Registry, read_csv
 from gated.storage import connect
 
 #: The CSV columns of ``gated ledger export``, each with the body field it is read from
@@ -60,21 +59,9 @@ def cmd_registry_import(args: argparse.Namespace) -> int:
     _, conn = _open(args.config)
     try:
         path = Path(args.file)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise RegistryImportError(f"{path}: cannot read: {exc.strerror}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            # Excel on a Chinese Windows saves "CSV" as GBK: name the line, say what to do.
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise RegistryImportError(
-                f'{path}:{line}: not UTF-8 text; save the file as "CSV UTF-8"'
-            ) from None
-        when = iso_utc(time.time())
-        counts = Registry(conn).import_csv(io.StringIO(text, newline=""), str(path), when)
-        print(f"imported {counts['persons']} persons, {counts['cards']} cards from {path}")
+        persons, cards = read_csv(path)
+        Registry(conn).apply(persons, cards, iso_utc(time.time()))
+        print(f"imported {len(persons)} persons, {len(cards)} cards from {path}")
     finally:
         conn.close()
     return 0

@@ -43,7 +43,7 @@ class HubSection(StrictModel):
         default=None, description="File holding the database password (for a database server)."
     )
     share_group: str = Field(
-        default="hub",
+        default="",
         pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description='MQTT 5 shared subscription group of the hub instances; "" = plain.',
     )
@@ -62,6 +62,11 @@ class HubSection(StrictModel):
     )
     retention_days: int = Field(
         default=365, ge=1, le=36500, description="Days stored events are kept before the purge."
+    )
+    registry_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest registry snapshot published: the gates' [mqtt] registry_max_bytes.",
     )
     offline_after_s: float = Field(
         default=90,

@@ -71,6 +71,9 @@ ASK_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 120.0
 #: Most messages in one transaction.
 BATCH_MAX = 2000
+#: Messages the broker may have handed over unacknowledged (MQTT 5 Receive Maximum):
+#: a backlog after an outage comes in at the pace the store takes it, not all into memory.
+RECEIVE_MAX = 2000
 #: Why an event whose seq the hub holds with another id is kept aside.
 CONFLICT = (
     "seq already held with another event id: the gate's ledger started again from 1"
@@ -147,6 +150,7 @@ class Ingest:
             (self.hub_topic, json.dumps(offline).encode()),
             session_expiry_s=config.hub.session_expiry_s,
             prepare=self._prepare,
+            receive_maximum=RECEIVE_MAX,
         )
         self._queue: queue.Queue[_Message] = queue.Queue()
         self._stop_net = threading.Event()
@@ -308,7 +312,6 @@ class Ingest:
                         answers.append((site, gate, answer))
             except Refused as why:
                 refused.append((m, why))
-        before = {(s, g): self._state(store, s, g) for s, g, *_ in statuses}
         try:
             store.begin()
             result = store.add_events(rows)
@@ -342,7 +345,7 @@ class Ingest:
         for m, r in refused:
             self.stats.refused(r.code)
             log.warning("refused %s: %s (%s)", m.topic[:200], r, r.code)
-        self._after(store, result.new, statuses, before)
+        self._after(store, result.new, statuses)
 
     def _ack(self, batch: list[_Message]) -> None:
         with self._client_lock:
@@ -355,29 +358,18 @@ class Ingest:
                 n += 1
         self.stats.add("acked", n)
 
-    @staticmethod
-    def _state(store: HubStore, site: str, gate: str) -> tuple[Any, ...] | None:
-        return store.conn.execute(
-            "SELECT state, registry_version FROM hub_gates WHERE site = ? AND gate = ?",
-            (site, gate),
-        ).fetchone()
-
     def _after(
         self,
         store: HubStore,
         new: list[EventRow],
         statuses: list[tuple[str, str, dict[str, Any], float | None, float | None]],
-        before: dict[tuple[str, str], tuple[Any, ...] | None],
     ) -> None:
         changed = {(r.site, r.gate) for r in new}
         for site, gate, msg, *_ in statuses:
             changed.add((site, gate))
-            was = before.get((site, gate))
-            online = msg.get("state") == "online"
-            came = online and (was is None or was[0] != "online")
-            version = msg.get("registry_version")
-            moved = online and was is not None and was[1] != version
-            if self.follow_up is not None and (came or moved):
+            # Every online status: the follow-up sees whether the gate is behind its site's
+            # registry (back from away, or a snapshot the broker lost) and paces itself.
+            if self.follow_up is not None and msg.get("state") == "online":
                 try:
                     self.follow_up(store, site, gate, self.publish, self.wall())
                 except Exception as exc:  # never the end of the ingest

@@ -14,7 +14,10 @@ one a database server will reuse.
 - ``hub_purged``: the ranges behind ``purged``; ``hub_replays``: the ``cmd/replay`` asked
   and their answers; ``hub_rejects``: messages refused, kept (capped) for inspection.
 - ``hub_registry``, ``hub_revokes``: each site's registry versions and revocations
-  (:mod:`gated.hub.registry`); ``hub_alarm_acks``: alarms an operator acknowledged.
+  (:mod:`gated.hub.registry`). A version is written before it is sent (its number is
+  never given again); ``published_at`` is set once the broker confirmed it (PUBACK),
+  ``error`` says why it was not: a row without ``published_at`` is not the site's latest.
+- ``hub_alarm_acks``: alarms an operator acknowledged.
 """
 
 from __future__ import annotations
@@ -107,7 +110,9 @@ CREATE TABLE IF NOT EXISTS hub_rejects (
 CREATE TABLE IF NOT EXISTS hub_registry (
     site TEXT NOT NULL,
     version INTEGER NOT NULL,
-    published_at REAL NOT NULL,
+    made_at REAL NOT NULL,
+    published_at REAL,
+    error TEXT,
     persons INTEGER NOT NULL,
     cards INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
@@ -673,6 +678,114 @@ class HubStore:
             (site, gate, seq, by, at),
         )
         return True
+
+    # -- the sites' registries (gated.hub.registry) --------------------------------------
+
+    def registry_next(self, site: str, below: int) -> tuple[int, list[tuple[str, int]]]:
+        """The site's next version: above every version the hub made and every one its
+        gates reported applying (those from ``below`` on are left out: no version could
+        follow them); and the gates that reported one above what the hub made."""
+        (made,) = self.conn.execute(
+            "SELECT max(version) FROM hub_registry WHERE site = ?", (site,)
+        ).fetchone()
+        made = int(made or 0)
+        ahead = [
+            (str(gate), int(v))
+            for gate, v in self.conn.execute(
+                "SELECT gate, registry_version FROM hub_gates WHERE site = ?"
+                " AND registry_version > ? AND registry_version < ? ORDER BY gate",
+                (site, made, below),
+            )
+        ]
+        return max([made, *(v for _, v in ahead)]) + 1, ahead
+
+    def registry_add(
+        self, site: str, version: int, body: str, persons: int, cards: int, sha256: str, at: float
+    ) -> None:
+        """A version made (not yet confirmed by the broker)."""
+        self.conn.execute(
+            "INSERT INTO hub_registry(site, version, made_at, persons, cards, sha256, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (site, version, at, persons, cards, sha256, body),
+        )
+
+    def registry_sent(self, site: str, version: int, at: float | None, error: str | None) -> None:
+        """The broker confirmed ``version`` at ``at``, or it was not published (``error``)."""
+        self.conn.execute(
+            "UPDATE hub_registry SET published_at = ?, error = ? WHERE site = ? AND version = ?",
+            (at, error, site, version),
+        )
+
+    def registry_latest(self, site: str) -> dict[str, Any] | None:
+        """The site's newest version the broker confirmed (with its ``body``), or None."""
+        rows = self.registry_history(site, published_only=True, limit=1, bodies=True)
+        return rows[0] if rows else None
+
+    def registry_history(
+        self, site: str, *, published_only: bool = False, limit: int = 1000, bodies: bool = False
+    ) -> list[dict[str, Any]]:
+        """The site's versions, newest first: ``version, made_at, published_at, error,
+        persons, cards, sha256`` (and ``body`` with ``bodies``)."""
+        cols = ["version", "made_at", "published_at", "error", "persons", "cards", "sha256"]
+        if bodies:
+            cols.append("body")
+        sql = f"SELECT {', '.join(cols)} FROM hub_registry WHERE site = ?"
+        if published_only:
+            sql += " AND published_at IS NOT NULL"
+        sql += " ORDER BY version DESC LIMIT ?"
+        return [dict(zip(cols, row, strict=True)) for row in self.conn.execute(sql, (site, limit))]
+
+    def registry_versions(self) -> dict[str, int]:
+        """Each site's newest version the broker confirmed."""
+        rows = self.conn.execute(
+            "SELECT site, max(version) FROM hub_registry WHERE published_at IS NOT NULL"
+            " GROUP BY site"
+        )
+        return {site: int(v) for site, v in rows}
+
+    def revoke_add(self, site: str, version: int, what: str, ref: str, at: float, by: str) -> None:
+        """A card, pass or person revoked at the site from ``version`` on."""
+        self.conn.execute(
+            "INSERT INTO hub_revokes(site, version, what, ref, at, by) VALUES (?, ?, ?, ?, ?, ?)",
+            (site, version, what, ref, at, by),
+        )
+
+    def revokes(self, site: str, version: int | None = None) -> dict[str, list[str]]:
+        """``{"card"|"pass"|"person": [ref, ...]}`` revoked at the site (in ``version`` only,
+        when given), each once, in the order they were revoked."""
+        sql = "SELECT what, ref FROM hub_revokes WHERE site = ?"
+        args: list[Any] = [site]
+        if version is not None:
+            sql += " AND version = ?"
+            args.append(version)
+        out: dict[str, list[str]] = {"card": [], "pass": [], "person": []}
+        for what, ref in self.conn.execute(sql + " ORDER BY id", args):
+            if what in out and ref not in out[what]:
+                out[what].append(ref)
+        return out
+
+    def site_gates(self, site: str) -> list[dict[str, Any]]:
+        """The gates of ``site`` the hub knows: ``gate, state, last_seen, registry_version``."""
+        cols = ("gate", "state", "last_seen", "registry_version")
+        rows = self.conn.execute(
+            f"SELECT {', '.join(cols)} FROM hub_gates WHERE site = ? ORDER BY gate", (site,)
+        )
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM hub_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a ``hub_meta`` value."""
+        if value is None:
+            self.conn.execute("DELETE FROM hub_meta WHERE key = ?", (key,))
+        else:
+            self.conn.execute(
+                "INSERT INTO hub_meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for /metrics and tests."""

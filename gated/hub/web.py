@@ -48,6 +48,7 @@ from gated import __version__
 from gated.clock import iso_utc
 from gated.hub import reports
 from gated.hub.config import HubConfig
+from gated.hub.registry import latest_versions
 from gated.hub.stats import HubStats
 from gated.hub.store import HubStore, is_online
 from gated.status.actions import check_pin, csrf_session, json_body
@@ -431,11 +432,6 @@ class HubWeb:
         fut = self.loop.run_in_executor(self._pool, lambda: fn(self._db()))
         return await asyncio.wait_for(fut, timeout)
 
-    def _latest(self, store: HubStore) -> dict[str, int]:
-        """Each site's newest registry version the hub published."""
-        rows = store.conn.execute("SELECT site, max(version) FROM hub_registry GROUP BY site")
-        return {site: int(v) for site, v in rows}
-
     def _unacked(self, store: HubStore) -> list[dict[str, Any]]:
         return [shown_alarm(a) for a in store.alarms(unacked=True, limit=200)]
 
@@ -458,7 +454,7 @@ class HubWeb:
     def _gates(self, store: HubStore, only: set[tuple[str, str]] | None = None) -> Any:
         """The gates' rows as the page shows them, what needs the duty officer first."""
         now = self.wall()
-        latest = self._latest(store)
+        latest = latest_versions(store)
         black = self._black_list(store)
         alarms: dict[tuple[str, str], int] = {}
         for a in store.alarms(unacked=True, limit=10_000):

@@ -95,6 +95,7 @@ class Link:
         window: int = 500,
         session_expiry_s: int = 0,
         prepare: Callable[[mqtt.Client], None] | None = None,
+        receive_maximum: int = 0,
     ):
         self.config = config
         self.urls = [BrokerUrl.parse(u) for u in config.urls]
@@ -110,6 +111,10 @@ class Link:
         #: Called with each new client before its CONNECT (callbacks, manual acks): what a
         #: persistent session delivers right after the CONNACK must find them set.
         self.prepare = prepare
+        #: MQTT 5: the most QoS 1 and 2 messages the broker may have unacknowledged to
+        #: this client at once (0: the protocol's default, 65,535). A consumer that
+        #: acknowledges only once a message is stored takes no more than it can hold.
+        self.receive_maximum = receive_maximum
         self.index = 0
         #: The protocol of the connection ``connect`` returned last.
         self.protocol: MQTTProtocolVersion | None = None
@@ -173,10 +178,13 @@ class Link:
         return client
 
     def _connect_properties(self) -> Properties | None:
-        if not self.session_expiry_s:
+        if not self.session_expiry_s and not self.receive_maximum:
             return None
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
+        if self.session_expiry_s:
+            props.SessionExpiryInterval = self.session_expiry_s
+        if self.receive_maximum:
+            props.ReceiveMaximum = self.receive_maximum
         return props
 
     def _first_protocol(self, url: BrokerUrl) -> MQTTProtocolVersion:

@@ -112,12 +112,10 @@ class District:
         self.store.commit()
 
     def registry(self, site: str, version: int) -> None:
+        """A registry version of ``site`` made and confirmed by the broker."""
         self.store.begin()
-        self.store.conn.execute(
-            "INSERT INTO hub_registry(site, version, published_at, persons, cards, sha256, body)"
-            " VALUES (?, ?, ?, 0, 0, '', '{}')",
-            (site, version, time.time()),
-        )
+        self.store.registry_add(site, version, "{}", 0, 0, "", time.time())
+        self.store.registry_sent(site, version, time.time(), None)
         self.store.commit()
 
     def passages(self, site: str, gate: str, n: int, checked: int, at: float | None = None) -> None:
