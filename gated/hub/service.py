@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from gated.errors import ConfigError
+from gated.hub import registry
 from gated.hub.config import HubConfig, load_hub_config
 from gated.hub.ingest import Ingest
 from gated.hub.stats import HubStats
@@ -36,15 +37,10 @@ class HubService:
         self.stats = HubStats()
         self.stop_event = threading.Event()
         self.web: Any = None
-        follow_up = None
-        try:
-            from gated.hub.registry import follow_up as registry_follow_up
 
-            def follow_up(store: HubStore, site: str, gate: str, publish: Any, now: float) -> int:
-                return int(registry_follow_up(store, config, site, gate, publish, now))
+        def follow_up(store: HubStore, site: str, gate: str, publish: Any, now: float) -> int:
+            return registry.follow_up(store, config, site, gate, publish, now)
 
-        except ImportError:
-            pass
         self.ingest = Ingest(config, self.stats, observer=self._observe, follow_up=follow_up)
 
     def _observe(self, kind: str, data: Any) -> None:
@@ -55,13 +51,10 @@ class HubService:
         # Open (and create) the store here, so a bad path is a clear error before READY.
         HubStore(self.config.database_path).close()
         if self.config.web.listen:
-            try:
-                from gated.hub.web import HubWeb
-            except ImportError:
-                log.error("no fleet page in this build")  # TODO(merge): web lands
-            else:
-                self.web = HubWeb(self.config, self.stats, self.config.database_path)
-                self.web.start()
+            from gated.hub.web import HubWeb
+
+            self.web = HubWeb(self.config, self.stats, self.config.database_path)
+            self.web.start()
         self.ingest.start()
 
     def run(self) -> int:
