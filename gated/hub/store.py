@@ -636,9 +636,10 @@ class HubStore:
         return [(str(g), str(c), int(q), str(t)) for g, c, q, t in rows]
 
     def latest_registry(self, site: str) -> tuple[int, dict[str, Any]] | None:
-        """The newest registry snapshot the hub holds for ``site``: (version, body)."""
+        """The newest registry snapshot of ``site`` the broker confirmed: (version, body)."""
         row = self.conn.execute(
-            "SELECT version, body FROM hub_registry WHERE site = ? ORDER BY version DESC LIMIT 1",
+            "SELECT version, body FROM hub_registry WHERE site = ? AND published_at IS NOT NULL"
+            " ORDER BY version DESC LIMIT 1",
             (site,),
         ).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))

@@ -60,14 +60,11 @@ def copy_ledger(
 def add_registry(
     store: HubStore, site: str, version: int, persons: list[dict[str, object]]
 ) -> None:
-    """A registry snapshot of ``site`` as the hub keeps it (``hub_registry``)."""
+    """A registry snapshot of ``site`` as the hub keeps it once published (``hub_registry``)."""
     body = {"type": "snapshot", "version": version, "persons": persons}
     text = json.dumps(body, ensure_ascii=False)
     cards = sum(len(p.get("cards", [])) for p in persons)  # type: ignore[arg-type]
     store.begin()
-    store.conn.execute(
-        "INSERT INTO hub_registry(site, version, published_at, persons, cards, sha256, body)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (site, version, 0.0, len(persons), cards, "-", text),
-    )
+    store.registry_add(site, version, text, len(persons), cards, "-", 0.0)
+    store.registry_sent(site, version, 0.0, None)  # as if the broker confirmed it
     store.commit()
