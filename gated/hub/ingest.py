@@ -133,7 +133,8 @@ class Ingest:
         self.wall = wall
         self.monotonic = monotonic
         self.prefix = config.mqtt.topic_prefix
-        self.hub_topic = f"{self.prefix}/_hub/{config.hub.id}/status"
+        self.hubs_prefix = f"{self.prefix}/_hub/"
+        self.hub_topic = f"{self.hubs_prefix}{config.hub.id}/status"
         offline = {"state": "offline", "ts": None, "version": __version__, "hub": config.hub.id}
         self.link = Link(
             config.mqtt,
@@ -283,6 +284,8 @@ class Ingest:
         answers: list[tuple[str, str, dict[str, Any]]] = []
         refused: list[tuple[_Message, Refused]] = []
         for m in batch:
+            if m.topic.startswith(self.hubs_prefix):
+                continue  # a hub's own status (this one's, another instance's): no gate's
             try:
                 site, gate, leaf = self._topic(m.topic)
                 if leaf in ("event", "alarm"):
