@@ -20,8 +20,9 @@ from the first poll that saw one of the phase's rows to the first that saw them 
 Then every event is checked stored exactly once: the row count, and each gate's
 ``through`` and ``highest`` in ``hub_gates`` at its last seq (no ``missing``). Also the
 CPU the hub process used per event stored (``/proc/PID/stat``, over the phase): what one
-core would store a second, whatever else the machine runs meanwhile. ``--hubs N`` runs N
-instances on the one database and shared subscription (docs/contracts.md §9).
+core would store a second, whatever else the machine runs meanwhile; and mosquitto's.
+``--hubs N`` runs N instances on the one database and shared subscription
+(docs/contracts.md §9).
 
 3. **Latency**: a real ``gated run`` gate (site ``lat``, sim hardware, cards through its
    live feed), the same broker and hub. Each card is shown once the hub holds the
@@ -236,14 +237,21 @@ class Load:
         return sum(n for _, _, n in got) / (last - first)
 
 
-def cpu_seconds(hubs: list[HubProcess]) -> float:
-    """User + system CPU the hub processes have used so far (``/proc/PID/stat``)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU these processes have used so far (``/proc/PID/stat``)."""
     total = 0.0
-    for h in hubs:
-        assert h.daemon is not None
-        fields = Path(f"/proc/{h.daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def pids(hubs: list[HubProcess]) -> list[int]:
+    out = []
+    for h in hubs:
+        assert h.daemon is not None
+        out.append(h.daemon.proc.pid)
+    return out
 
 
 def peak_rss_mb(hubs: list[HubProcess]) -> list[float]:
@@ -495,11 +503,14 @@ def main() -> int:
 
         # 1. live
         load = Load(broker.port, gates, 1, e, args.publishers)
-        cpu0 = cpu_seconds(hubs)
+        assert broker.proc is not None
+        mosq = [broker.proc.pid]
+        cpu0, bcpu0 = cpu_seconds(pids(hubs)), cpu_seconds(mosq)
         published_live = load.start().finish()
         rows.wait(per_phase, timeout=600)
         live, live_span = rows.rate(0, per_phase)
-        live_cpu = (cpu_seconds(hubs) - cpu0) / per_phase
+        live_cpu = (cpu_seconds(pids(hubs)) - cpu0) / per_phase
+        live_bcpu = (cpu_seconds(mosq) - bcpu0) / per_phase
 
         # 2. backlog: published while the hub is stopped, drained at its start
         for h in hubs:
@@ -509,10 +520,12 @@ def main() -> int:
         before = rows.now()
         for h in hubs:
             h.start()
-        cpu0, n0 = cpu_seconds(hubs), rows.now()  # after the start (its imports)
+        cpu0, n0 = cpu_seconds(pids(hubs)), rows.now()  # after the start (its imports)
+        bcpu0 = cpu_seconds(mosq)
         rows.wait(before + per_phase, timeout=600)
         drained, drain_span = rows.rate(before, before + per_phase)
-        drain_cpu = (cpu_seconds(hubs) - cpu0) / max(1, before + per_phase - n0)
+        drain_cpu = (cpu_seconds(pids(hubs)) - cpu0) / max(1, before + per_phase - n0)
+        drain_bcpu = (cpu_seconds(mosq) - bcpu0) / max(1, before + per_phase - n0)
         drain_rss = peak_rss_mb(hubs)
         stored_once = verify(first, gates, 2 * e)
 
@@ -541,6 +554,8 @@ def main() -> int:
                 f"hub CPU per event, {name:12} {cpu * 1e6:9.0f} us"
                 f"   (one core's worth: {1 / cpu:.0f} events/s)"
             )
+        for name, cpu in (("live", live_bcpu), ("backlog", drain_bcpu)):
+            print(f"mosquitto CPU per event, {name:7}{cpu * 1e6:8.0f} us")
         rss = ", ".join(f"{mb:.0f}" for mb in drain_rss)
         print(f"hub peak memory after the drain {rss} MiB (VmHWM)")
         print(f"stored exactly once             {stored_once}")
