@@ -55,6 +55,9 @@ def test_through_stops_at_a_gap_and_moves_once_it_is_filled(tmp_path: Path) -> N
     add(store, [row("a", 2), row("a", 1)])
     (r,) = store.gate_rows()
     assert (r["through"], r["highest"], r["missing"], r["duplicates"]) == (4, 4, 0, 1)
+    add(store, [row("b", 3), row("b", 1), row("b", 2), row("b", 5)])  # out of order, one gap
+    b = next(r for r in store.gate_rows() if r["gate"] == "b")
+    assert (b["through"], b["highest"], b["missing"]) == (3, 5, 1)
 
 
 def test_an_older_event_does_not_replace_the_gates_last_one(tmp_path: Path) -> None:

@@ -304,17 +304,25 @@ class HubStore:
             )
         newest, counts, moved = [], [], []
         for (site, gate), got in per_gate.items():
-            boot, through, newest_seq = c.execute(
-                "SELECT boot, through, last_event_seq FROM hub_gates WHERE site = ? AND gate = ?",
+            boot, through, highest, newest_seq = c.execute(
+                "SELECT boot, through, highest, last_event_seq FROM hub_gates"
+                " WHERE site = ? AND gate = ?",
                 (site, gate),
             ).fetchone()
             boots = sum(1 for r in got if r.boot is not None and boot is not None and r.boot > boot)
             last = max(got, key=lambda r: r.seq)
             now_through = through
-            if any(r.seq == through + 1 for r in got):
+            if highest <= through:
+                # No gap known: nothing above ``through`` is held or purged but this batch.
+                for seq in sorted(r.seq for r in got):
+                    if seq == now_through + 1:
+                        now_through = seq
+                    elif seq > now_through + 1:
+                        break
+            elif any(r.seq == through + 1 for r in got):
                 now_through = self._advanced(site, gate, through)
-                if now_through != through:
-                    moved.append((site, gate))
+            if now_through != through:
+                moved.append((site, gate))
             common = (
                 len(got),
                 last.seq,
