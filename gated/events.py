@@ -22,6 +22,7 @@ that names the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -496,17 +497,26 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@functools.cache
+def _plan(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None], ...]:
+    """Each field's key of ``model`` and the model its value is, if one (worked out once:
+    the hub reads thousands of events a second through :func:`_known`)."""
+    plan = []
+    for name, info in model.model_fields.items():
+        models = [a for a in (info.annotation, *get_args(info.annotation)) if _is_model(a)]
+        plan.append((info.alias or name, models[0] if models else None))
+    return tuple(plan)
+
+
 def _known(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` without the keys ``model`` does not know, at every level of its models."""
     out: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        key = info.alias or name
+    for key, sub in _plan(model):
         if key not in data:
             continue
         value = data[key]
-        models = [a for a in (info.annotation, *get_args(info.annotation)) if _is_model(a)]
-        if models and isinstance(value, Mapping):
-            value = _known(models[0], value)
+        if sub is not None and isinstance(value, Mapping):
+            value = _known(sub, value)
         out[key] = value
     return out
 

@@ -65,6 +65,8 @@ def test_every_event_of_every_gate_is_stored_once(site: Site, hub: HubProcess) -
         assert hub.rows("s1", gate)[: len(want)] == want
         assert row["missing"] == 0 and row["duplicates"] >= 0
         assert row["state"] == "online"
+    # The hub's own retained status comes back on {prefix}/+/+/status: not a gate's, no refusal.
+    assert hub.query("SELECT topic, code FROM hub_rejects") == []
 
 
 def test_events_the_hub_never_had_are_asked_for_and_stored(site: Site, hub: HubProcess) -> None:

@@ -48,6 +48,8 @@ def test_brackets_inside_strings_do_not_count() -> None:
     text = json.dumps({"a": ["[[[[{{{{", '\\"]]]]', '"{"'], "b": "\\"})
     assert nesting_depth(text.encode()) == 2
     assert decode(text.encode(), 1024) == json.loads(text)
+    shallow = json.dumps({"detail": "[{" * MAX_DEPTH, "list": [[1]]})  # more than the limit
+    assert decode(shallow.encode(), 1024) == json.loads(shallow)
     # a string never closed: what follows it counts (json.loads refuses it anyway)
     assert nesting_depth(b'["\\"' + b"[" * 40) == 41
 

@@ -145,6 +145,11 @@ REJECT_BYTES = 4096
 #: Rows scanned at once while moving ``through`` forward.
 SCAN = 5000
 
+_INSERT_EVENT = (
+    "INSERT INTO hub_events(site, gate, seq, id, kind, ts, boot, clock_synced, received_at, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
 GATE_COLUMNS = (
     "site",
     "gate",
@@ -255,33 +260,39 @@ class HubStore:
         )
 
     def add_events(self, rows: Sequence[EventRow]) -> Stored:
-        """Store ``rows`` (inside a transaction the caller holds); duplicates are skipped."""
+        """Store ``rows`` (inside a transaction the caller holds); duplicates are skipped.
+
+        All rows in one ``executemany``; only when some were held already (a batch the
+        broker handed over again) are they inserted again one by one, to tell which. Then
+        each gate of the batch is read once and updated once.
+        """
         out = Stored()
-        per_gate: dict[tuple[str, str], list[EventRow]] = {}
         c = self.conn
-        for r in rows:
-            cur = c.execute(
-                "INSERT INTO hub_events(site, gate, seq, id, kind, ts, boot, clock_synced,"
-                " received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (
-                    r.site,
-                    r.gate,
-                    r.seq,
-                    r.id,
-                    r.kind,
-                    r.ts,
-                    r.boot,
-                    None if r.clock_synced is None else int(r.clock_synced),
-                    r.received_at,
-                    r.body,
-                ),
+        values = [
+            (
+                r.site,
+                r.gate,
+                r.seq,
+                r.id,
+                r.kind,
+                r.ts,
+                r.boot,
+                None if r.clock_synced is None else int(r.clock_synced),
+                r.received_at,
+                r.body,
             )
-            if cur.rowcount == 1:
-                out.stored += 1
-                out.new.append(r)
-                per_gate.setdefault((r.site, r.gate), []).append(r)
-            else:
+            for r in rows
+        ]
+        c.execute("SAVEPOINT add_events")
+        if c.executemany(_INSERT_EVENT, values).rowcount == len(rows):
+            new = list(rows)
+        else:
+            c.execute("ROLLBACK TO add_events")
+            new = []
+            for r, v in zip(rows, values, strict=True):
+                if c.execute(_INSERT_EVENT, v).rowcount:
+                    new.append(r)
+                    continue
                 (held,) = c.execute(
                     "SELECT id FROM hub_events WHERE site = ? AND gate = ? AND seq = ?",
                     (r.site, r.gate, r.seq),
@@ -290,37 +301,68 @@ class HubStore:
                     # The same seq with another id: a gate whose ledger started again from
                     # 1 (a new database), or a forgery. Neither is a duplicate to drop.
                     out.conflicts.append(r)
-                    self._gate(r.site, r.gate)
-                    c.execute(
-                        "UPDATE hub_gates SET conflicts = conflicts + 1"
-                        " WHERE site = ? AND gate = ?",
-                        (r.site, r.gate),
-                    )
-                    continue
-                out.duplicates += 1
-                self._gate(r.site, r.gate)
-                c.execute(
-                    "UPDATE hub_gates SET duplicates = duplicates + 1, last_seen = max("
-                    "coalesce(last_seen, 0), ?) WHERE site = ? AND gate = ?",
-                    (r.received_at, r.site, r.gate),
-                )
-        moved = []
-        for (site, gate), new in per_gate.items():
-            self._gate(site, gate)
-            boot, through, newest_seq = c.execute(
-                "SELECT boot, through, last_event_seq FROM hub_gates WHERE site = ? AND gate = ?",
+        c.execute("RELEASE add_events")
+        out.stored, out.new = len(new), new
+        out.duplicates = len(rows) - len(new) - len(out.conflicts)
+        per_gate: dict[tuple[str, str], list[EventRow]] = {}
+        for r in new:
+            per_gate.setdefault((r.site, r.gate), []).append(r)
+        seen: dict[tuple[str, str], list[float]] = {}
+        for r in rows:
+            seen.setdefault((r.site, r.gate), []).append(r.received_at)
+        c.executemany(
+            "INSERT INTO hub_gates(site, gate) VALUES (?, ?) ON CONFLICT DO NOTHING", list(seen)
+        )
+        clashes: dict[tuple[str, str], int] = {}
+        for r in out.conflicts:
+            clashes[(r.site, r.gate)] = clashes.get((r.site, r.gate), 0) + 1
+        if clashes:
+            c.executemany(
+                "UPDATE hub_gates SET conflicts = conflicts + ? WHERE site = ? AND gate = ?",
+                [(n, *k) for k, n in clashes.items()],
+            )
+        if out.duplicates:
+            dups: dict[tuple[str, str], int] = {}
+            for key, times in seen.items():
+                dups[key] = len(times) - len(per_gate.get(key, ())) - clashes.get(key, 0)
+            c.executemany(
+                "UPDATE hub_gates SET duplicates = duplicates + ?, last_seen = max("
+                "coalesce(last_seen, 0), ?) WHERE site = ? AND gate = ?",
+                [(n, max(seen[k]), *k) for k, n in dups.items() if n],
+            )
+        newest, counts, moved = [], [], []
+        for (site, gate), got in per_gate.items():
+            boot, through, highest, newest_seq = c.execute(
+                "SELECT boot, through, highest, last_event_seq FROM hub_gates"
+                " WHERE site = ? AND gate = ?",
                 (site, gate),
             ).fetchone()
-            boots = 0
-            for r in sorted(new, key=lambda r: r.seq):
-                if r.boot is not None and boot is not None and r.boot > boot:
-                    boots += 1
-            last = max(new, key=lambda r: r.seq)
+            boots = sum(1 for r in got if r.boot is not None and boot is not None and r.boot > boot)
+            last = max(got, key=lambda r: r.seq)
+            now_through = through
+            if highest <= through:
+                # No gap known: nothing above ``through`` is held or purged but this batch.
+                for seq in sorted(r.seq for r in got):
+                    if seq == now_through + 1:
+                        now_through = seq
+                    elif seq > now_through + 1:
+                        break
+            elif any(r.seq == through + 1 for r in got):
+                now_through = self._advanced(site, gate, through)
+            if now_through != through:
+                moved.append((site, gate))
+            common = (
+                len(got),
+                last.seq,
+                now_through,
+                max(r.received_at for r in got),
+                boots,
+                now_through,
+            )
             if newest_seq is None or last.seq >= newest_seq:
-                c.execute(
-                    "UPDATE hub_gates SET boot = ?, clock_synced = ?, last_event_ts = ?,"
-                    " last_event_kind = ?, last_event_seq = ? WHERE site = ? AND gate = ?",
+                newest.append(
                     (
+                        *common,
                         last.boot if last.boot is not None else boot,
                         None if last.clock_synced is None else int(last.clock_synced),
                         last.ts,
@@ -328,26 +370,40 @@ class HubStore:
                         last.seq,
                         site,
                         gate,
-                    ),
+                    )
                 )
-            c.execute(
-                "UPDATE hub_gates SET received = received + ?, highest = max(highest, ?),"
-                " last_seen = max(coalesce(last_seen, 0), ?), boots = boots + ?"
-                " WHERE site = ? AND gate = ?",
-                (len(new), last.seq, max(r.received_at for r in new), boots, site, gate),
-            )
-            if any(r.seq == through + 1 for r in new) and self.advance(site, gate):
-                moved.append((site, gate))
+            else:
+                counts.append((*common, site, gate))
+        counted = (
+            "UPDATE hub_gates SET received = received + ?, highest = max(highest, ?, ?),"
+            " last_seen = max(coalesce(last_seen, 0), ?), boots = boots + ?, through = ?"
+        )
+        c.executemany(counted + " WHERE site = ? AND gate = ?", counts)
+        c.executemany(
+            counted + ", boot = ?, clock_synced = ?, last_event_ts = ?, last_event_kind = ?,"
+            " last_event_seq = ? WHERE site = ? AND gate = ?",
+            newest,
+        )
         out.moved = tuple(moved)
         return out
 
     def advance(self, site: str, gate: str) -> bool:
         """Move ``through`` over the seqs held or purged right above it; whether it moved."""
-        c = self.conn
-        (through,) = c.execute(
+        (through,) = self.conn.execute(
             "SELECT through FROM hub_gates WHERE site = ? AND gate = ?", (site, gate)
         ).fetchone()
-        start = through
+        moved = self._advanced(site, gate, through)
+        if moved != through:
+            self.conn.execute(
+                "UPDATE hub_gates SET through = ?, highest = max(highest, ?)"
+                " WHERE site = ? AND gate = ?",
+                (moved, moved, site, gate),
+            )
+        return moved != through
+
+    def _advanced(self, site: str, gate: str, through: int) -> int:
+        """Where ``through`` gets to over the seqs held or purged right above it."""
+        c = self.conn
         purged = c.execute(
             "SELECT first, last FROM hub_purged WHERE site = ? AND gate = ? AND last > ?"
             " ORDER BY first",
@@ -369,13 +425,7 @@ class HubStore:
                     break
                 through = s
                 progressed = True
-        if through != start:
-            c.execute(
-                "UPDATE hub_gates SET through = ?, highest = max(highest, ?)"
-                " WHERE site = ? AND gate = ?",
-                (through, through, site, gate),
-            )
-        return through != start
+        return int(through)
 
     def status(self, site: str, gate: str, msg: dict[str, Any], seen: float | None) -> None:
         """A gate's status message; ``seen``: when the gate was last heard from by it (unix
