@@ -66,3 +66,36 @@ def test_an_older_event_does_not_replace_the_gates_last_one(tmp_path: Path) -> N
     add(store, [row("a", 4, boot=1)])  # a replayed older event
     (r,) = store.gate_rows()
     assert (r["boot"], r["received"], r["through"], r["highest"]) == (2, 2, 0, 5)
+
+
+def card_row(seq: int, card: str, ts: str, at: float) -> EventRow:
+    body = (
+        f'{{"kind":"decision","seq":{seq},"ts":"{ts}",'
+        f'"credential":{{"kind":"card","ref":"{card}"}}}}'
+    )
+    return EventRow("s1", "a", seq, f"a-{seq}", "decision", ts, 1, True, at, body)
+
+
+def test_a_cards_first_use_outlives_the_purge_of_its_events(tmp_path: Path) -> None:
+    """The reports tell a card used last year from a new one after that year's events went."""
+    store = HubStore(tmp_path / "hub.db")
+    add(store, [card_row(2, "******3D4E", "2026-03-02T08:00:00.000Z", 100.0)])
+    add(store, [card_row(1, "******3D4E", "2026-03-01T08:00:00.000Z", 100.0)])  # replayed late
+    add(store, [card_row(3, "******9999", "2026-03-03T08:00:00.000Z", 200.0)])
+    store.begin()
+    assert store.purge(150.0) == 2  # what the hub received before 150
+    store.commit()
+    assert sorted(store.card_uses("s1")) == [
+        ("a", "******3D4E", 1, "2026-03-01T08:00:00.000Z"),
+        ("a", "******9999", 3, "2026-03-03T08:00:00.000Z"),
+    ]
+
+
+def test_the_purge_takes_refused_messages_too(tmp_path: Path) -> None:
+    store = HubStore(tmp_path / "hub.db")
+    store.begin()
+    store.reject("gated/s1/a/event", "event", "no header", b'{"name":"Zhang Wei"}', 100.0)
+    store.reject("gated/s1/a/event", "event", "no header", b'{"name":"Li Na"}', 200.0)
+    store.purge(150.0)
+    store.commit()
+    assert [r["payload"] for r in store.rejects()] == [b'{"name":"Li Na"}']

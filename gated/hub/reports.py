@@ -130,8 +130,8 @@ def daily(
 ) -> dict[str, Any]:
     """The hub's report of ``day`` (in ``[report] timezone``), every gate or one site's.
 
-    ``cards=False`` leaves out what needs each site's whole card history (first uses:
-    ``first_used_cards`` empty, and each gate's too): for a page that only shows figures.
+    ``cards=False`` leaves out the cards first used (``first_used_cards`` empty, and each
+    gate's too; they read the site's ``hub_card_uses``): for a page that only shows figures.
     """
     tz = config.tz
     now = time.time() if now is None else now

@@ -33,6 +33,7 @@ from typing import Any
 import sqlite_utils
 
 from gated.errors import StorageError
+from gated.events import card_ref
 
 SCHEMA_VERSION = 1
 
@@ -127,6 +128,14 @@ CREATE TABLE IF NOT EXISTS hub_revokes (
     ref TEXT NOT NULL,
     at REAL NOT NULL,
     by TEXT
+);
+CREATE TABLE IF NOT EXISTS hub_card_uses (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    card TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (site, gate, card)
 );
 CREATE TABLE IF NOT EXISTS hub_alarm_acks (
     site TEXT NOT NULL,
@@ -304,6 +313,7 @@ class HubStore:
         c.execute("RELEASE add_events")
         out.stored, out.new = len(new), new
         out.duplicates = len(rows) - len(new) - len(out.conflicts)
+        self._card_uses(new)
         per_gate: dict[tuple[str, str], list[EventRow]] = {}
         for r in new:
             per_gate.setdefault((r.site, r.gate), []).append(r)
@@ -386,6 +396,24 @@ class HubStore:
         )
         out.moved = tuple(moved)
         return out
+
+    def _card_uses(self, rows: Sequence[EventRow]) -> None:
+        """Each card's first decision per gate, kept as its events come (and past their purge):
+        the reports' first uses read this, not every decision ever stored."""
+        uses = []
+        for r in rows:
+            if r.kind != "decision" or '"card"' not in r.body:
+                continue
+            card = card_ref(json.loads(r.body))
+            if card:
+                uses.append((r.site, r.gate, card, r.seq, r.ts))
+        if uses:
+            self.conn.executemany(
+                "INSERT INTO hub_card_uses(site, gate, card, seq, ts) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (site, gate, card) DO UPDATE SET"
+                " seq = min(seq, excluded.seq), ts = min(ts, excluded.ts)",
+                uses,
+            )
 
     def advance(self, site: str, gate: str) -> bool:
         """Move ``through`` over the seqs held or purged right above it; whether it moved."""
@@ -676,12 +704,7 @@ class HubStore:
     def card_uses(self, site: str) -> list[tuple[str, str, int, str]]:
         """Per gate of ``site`` and card uid (as stored): its first stored decision's seq and ts."""
         rows = self.conn.execute(
-            "SELECT gate, json_extract(body, '$.credential.ref'), min(seq), min(ts)"
-            " FROM hub_events WHERE site = ? AND kind = 'decision'"
-            " AND json_extract(body, '$.credential.kind') = 'card'"
-            " AND coalesce(json_extract(body, '$.credential.ref'), '') != ''"
-            " GROUP BY gate, json_extract(body, '$.credential.ref')",
-            (site,),
+            "SELECT gate, card, seq, ts FROM hub_card_uses WHERE site = ?", (site,)
         )
         return [(str(g), str(c), int(q), str(t)) for g, c, q, t in rows]
 
@@ -856,6 +879,9 @@ class HubStore:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def purge(self, before_received: float) -> int:
-        """Delete events the hub received before ``before_received`` (retention)."""
+        """Delete events (and refused messages) the hub received before ``before_received``
+        (retention); each card's first use per gate (``hub_card_uses``) stays."""
         cur = self.conn.execute("DELETE FROM hub_events WHERE received_at < ?", (before_received,))
+        # What was refused may hold names and temperatures too: it goes with the rest.
+        self.conn.execute("DELETE FROM hub_rejects WHERE received_at < ?", (before_received,))
         return int(cur.rowcount)
