@@ -288,9 +288,11 @@ def test_a_seq_held_with_another_id_is_kept_aside_not_dropped(tmp_path: Path) ->
         row = hub.wait_through("s1", "g1", 2)
         assert hub.rows("s1", "g1")[0] == (1, first["id"])
         assert (row["duplicates"], row["conflicts"]) == (1, 1)
-        kept = hub.query("SELECT code, payload FROM hub_rejects")
-        assert [c for c, _ in kept] == ["seq_conflict"]
-        assert json.loads(kept[0][1])["id"] != first["id"]
+        # Kept whole beside the stored one, for the operator to look at.
+        kept = hub.query("SELECT seq, id, body FROM hub_conflicts")
+        assert [(q, i) for q, i, _ in kept] == [(1, json.loads(kept[0][2])["id"])]
+        assert kept[0][1] != first["id"]
+        assert hub.query("SELECT count(*) FROM hub_rejects") == [(0,)]
     finally:
         hub.close()
         broker.stop()
@@ -326,3 +328,33 @@ def test_a_registry_from_the_running_hub_reaches_every_gate_and_the_fleet_shows_
     site.start("out")
     wait_until(lambda: versions()["out"] == version + 1, "the gate back applied it")
     assert "card_revoked" in site.arrive("out", card=WANG_CARD)["reasons"]
+
+
+def test_a_forged_last_seq_is_brought_down_by_the_gates_own_answer(tmp_path: Path) -> None:
+    """A status claiming seq 2**53-1 leaves no gap that nothing can fill: the gate's
+    replay answer says where its ledger really ends."""
+    gate = Gate(tmp_path / "gate")
+    hub = HubProcess(tmp_path / "hub", gate.broker.port)
+    try:
+        gate.rig.synced = False  # its fake clock is months off the hub's
+        gate.record(3)
+        gate.delivered()
+        hub.start()
+        hub.wait_through("s1", "g1", 3)
+        # (the hub started after those three: its request for them answered first)
+        wait_until(
+            lambda: hub.query("SELECT 1 FROM hub_replays WHERE answered_at IS NOT NULL"),
+            "the first replay's answer",
+        )
+        forged = {"state": "online", "ts": iso_utc(time.time()), "last_seq": 2**53 - 1}
+        publish(gate.broker.port, "gated/s1/g1/status", forged)
+        wait_until(lambda: (r := hub.gate("s1", "g1")) and r["highest"] > 10**15, "the claim")
+        row = wait_until(
+            lambda: (r := hub.gate("s1", "g1")) and r["highest"] == 3 and r, "the gate's answer"
+        )
+        assert (row["through"], row["missing"]) == (3, 0)
+        asked = hub.query("SELECT first, last, ok, sent FROM hub_replays WHERE first > 3")
+        assert asked[0] == (4, 4 + 10_000 - 1, 1, 0)  # at most 10,000 numbers, none there
+    finally:
+        hub.close()
+        gate.close()

@@ -99,3 +99,22 @@ def test_the_purge_takes_refused_messages_too(tmp_path: Path) -> None:
     store.purge(150.0)
     store.commit()
     assert [r["payload"] for r in store.rejects()] == [b'{"name":"Li Na"}']
+
+
+def test_a_restart_is_counted_once_however_many_of_its_events_come(tmp_path: Path) -> None:
+    store = HubStore(tmp_path / "hub.db")
+    add(store, [row("a", 1, boot=1)])
+    add(store, [row("a", s, boot=2) for s in range(2, 52)])
+    (r,) = store.gate_rows()
+    assert (r["boot"], r["boots"]) == (2, 1)
+
+
+def test_the_purge_leaves_what_is_held_above_a_gap(tmp_path: Path) -> None:
+    store = HubStore(tmp_path / "hub.db")
+    add(store, [row("a", 1), row("a", 2), row("a", 4)])
+    store.begin()
+    assert store.purge(1000.0) == 2  # 1 and 2: below through
+    store.commit()
+    (r,) = store.gate_rows()
+    assert (r["through"], r["missing"]) == (2, 1)  # still 3 alone, not 3 and 4
+    assert [e["seq"] for e in store.events()] == [4]

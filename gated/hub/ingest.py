@@ -79,6 +79,8 @@ CONFLICT = (
     "seq already held with another event id: the gate's ledger started again from 1"
     " (a new or recovered database?) or the event is forged"
 )
+#: A connection that lasted this long (seconds) was a good one: the backoff starts again.
+STEADY_S = 30.0
 #: How often the retention purge runs (seconds).
 PURGE_EVERY_S = 3600.0
 
@@ -154,11 +156,13 @@ class Ingest:
         )
         self._queue: queue.Queue[_Message] = queue.Queue()
         self._stop_net = threading.Event()
+        self._lost = threading.Event()
         self._stop_write = threading.Event()
         self._client: mqtt.Client | None = None
         self._client_lock = threading.Lock()
         self._gaps: dict[tuple[str, str], _Gap] = {}
-        self._reqs: dict[str, tuple[str, str]] = {}
+        #: Open replay requests: req -> (site, gate, first, last).
+        self._reqs: dict[str, tuple[str, str, int, int]] = {}
         self._threads: list[threading.Thread] = []
         self._retry: list[_Message] = []
         self._next_plan = 0.0
@@ -173,6 +177,7 @@ class Ingest:
         client.manual_ack_set(True)
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._queue.put(
@@ -214,13 +219,18 @@ class Ingest:
                     "the broker speaks MQTT 3.1.1: no shared subscription, this hub takes"
                     " every event (run one instance only)"
                 )
+            self._lost.clear()
+            # paho's own thread from here: a publish or an acknowledgement from the writer
+            # thread is queued to it (and wakes it), never written to the socket at once.
+            client.loop_start()
             with self._client_lock:
                 self._client = client
             self._subscribe(client, v5)
             self._hub_status(client)
             self.stats.connected = True
-            while not self._stop_net.is_set():
-                if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+            began = time.monotonic()
+            while not self._stop_net.is_set() and client.is_connected():
+                if self._lost.wait(0.2):
                     log.warning("lost the broker connection; connecting again")
                     break
             self.stats.connected = False
@@ -230,17 +240,24 @@ class Ingest:
                 self._goodbye(client)
             with contextlib.suppress(OSError, ValueError):
                 client.disconnect()
-            self.link.backoff.reset()
+            client.loop_stop()
+            if time.monotonic() - began >= STEADY_S:
+                self.link.backoff.reset()
+            else:
+                # A broker that takes the hub and drops it again (a wrong ACL, another
+                # instance with the same client id) is not hammered.
+                self._stop_net.wait(self.link.backoff.next())
+
+    def _on_disconnect(self, client: mqtt.Client, *args: Any) -> None:
+        self._lost.set()
 
     def _goodbye(self, client: mqtt.Client) -> None:
         """The hub's ``offline`` status, sent and flushed before the disconnect."""
         body = {"state": "offline", "ts": iso_utc(self.wall()), "version": __version__}
         body["hub"] = self.config.hub.id
         info = client.publish(self.hub_topic, json.dumps(body).encode(), qos=1, retain=True)
-        deadline = time.monotonic() + 2.0
-        while not info.is_published() and time.monotonic() < deadline:
-            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                break
+        with contextlib.suppress(RuntimeError, ValueError):
+            info.wait_for_publish(timeout=2.0)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish on the current connection (any thread); dropped while there is none."""
@@ -265,7 +282,11 @@ class Ingest:
                 now = self.monotonic()
                 if now >= self._next_plan:
                     self._next_plan = now + 1.0
-                    self._plan(now)
+                    try:
+                        self._plan(now)
+                    except Exception as exc:  # a locked or full database: next second again
+                        self.store.rollback()
+                        log.error("cannot plan the replay requests: %s", exc)
                 if now >= self._next_purge:
                     self._next_purge = now + PURGE_EVERY_S
                     self._purge()
@@ -292,16 +313,13 @@ class Ingest:
         statuses: list[tuple[str, str, dict[str, Any], float | None, float | None]] = []
         answers: list[tuple[str, str, dict[str, Any]]] = []
         refused: list[tuple[_Message, Refused]] = []
-        by_row: dict[int, _Message] = {}
         for m in batch:
             if m.topic.startswith(self.hubs):
                 continue  # a hub instance's own status (this one's or another's)
             try:
                 site, gate, leaf = self._topic(m.topic)
                 if leaf in ("event", "alarm"):
-                    row = self._event(m, site, gate, leaf)
-                    rows.append(row)
-                    by_row[id(row)] = m
+                    rows.append(self._event(m, site, gate, leaf))
                 elif leaf == "status":
                     status = self._status(m)
                     if status is not None:
@@ -315,8 +333,6 @@ class Ingest:
         try:
             store.begin()
             result = store.add_events(rows)
-            for row in result.conflicts:
-                refused.append((by_row[id(row)], Refused("seq_conflict", CONFLICT)))
             for site, gate, msg, seen, skew in statuses:
                 store.status(site, gate, msg, seen)
                 if skew is not None:
@@ -341,11 +357,20 @@ class Ingest:
         self._ack(batch)
         self.stats.add("stored", result.stored)
         self.stats.add("duplicates", result.duplicates)
+        for row in result.conflicts:
+            self.stats.refused("seq_conflict")
+            log.warning(
+                "%s/%s seq %d: %s (kept in hub_conflicts)", row.site, row.gate, row.seq, CONFLICT
+            )
         self.stats.add("statuses", len(statuses))
         for m, r in refused:
             self.stats.refused(r.code)
             log.warning("refused %s: %s (%s)", m.topic[:200], r, r.code)
-        self._after(store, result.new, statuses)
+        try:
+            self._after(store, result.new, statuses)
+        except Exception as exc:  # what follows a commit never ends the ingest
+            store.rollback()
+            log.error("after a commit: %s", exc)
 
     def _ack(self, batch: list[_Message]) -> None:
         with self._client_lock:
@@ -379,11 +404,9 @@ class Ingest:
         for r in new:
             if r.kind == "alarm":
                 self.observer("alarm", json.loads(r.body))
-        if changed:
-            rows = {(r["site"], r["gate"]): r for r in store.gate_rows()}
-            for key in changed:
-                if key in rows:
-                    self.observer("gate", rows[key])
+        for site, gate in changed:
+            # The page reads the gate's row back itself: no fleet-wide read per commit here.
+            self.observer("gate", {"site": site, "gate": gate})
 
     # -- checking ---------------------------------------------------------------------
 
@@ -472,9 +495,11 @@ class Ingest:
 
     def _answered(self, store: HubStore, site: str, gate: str, msg: dict[str, Any]) -> None:
         req = msg["req"]
-        asked_by = self._reqs.pop(req, None)
-        if asked_by != (site, gate):
-            return
+        asked = self._reqs.get(req)
+        if asked is None or asked[:2] != (site, gate):
+            return  # not this gate's to answer: the request stays open
+        del self._reqs[req]
+        _, _, first, last = asked
         ok = msg.get("ok") is True
         sent = msg.get("sent") if _whole(msg.get("sent")) else None
         store.answered(req, ok, sent, str(msg.get("error") or "") or None, self.wall())
@@ -486,20 +511,29 @@ class Ingest:
             if gap is not None:
                 self._back_off(gap, f"{site}/{gate}: replay {req} refused: {msg.get('error')}")
             return
+        before = store.through(site, gate)
         purged = msg.get("purged")
-        if purged is not None and purged[0] <= purged[1]:
-            store.purged(site, gate, int(purged[0]), int(purged[1]), self.wall())
+        # Only what was asked can be purged: a forged [1, 2**53] moves nothing beyond it.
+        lo, hi = (max(purged[0], first), min(purged[1], last)) if purged else (1, 0)
+        if lo <= hi:
+            store.purged(site, gate, lo, hi, self.wall())
             log.warning(
                 "%s/%s: events %d to %d purged at the gate before the hub had them",
                 site,
                 gate,
-                purged[0],
-                purged[1],
+                lo,
+                hi,
             )
         if msg.get("last_seq") is not None:
-            store.known_exists(site, gate, int(msg["last_seq"]))
-        if gap is not None:
+            # The gate's own word on its last seq: a higher ``highest`` (a forged or stale
+            # status) comes down to it, so no gap is asked for that does not exist.
+            store.last_seq_is(site, gate, int(msg["last_seq"]))
+        if gap is None:
+            return
+        if store.through(site, gate) > before:
             gap.failures = 0
+        else:
+            self._back_off(gap, f"{site}/{gate}: replay {req} answered, nothing of the gap came")
 
     def _back_off(self, gap: _Gap, why: str) -> None:
         gap.failures += 1
@@ -533,12 +567,13 @@ class Ingest:
             if not online or len(gap.asked) >= MAX_ASKS:
                 continue
             cover = [(a, b) for a, b, _ in gap.asked.values()]
-            for a, b in store.gaps(site, gate):
+            for a, whole in store.gaps(site, gate):
+                b = min(whole, a + ASK_MAX - 1)
                 if len(gap.asked) >= MAX_ASKS:
                     break
                 if any(a >= c0 and b <= c1 for c0, c1 in cover):
                     continue
-                self._ask(store, site, gate, a, min(b, a + ASK_MAX - 1), gap, now)
+                self._ask(store, site, gate, a, b, gap, now)
         for key in set(self._gaps) - with_gap:
             del self._gaps[key]
 
@@ -558,7 +593,7 @@ class Ingest:
         except (ConnectionError, ValueError, OSError):
             return
         gap.asked[req] = (first, last, now + ASK_TIMEOUT_S)
-        self._reqs[req] = (site, gate)
+        self._reqs[req] = (site, gate, first, last)
         store.begin()
         store.asked(req, site, gate, first, last, self.wall())
         store.commit()

@@ -129,6 +129,16 @@ CREATE TABLE IF NOT EXISTS hub_revokes (
     at REAL NOT NULL,
     by TEXT
 );
+CREATE TABLE IF NOT EXISTS hub_conflicts (
+    site TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    boot INTEGER,
+    received_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (site, gate, seq, id)
+);
 CREATE TABLE IF NOT EXISTS hub_card_uses (
     site TEXT NOT NULL,
     gate TEXT NOT NULL,
@@ -326,6 +336,16 @@ class HubStore:
         clashes: dict[tuple[str, str], int] = {}
         for r in out.conflicts:
             clashes[(r.site, r.gate)] = clashes.get((r.site, r.gate), 0) + 1
+        if out.conflicts:
+            # Kept whole (no cap, no truncation): they may be a gate's real new events.
+            c.executemany(
+                "INSERT INTO hub_conflicts(site, gate, seq, id, boot, received_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (r.site, r.gate, r.seq, r.id, r.boot, r.received_at, r.body)
+                    for r in out.conflicts
+                ],
+            )
         if clashes:
             c.executemany(
                 "UPDATE hub_gates SET conflicts = conflicts + ? WHERE site = ? AND gate = ?",
@@ -347,7 +367,10 @@ class HubStore:
                 " WHERE site = ? AND gate = ?",
                 (site, gate),
             ).fetchone()
-            boots = sum(1 for r in got if r.boot is not None and boot is not None and r.boot > boot)
+            # Restarts, not events: a boot counted once however many of its events came.
+            boots = len(
+                {r.boot for r in got if r.boot is not None and boot is not None and r.boot > boot}
+            )
             last = max(got, key=lambda r: r.seq)
             now_through = through
             if highest <= through:
@@ -527,6 +550,31 @@ class HubStore:
             (new, last, site, gate),
         )
         self.advance(site, gate)
+
+    def through(self, site: str, gate: str) -> int:
+        row = self.conn.execute(
+            "SELECT through FROM hub_gates WHERE site = ? AND gate = ?", (site, gate)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def last_seq_is(self, site: str, gate: str, last_seq: int) -> None:
+        """The gate says its ledger ends at ``last_seq``: ``highest`` is at least that, and
+        no higher than that and what is held or purged (a forged or stale status's word
+        does not leave a gap that nothing can fill)."""
+        self._gate(site, gate)
+        c = self.conn
+        (held,) = c.execute(
+            "SELECT coalesce(max(seq), 0) FROM hub_events WHERE site = ? AND gate = ?",
+            (site, gate),
+        ).fetchone()
+        (gone,) = c.execute(
+            "SELECT coalesce(max(last), 0) FROM hub_purged WHERE site = ? AND gate = ?",
+            (site, gate),
+        ).fetchone()
+        c.execute(
+            "UPDATE hub_gates SET highest = max(through, ?, ?, ?) WHERE site = ? AND gate = ?",
+            (last_seq, held, gone, site, gate),
+        )
 
     def known_exists(self, site: str, gate: str, seq: int) -> None:
         """``seq`` exists at the gate (a replay answer's ``last_seq``)."""
@@ -881,7 +929,13 @@ class HubStore:
     def purge(self, before_received: float) -> int:
         """Delete events (and refused messages) the hub received before ``before_received``
         (retention); each card's first use per gate (``hub_card_uses``) stays."""
-        cur = self.conn.execute("DELETE FROM hub_events WHERE received_at < ?", (before_received,))
+        # Only below each gate's ``through``: an event held above a gap stays, or the gap
+        # would look wider and be asked for again.
+        cur = self.conn.execute(
+            "DELETE FROM hub_events WHERE received_at < ? AND seq <= (SELECT g.through"
+            " FROM hub_gates g WHERE g.site = hub_events.site AND g.gate = hub_events.gate)",
+            (before_received,),
+        )
         # What was refused may hold names and temperatures too: it goes with the rest.
         self.conn.execute("DELETE FROM hub_rejects WHERE received_at < ?", (before_received,))
         return int(cur.rowcount)
