@@ -7,9 +7,17 @@ checks it as a gate will (:func:`gated.mqtt.registry_sync.parse`, and
 ``[hub] registry_max_bytes``, the gates' limit), and publishes it retained, QoS 1, on
 ``{prefix}/{site}/registry``.
 
-- **Versions.** The next version is above every version the hub made for the site and
-  every ``registry_version`` its gates reported: a gate never takes a new snapshot for
-  stale. A version is written to ``hub_registry`` before it is sent and marked
+- **Versions.** The next version is one above the highest the hub made for the site,
+  confirmed or not (``--above N``: above N, when higher), never above 2^53-1, the most a
+  gate takes (a clear error, nothing made). A ``registry_version`` a gate reports is never
+  taken for the hub's: one forged status from a stolen gate account would otherwise use
+  up the site's versions for good. A gate reporting one above the hub's is named on
+  stderr, and the snapshot still goes out (that gate refuses it as stale, the others
+  take it). That is a real gate when its registry came from elsewhere: the hub's
+  database was restored from a backup older than the last publish, or replaced, or
+  another hub published for the site. The operator then publishes again with
+  ``--above V``, V the highest version the note names, and every gate takes the new
+  snapshot. A version is written to ``hub_registry`` before it is sent and marked
   ``published_at`` only on the broker's PUBACK. When the broker cannot be reached, or
   refuses (an MQTT 5 PUBACK with a failure reason; a 3.1.1 broker drops a refused
   message silently), the row keeps ``published_at`` empty and says why in ``error``;
@@ -146,16 +154,30 @@ def _send(store: HubStore, config: HubConfig, site: str, version: int, messages:
     store.commit()
 
 
-def _next_version(store: HubStore, site: str) -> int:
-    version, ahead = store.registry_next(site, registry_sync.MAX_VERSION)
-    for gate, v in ahead:
-        # The hub's store was replaced, or another publisher, or a forged status: say so.
+def _next_version(store: HubStore, site: str, above: int = 0) -> int:
+    """One above the highest version the hub made for ``site`` (or ``above``, when higher);
+    a gate reporting a higher one is named on stderr (see the module docstring)."""
+    made = store.registry_made(site)
+    base = max(made, above)
+    last = registry_sync.MAX_VERSION
+    if base >= last:
+        raise GatedError(
+            f"site {site}: version {base} is the last a gate takes (at most {last}):"
+            " no version can follow it"
+        )
+    for gate, v in store.registry_ahead(site, base):
+        if v >= last:
+            follows = f"no version can follow it (a gate takes at most {last})"
+        else:
+            follows = (
+                f"publish with --above {v} if that gate's registry really came from elsewhere"
+                f" (it refuses version {base + 1} as stale)"
+            )
         print(
-            f"note: {site}/{gate} reported registry version {v}, which this hub did not make;"
-            " the new version goes above it",
+            f"note: {site}/{gate} reports registry version {v}, above the hub's {made}: {follows}",
             file=sys.stderr,
         )
-    return version
+    return base + 1
 
 
 def _registry_topic(config: HubConfig, site: str) -> str:
@@ -163,7 +185,8 @@ def _registry_topic(config: HubConfig, site: str) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """``gated hub registry publish FILE.csv --site S``: the site's next retained snapshot."""
+    """``gated hub registry publish FILE.csv --site S [--above N]``: the site's next
+    retained snapshot."""
     config = load_hub_config(args.config)
     site = _site(args.site)
     persons, cards = read_csv(Path(args.file))
@@ -174,7 +197,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         store.begin()
         try:
-            version = _next_version(store, site)
+            version = _next_version(store, site, args.above or 0)
             revoked = store.revokes(site)
             body = _body(version, persons_json, revoked)
             payload = _sized(body, args.file, config.hub.registry_max_bytes)

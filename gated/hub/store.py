@@ -755,23 +755,25 @@ class HubStore:
 
     # -- the sites' registries (gated.hub.registry) --------------------------------------
 
-    def registry_next(self, site: str, below: int) -> tuple[int, list[tuple[str, int]]]:
-        """The site's next version: above every version the hub made and every one its
-        gates reported applying (those from ``below`` on are left out: no version could
-        follow them); and the gates that reported one above what the hub made."""
+    def registry_made(self, site: str) -> int:
+        """The highest version the hub made for ``site`` (confirmed or not; 0: none): the
+        next one goes above it. A version a gate reports is never taken for it (a forged
+        status would use up the site's versions)."""
         (made,) = self.conn.execute(
             "SELECT max(version) FROM hub_registry WHERE site = ?", (site,)
         ).fetchone()
-        made = int(made or 0)
-        ahead = [
+        return int(made or 0)
+
+    def registry_ahead(self, site: str, version: int) -> list[tuple[str, int]]:
+        """The gates of ``site`` whose last status reports a registry version above ``version``."""
+        return [
             (str(gate), int(v))
             for gate, v in self.conn.execute(
                 "SELECT gate, registry_version FROM hub_gates WHERE site = ?"
-                " AND registry_version > ? AND registry_version < ? ORDER BY gate",
-                (site, made, below),
+                " AND registry_version > ? ORDER BY gate",
+                (site, version),
             )
         ]
-        return max([made, *(v for _, v in ahead)]) + 1, ahead
 
     def registry_add(
         self, site: str, version: int, body: str, persons: int, cards: int, sha256: str, at: float
