@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,6 +382,49 @@ def test_a_forged_status_does_not_use_up_the_sites_versions(tmp_path: Path) -> N
         store.close()
     finally:
         broker.kill()
+
+
+def test_follow_up_reads_a_snapshot_only_to_publish_it_again(tmp_path: Path) -> None:
+    config = load_hub_config(hub_toml(tmp_path / "hub.toml", f"mqtt://127.0.0.1:{free_port()}"))
+    store = HubStore(config.database_path)
+    now = time.time()
+    store.begin()
+    for version in (1, 2):
+        body = json.dumps({"type": "snapshot", "version": version, "persons": []})
+        store.registry_add("s1", version, body, 0, 0, "-", now)
+        store.registry_sent("s1", version, now, None)
+    store.status("s1", "g1", {"state": "online", "registry_version": 2}, now)
+    store.status("s1", "g2", {"state": "online", "registry_version": 1}, now)
+    store.commit()
+    # every column the store's statements read from here on (set_authorizer re-prepares them)
+    read: list[tuple[str, str]] = []
+
+    def authorizer(action: int, table: Any, column: Any, db: Any, source: Any) -> int:
+        if action == sqlite3.SQLITE_READ:
+            read.append((table, column))
+        return sqlite3.SQLITE_OK
+
+    store.conn.set_authorizer(authorizer)
+    sent: list[tuple[str, bytes, int, bool]] = []
+
+    def send(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        sent.append((topic, payload, qos, retain))
+
+    try:
+        # a gate at the latest, a gate behind within the grace: versions only
+        assert follow_up(store, config, "s1", "g1", send, now) == 0
+        assert follow_up(store, config, "s1", "g2", send, now) == 0
+        assert ("hub_registry", "version") in read
+        assert ("hub_registry", "body") not in read
+        # behind past the grace: the snapshot's body is read, and published again
+        assert follow_up(store, config, "s1", "g2", send, now + GRACE_S) == 1
+        assert ("hub_registry", "body") in read
+        body = store.registry_body("s1", 2)
+        assert body is not None and '"version": 2' in body
+        assert sent == [("gated/s1/registry", body.encode(), 1, True)]
+    finally:
+        store.conn.set_authorizer(None)
+        store.close()
 
 
 def test_versions_go_above_with_above_and_a_failed_send_is_not_the_latest(

@@ -45,7 +45,9 @@ checks it as a gate will (:func:`gated.mqtt.registry_sync.parse`, and
   :data:`GRACE_S` while online (the retained message is gone: a broker restarted
   without persistence) is the snapshot published again, at most once a
   :data:`REPUBLISH_S` per site, since every online gate of the site receives it.
-  What was sent when is kept in ``hub_meta``, shared by the hub's instances.
+  What was sent when is kept in ``hub_meta``, shared by the hub's instances. It runs on
+  the hub's writer thread at every online status: it reads versions only, and a
+  snapshot's body only to publish it again.
 """
 
 from __future__ import annotations
@@ -350,13 +352,14 @@ def _follow_up(
     store: HubStore, config: HubConfig, site: str, gate: str, publish: Publish, now: float
 ) -> int:
     key = f"registry_follow:{site}/{gate}"
-    latest = store.registry_latest(site)
+    # Versions only: this runs on every online status of every gate, on the hub's writer
+    # thread; a snapshot's body (up to registry_max_bytes) is read only to publish it again.
+    confirmed = store.registry_confirmed(site, 2)
     row = next((g for g in store.site_gates(site) if g["gate"] == gate), None)
-    if latest is None or row is None or not is_online(row, now, config.hub.offline_after_s):
+    if not confirmed or row is None or not is_online(row, now, config.hub.offline_after_s):
         return 0
     have = int(row["registry_version"] or 0)
-    version = int(latest["version"])
-    confirmed = [r["version"] for r in store.registry_history(site, published_only=True, limit=2)]
+    version = confirmed[0]
     if have >= version:
         store.set_meta(key, None)
         return 0
@@ -372,11 +375,11 @@ def _follow_up(
         record = {"latest": version, "have": have, "since": now, "delta_at": None}
     record["last"] = now
     sent = 0
-    revoked = store.revokes(site, version)
+    exact = have == version - 1 and confirmed[-1] == have  # what the delta was built on
+    revoked: dict[str, list[str]] = store.revokes(site, version) if exact else {}
     delta_at = record.get("delta_at")
     if (
-        have == version - 1
-        and confirmed[-1] == have  # the delta is exact only on what it was built on
+        exact
         and any(revoked.values())
         and (delta_at is None or now - float(delta_at) >= DELTA_EVERY_S)
     ):
@@ -394,8 +397,11 @@ def _follow_up(
         site_key = f"registry_republished:{site}"
         raw_site = store.meta(site_key)
         last = json.loads(raw_site) if raw_site else {}
+        body = None
         if now - float(last.get("at", 0)) >= REPUBLISH_S:
-            publish(_registry_topic(config, site), latest["body"].encode("utf-8"), 1, True)
+            body = store.registry_body(site, version)
+        if body is not None:
+            publish(_registry_topic(config, site), body.encode("utf-8"), 1, True)
             store.set_meta(site_key, json.dumps({"version": version, "at": now}))
             sent += 1
             log.warning(

@@ -797,6 +797,22 @@ class HubStore:
         rows = self.registry_history(site, published_only=True, limit=1, bodies=True)
         return rows[0] if rows else None
 
+    def registry_confirmed(self, site: str, limit: int = 2) -> list[int]:
+        """The site's newest versions the broker confirmed, newest first (no bodies read)."""
+        rows = self.conn.execute(
+            "SELECT version FROM hub_registry WHERE site = ? AND published_at IS NOT NULL"
+            " ORDER BY version DESC LIMIT ?",
+            (site, limit),
+        )
+        return [int(v) for (v,) in rows]
+
+    def registry_body(self, site: str, version: int) -> str | None:
+        """The message of the site's ``version`` (up to ``registry_max_bytes``), or None."""
+        row = self.conn.execute(
+            "SELECT body FROM hub_registry WHERE site = ? AND version = ?", (site, version)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def registry_history(
         self, site: str, *, published_only: bool = False, limit: int = 1000, bodies: bool = False
     ) -> list[dict[str, Any]]:
