@@ -6,7 +6,9 @@ default: none), then one card is revoked. Meanwhile a writer stands in for the
 running hub's ingest: it takes the hub database's write lock (``BEGIN IMMEDIATE``,
 ``COMMIT``) every 10 ms and records how long each wait was, so the figure is how long
 a command holds the ingest up. Printed: each command's wall time, the snapshot's size,
-and the ingest's longest wait and p99 during each.
+and the ingest's longest wait and p99 during each. Then what the running hub's
+follow-up costs at each online status of a gate already at the site's latest version
+(on the ingest's writer thread), against reading the snapshot's body once.
 
     .venv/bin/python bench/hub_registry.py [--persons 200000]
 """
@@ -25,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.latency import pct
+from gated.hub.config import load_hub_config
+from gated.hub.registry import follow_up
 from gated.hub.store import HubStore
 from tests.support.gate_process import COLUMNS
 from tests.support.mosquitto import Mosquitto
@@ -64,6 +68,26 @@ def run(args: list[str], db: Path) -> tuple[float, list[float], str]:
     return took, writer.waits, done.stdout.strip()
 
 
+def follow_up_figures(store: HubStore, toml: Path, version: int, n: int = 50) -> None:
+    config = load_hub_config(toml)
+    now = time.time()
+    store.begin()
+    store.status("s1", "g1", {"state": "online", "registry_version": version}, now)
+    store.commit()
+    t = time.perf_counter()
+    for _ in range(n):
+        follow_up(store, config, "s1", "g1", lambda *a: None, now)
+    each = (time.perf_counter() - t) / n * 1000
+    t = time.perf_counter()
+    for _ in range(n):
+        store.registry_latest("s1")
+    body = (time.perf_counter() - t) / n * 1000
+    print(
+        f"follow-up of a gate at the latest version: {each:.2f} ms per status;"
+        f" reading the snapshot's body {body:.1f} ms (ratio {body / each:.0f})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--persons", type=int, default=200_000)
@@ -100,8 +124,9 @@ def main() -> None:
                 )
             store = HubStore(db)
             (latest,) = store.registry_history("s1", limit=1)
-            store.close()
             print(f"snapshot {latest['version']}: {latest['persons']} persons")
+            follow_up_figures(store, toml, latest["version"])
+            store.close()
         finally:
             broker.kill()
 

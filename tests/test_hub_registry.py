@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,7 +318,116 @@ def test_follow_up_publishes_a_lost_snapshot_again_once_the_gate_stays_behind(en
     assert [h["version"] for h in env.history()] == [5, 4, 3, 2, 1]
 
 
-def test_versions_go_above_what_gates_applied_and_a_failed_send_is_not_the_latest(
+def test_a_gate_whose_registry_came_from_an_older_hub_database_is_named(env: Env) -> None:
+    # the hub's database restored from a backup older than versions 1 to 5 (here: none at all)
+    restored = env.tmp / "restored"
+    restored.mkdir()
+    toml = hub_toml(restored / "hub.toml", env.site.broker.url)
+    for gate in ("g1", "g2"):
+        env.wait_version(gate, 5)
+    store = HubStore(load_hub_config(toml).database_path)
+    try:
+        store.begin()
+        for gate in ("g1", "g2"):
+            store.status("s1", gate, env.last_status(gate), time.time())
+        store.commit()
+    finally:
+        store.close()
+    csv = str(write_csv(restored / "r.csv", HUB_PEOPLE))
+    code, out = hub(toml, "registry", "publish", csv, "--site", "s1")
+    assert code == 0 and "site s1: registry version 1 published" in out, out
+    for gate in ("g1", "g2"):
+        assert (
+            f"note: s1/{gate} reports registry version 5, above the hub's 0: publish with"
+            " --above 5 if that gate's registry really came from elsewhere"
+        ) in out, out
+    env.site["g1"].daemon.wait_for(
+        lambda lines: any("stale snapshot 1 (have 5)" in ln for ln in lines)
+    )
+    # the operator does as the note says: every gate takes the new snapshot
+    code, out = hub(toml, "registry", "publish", csv, "--site", "s1", "--above", "5")
+    assert code == 0 and "site s1: registry version 6 published" in out, out
+    assert "note:" not in out, out
+    for gate in ("g1", "g2"):
+        env.wait_version(gate, 6)
+        assert f"{CHEN_CARD}0" not in env.export(gate)  # P10 is not in this CSV
+
+
+def test_a_forged_status_does_not_use_up_the_sites_versions(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path).start()
+    try:
+        toml = hub_toml(tmp_path / "hub.toml", broker.url)
+        store = HubStore(load_hub_config(toml).database_path)
+        # from a stolen gate account: one below the last version a gate takes
+        forged = 2**53 - 2
+        store.begin()
+        store.status("s9", "g1", {"state": "online", "registry_version": forged}, time.time())
+        store.commit()
+        csv = str(write_csv(tmp_path / "r.csv", HUB_PEOPLE))
+        for version in (1, 2):
+            code, out = hub(toml, "registry", "publish", csv, "--site", "s9")
+            assert code == 0 and f"site s9: registry version {version} published" in out, out
+            assert f"note: s9/g1 reports registry version {forged}, above the hub's" in out, out
+        payload = retained(broker.port, "gated/s9/registry")
+        assert payload is not None and json.loads(payload)["version"] == 2
+        # an operator who jumps to the last version a gate takes: nothing can follow it
+        code, out = hub(toml, "registry", "publish", csv, "--site", "s9", "--above", str(forged))
+        assert code == 0 and f"registry version {2**53 - 1} published" in out, out
+        code, out = hub(toml, "registry", "publish", csv, "--site", "s9")
+        assert code == 1, out
+        assert f"site s9: version {2**53 - 1} is the last a gate takes" in out, out
+        code, out = hub(toml, "registry", "publish", csv, "--site", "s9", "--above", str(2**53 - 1))
+        assert code == 2 and "--above: expected a version from 0 to" in out, out
+        assert [h["version"] for h in store.registry_history("s9")] == [2**53 - 1, 2, 1]
+        store.close()
+    finally:
+        broker.kill()
+
+
+def test_follow_up_reads_a_snapshot_only_to_publish_it_again(tmp_path: Path) -> None:
+    config = load_hub_config(hub_toml(tmp_path / "hub.toml", f"mqtt://127.0.0.1:{free_port()}"))
+    store = HubStore(config.database_path)
+    now = time.time()
+    store.begin()
+    for version in (1, 2):
+        body = json.dumps({"type": "snapshot", "version": version, "persons": []})
+        store.registry_add("s1", version, body, 0, 0, "-", now)
+        store.registry_sent("s1", version, now, None)
+    store.status("s1", "g1", {"state": "online", "registry_version": 2}, now)
+    store.status("s1", "g2", {"state": "online", "registry_version": 1}, now)
+    store.commit()
+    # every column the store's statements read from here on (set_authorizer re-prepares them)
+    read: list[tuple[str, str]] = []
+
+    def authorizer(action: int, table: Any, column: Any, db: Any, source: Any) -> int:
+        if action == sqlite3.SQLITE_READ:
+            read.append((table, column))
+        return sqlite3.SQLITE_OK
+
+    store.conn.set_authorizer(authorizer)
+    sent: list[tuple[str, bytes, int, bool]] = []
+
+    def send(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        sent.append((topic, payload, qos, retain))
+
+    try:
+        # a gate at the latest, a gate behind within the grace: versions only
+        assert follow_up(store, config, "s1", "g1", send, now) == 0
+        assert follow_up(store, config, "s1", "g2", send, now) == 0
+        assert ("hub_registry", "version") in read
+        assert ("hub_registry", "body") not in read
+        # behind past the grace: the snapshot's body is read, and published again
+        assert follow_up(store, config, "s1", "g2", send, now + GRACE_S) == 1
+        assert ("hub_registry", "body") in read
+        body = store.registry_body("s1", 2)
+        assert body is not None and '"version": 2' in body
+        assert sent == [("gated/s1/registry", body.encode(), 1, True)]
+    finally:
+        store.conn.set_authorizer(None)
+        store.close()
+
+
+def test_versions_go_above_with_above_and_a_failed_send_is_not_the_latest(
     tmp_path: Path,
 ) -> None:
     broker = Mosquitto(tmp_path).start()
@@ -328,19 +438,23 @@ def test_versions_go_above_what_gates_applied_and_a_failed_send_is_not_the_lates
         # a gate of s9 says it applied version 7 (from a hub whose store was lost)
         store.begin()
         store.status("s9", "g1", {"state": "online", "registry_version": 7}, time.time())
-        # one past what any gate can apply is left out (a forged status must not end sync)
+        # one past what any gate can apply: named, with no way past it
         store.status("s9", "g2", {"state": "online", "registry_version": 2**53}, time.time())
         store.commit()
         csv = write_csv(tmp_path / "r.csv", HUB_PEOPLE)
         code, out = hub(toml, "registry", "publish", str(csv), "--site", "s9")
+        assert code == 0 and "registry version 1 published" in out, out
+        assert "note: s9/g1 reports registry version 7, above the hub's 0: publish with" in out
+        assert f"s9/g2 reports registry version {2**53}, above the hub's 0: no version can" in out
+        code, out = hub(toml, "registry", "publish", str(csv), "--site", "s9", "--above", "7")
         assert code == 0 and "registry version 8 published" in out, out
-        assert "note: s9/g1 reported registry version 7, which this hub did not make" in out
+        assert "s9/g1" not in out and f"s9/g2 reports registry version {2**53}" in out, out
         # the broker is unreachable: exit 1, the version is kept as not published
         dead = hub_toml(tmp_path / "dead.toml", f"mqtt://127.0.0.1:{free_port()}")
         code, out = hub(dead, "registry", "publish", str(csv), "--site", "s9")
         assert code == 1, out
         assert "version 9 was NOT published" in out, out
-        (v9, _v8) = store.registry_history("s9")
+        (v9, _v8, _v1) = store.registry_history("s9")
         assert v9["version"] == 9 and v9["published_at"] is None and v9["error"]
         assert latest_versions(store) == {"s9": 8}
         # a revocation made while the broker is down is kept for the next version

@@ -21,6 +21,18 @@ def _call(module: str, name: str) -> Any:
     return run
 
 
+def _version(value: str) -> int:
+    """``--above``: a registry version a gate can still have one above (0 to 2^53-2)."""
+    from gated.mqtt.registry_sync import MAX_VERSION
+
+    if not (value.isascii() and value.isdigit() and len(value) <= 16) or int(value) >= MAX_VERSION:
+        raise argparse.ArgumentTypeError(
+            f"expected a version from 0 to {MAX_VERSION - 1} (the next must be at most"
+            f" {MAX_VERSION}), got {value!r}"
+        )
+    return int(value)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a hub config: exit 0, or 2 with one line per problem."""
     from gated.hub.config import load_hub_config
@@ -63,6 +75,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = with_config(rsub.add_parser("publish", help="a CSV as the site's next retained snapshot"))
     r.add_argument("file", help="registry CSV (the columns of `gated registry import`)")
     r.add_argument("--site", required=True)
+    r.add_argument(
+        "--above",
+        type=_version,
+        metavar="N",
+        help="make the version above N too: the highest a gate reports, when its registry"
+        " came from elsewhere (an older hub database)",
+    )
     r.set_defaults(func=_call("gated.hub.registry", "cmd_publish"))
 
     q = with_config(

@@ -7,9 +7,17 @@ checks it as a gate will (:func:`gated.mqtt.registry_sync.parse`, and
 ``[hub] registry_max_bytes``, the gates' limit), and publishes it retained, QoS 1, on
 ``{prefix}/{site}/registry``.
 
-- **Versions.** The next version is above every version the hub made for the site and
-  every ``registry_version`` its gates reported: a gate never takes a new snapshot for
-  stale. A version is written to ``hub_registry`` before it is sent and marked
+- **Versions.** The next version is one above the highest the hub made for the site,
+  confirmed or not (``--above N``: above N, when higher), never above 2^53-1, the most a
+  gate takes (a clear error, nothing made). A ``registry_version`` a gate reports is never
+  taken for the hub's: one forged status from a stolen gate account would otherwise use
+  up the site's versions for good. A gate reporting one above the hub's is named on
+  stderr, and the snapshot still goes out (that gate refuses it as stale, the others
+  take it). That is a real gate when its registry came from elsewhere: the hub's
+  database was restored from a backup older than the last publish, or replaced, or
+  another hub published for the site. The operator then publishes again with
+  ``--above V``, V the highest version the note names, and every gate takes the new
+  snapshot. A version is written to ``hub_registry`` before it is sent and marked
   ``published_at`` only on the broker's PUBACK. When the broker cannot be reached, or
   refuses (an MQTT 5 PUBACK with a failure reason; a 3.1.1 broker drops a refused
   message silently), the row keeps ``published_at`` empty and says why in ``error``;
@@ -37,7 +45,9 @@ checks it as a gate will (:func:`gated.mqtt.registry_sync.parse`, and
   :data:`GRACE_S` while online (the retained message is gone: a broker restarted
   without persistence) is the snapshot published again, at most once a
   :data:`REPUBLISH_S` per site, since every online gate of the site receives it.
-  What was sent when is kept in ``hub_meta``, shared by the hub's instances.
+  What was sent when is kept in ``hub_meta``, shared by the hub's instances. It runs on
+  the hub's writer thread at every online status: it reads versions only, and a
+  snapshot's body only to publish it again.
 """
 
 from __future__ import annotations
@@ -146,16 +156,30 @@ def _send(store: HubStore, config: HubConfig, site: str, version: int, messages:
     store.commit()
 
 
-def _next_version(store: HubStore, site: str) -> int:
-    version, ahead = store.registry_next(site, registry_sync.MAX_VERSION)
-    for gate, v in ahead:
-        # The hub's store was replaced, or another publisher, or a forged status: say so.
+def _next_version(store: HubStore, site: str, above: int = 0) -> int:
+    """One above the highest version the hub made for ``site`` (or ``above``, when higher);
+    a gate reporting a higher one is named on stderr (see the module docstring)."""
+    made = store.registry_made(site)
+    base = max(made, above)
+    last = registry_sync.MAX_VERSION
+    if base >= last:
+        raise GatedError(
+            f"site {site}: version {base} is the last a gate takes (at most {last}):"
+            " no version can follow it"
+        )
+    for gate, v in store.registry_ahead(site, base):
+        if v >= last:
+            follows = f"no version can follow it (a gate takes at most {last})"
+        else:
+            follows = (
+                f"publish with --above {v} if that gate's registry really came from elsewhere"
+                f" (it refuses version {base + 1} as stale)"
+            )
         print(
-            f"note: {site}/{gate} reported registry version {v}, which this hub did not make;"
-            " the new version goes above it",
+            f"note: {site}/{gate} reports registry version {v}, above the hub's {made}: {follows}",
             file=sys.stderr,
         )
-    return version
+    return base + 1
 
 
 def _registry_topic(config: HubConfig, site: str) -> str:
@@ -163,7 +187,8 @@ def _registry_topic(config: HubConfig, site: str) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    """``gated hub registry publish FILE.csv --site S``: the site's next retained snapshot."""
+    """``gated hub registry publish FILE.csv --site S [--above N]``: the site's next
+    retained snapshot."""
     config = load_hub_config(args.config)
     site = _site(args.site)
     persons, cards = read_csv(Path(args.file))
@@ -174,7 +199,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         store.begin()
         try:
-            version = _next_version(store, site)
+            version = _next_version(store, site, args.above or 0)
             revoked = store.revokes(site)
             body = _body(version, persons_json, revoked)
             payload = _sized(body, args.file, config.hub.registry_max_bytes)
@@ -327,13 +352,14 @@ def _follow_up(
     store: HubStore, config: HubConfig, site: str, gate: str, publish: Publish, now: float
 ) -> int:
     key = f"registry_follow:{site}/{gate}"
-    latest = store.registry_latest(site)
+    # Versions only: this runs on every online status of every gate, on the hub's writer
+    # thread; a snapshot's body (up to registry_max_bytes) is read only to publish it again.
+    confirmed = store.registry_confirmed(site, 2)
     row = next((g for g in store.site_gates(site) if g["gate"] == gate), None)
-    if latest is None or row is None or not is_online(row, now, config.hub.offline_after_s):
+    if not confirmed or row is None or not is_online(row, now, config.hub.offline_after_s):
         return 0
     have = int(row["registry_version"] or 0)
-    version = int(latest["version"])
-    confirmed = [r["version"] for r in store.registry_history(site, published_only=True, limit=2)]
+    version = confirmed[0]
     if have >= version:
         store.set_meta(key, None)
         return 0
@@ -349,11 +375,11 @@ def _follow_up(
         record = {"latest": version, "have": have, "since": now, "delta_at": None}
     record["last"] = now
     sent = 0
-    revoked = store.revokes(site, version)
+    exact = have == version - 1 and confirmed[-1] == have  # what the delta was built on
+    revoked: dict[str, list[str]] = store.revokes(site, version) if exact else {}
     delta_at = record.get("delta_at")
     if (
-        have == version - 1
-        and confirmed[-1] == have  # the delta is exact only on what it was built on
+        exact
         and any(revoked.values())
         and (delta_at is None or now - float(delta_at) >= DELTA_EVERY_S)
     ):
@@ -371,8 +397,11 @@ def _follow_up(
         site_key = f"registry_republished:{site}"
         raw_site = store.meta(site_key)
         last = json.loads(raw_site) if raw_site else {}
+        body = None
         if now - float(last.get("at", 0)) >= REPUBLISH_S:
-            publish(_registry_topic(config, site), latest["body"].encode("utf-8"), 1, True)
+            body = store.registry_body(site, version)
+        if body is not None:
+            publish(_registry_topic(config, site), body.encode("utf-8"), 1, True)
             store.set_meta(site_key, json.dumps({"version": version, "at": now}))
             sent += 1
             log.warning(

@@ -803,23 +803,25 @@ class HubStore:
 
     # -- the sites' registries (gated.hub.registry) --------------------------------------
 
-    def registry_next(self, site: str, below: int) -> tuple[int, list[tuple[str, int]]]:
-        """The site's next version: above every version the hub made and every one its
-        gates reported applying (those from ``below`` on are left out: no version could
-        follow them); and the gates that reported one above what the hub made."""
+    def registry_made(self, site: str) -> int:
+        """The highest version the hub made for ``site`` (confirmed or not; 0: none): the
+        next one goes above it. A version a gate reports is never taken for it (a forged
+        status would use up the site's versions)."""
         (made,) = self.conn.execute(
             "SELECT max(version) FROM hub_registry WHERE site = ?", (site,)
         ).fetchone()
-        made = int(made or 0)
-        ahead = [
+        return int(made or 0)
+
+    def registry_ahead(self, site: str, version: int) -> list[tuple[str, int]]:
+        """The gates of ``site`` whose last status reports a registry version above ``version``."""
+        return [
             (str(gate), int(v))
             for gate, v in self.conn.execute(
                 "SELECT gate, registry_version FROM hub_gates WHERE site = ?"
-                " AND registry_version > ? AND registry_version < ? ORDER BY gate",
-                (site, made, below),
+                " AND registry_version > ? ORDER BY gate",
+                (site, version),
             )
         ]
-        return max([made, *(v for _, v in ahead)]) + 1, ahead
 
     def registry_add(
         self, site: str, version: int, body: str, persons: int, cards: int, sha256: str, at: float
@@ -842,6 +844,22 @@ class HubStore:
         """The site's newest version the broker confirmed (with its ``body``), or None."""
         rows = self.registry_history(site, published_only=True, limit=1, bodies=True)
         return rows[0] if rows else None
+
+    def registry_confirmed(self, site: str, limit: int = 2) -> list[int]:
+        """The site's newest versions the broker confirmed, newest first (no bodies read)."""
+        rows = self.conn.execute(
+            "SELECT version FROM hub_registry WHERE site = ? AND published_at IS NOT NULL"
+            " ORDER BY version DESC LIMIT ?",
+            (site, limit),
+        )
+        return [int(v) for (v,) in rows]
+
+    def registry_body(self, site: str, version: int) -> str | None:
+        """The message of the site's ``version`` (up to ``registry_max_bytes``), or None."""
+        row = self.conn.execute(
+            "SELECT body FROM hub_registry WHERE site = ? AND version = ?", (site, version)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def registry_history(
         self, site: str, *, published_only: bool = False, limit: int = 1000, bodies: bool = False
