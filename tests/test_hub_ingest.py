@@ -22,6 +22,7 @@ from gated.retention import DAY_S, Retention, purge_now
 from tests.support.gate_process import COLUMNS
 from tests.support.hub import HubProcess
 from tests.support.mosquitto import Mosquitto, publish
+from tests.support.notify import NotifySocket
 from tests.support.replay_gate import Gate
 from tests.support.site import SITE_PEOPLE, WANG_CARD, ZHANG_CARD, Site
 from tests.support.waiting import wait_until
@@ -358,3 +359,25 @@ def test_a_forged_last_seq_is_brought_down_by_the_gates_own_answer(tmp_path: Pat
     finally:
         hub.close()
         gate.close()
+
+
+def test_the_hub_tells_systemd_it_is_ready_alive_and_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = Mosquitto(tmp_path / "broker").start()
+    manager = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(manager.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    hub = HubProcess(tmp_path / "hub", broker.port)
+    try:
+        hub.start()
+        assert manager.wait_for(lambda m: m.startswith("READY=1")).startswith("READY=1\nSTATUS=hub")
+        for _ in range(2):
+            manager.wait_for(lambda m: m == "WATCHDOG=1")
+        hub.stop()
+        manager.wait_for(lambda m: m.startswith("STOPPING=1"))
+    finally:
+        hub.close()
+        manager.close()
+        broker.stop()

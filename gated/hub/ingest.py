@@ -169,6 +169,8 @@ class Ingest:
         self._next_purge = 0.0
         #: Set once the first subscription is acknowledged (tests, readiness).
         self.subscribed = threading.Event()
+        #: Monotonic time of the writer's last turn (the service's watchdog reads it).
+        self.last_turn = time.monotonic()
         self.store: HubStore | None = None
 
     # -- the network thread -----------------------------------------------------------
@@ -273,6 +275,7 @@ class Ingest:
         self.store = HubStore(self.config.database_path)
         try:
             while True:
+                self.last_turn = time.monotonic()
                 batch = self._retry or self._take()
                 self._retry = []
                 if batch:

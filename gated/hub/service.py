@@ -3,8 +3,9 @@
 The service is ready (``READY=1``) once the store is open and the fleet page listens; the
 broker may come later (the ingest connects and reconnects on its own, and the page says
 so). The watchdog is fed only while the ingest's threads are alive and its writer has
-turned within the last :data:`STUCK_S`: a hub whose writer is stuck in a full disk or a
-locked database is restarted rather than silently acknowledging nothing.
+turned within the last :data:`STUCK_S` (a commit that fails, a full disk or a locked
+database, is retried each second and still turns): a writer hung for good is restarted
+by systemd rather than leaving the broker's queue to grow with nothing acknowledged.
 SIGTERM/SIGINT: what came is stored and acknowledged, then the hub's ``offline`` status.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -26,6 +28,9 @@ from gated.hub.store import HubStore
 from gated.notify import Notifier
 
 log = logging.getLogger(__name__)
+
+#: Seconds the ingest's writer may go without a turn before the watchdog goes unfed.
+STUCK_S = 60.0
 
 
 class HubService:
@@ -69,7 +74,8 @@ class HubService:
             )
             while not self.stop_event.wait(1.0):
                 if self.ingest.alive():
-                    self.notifier.watchdog()
+                    if time.monotonic() - self.ingest.last_turn < STUCK_S:
+                        self.notifier.watchdog()
                 else:
                     log.error("an ingest thread ended; stopping so systemd restarts the hub")
                     return 1
