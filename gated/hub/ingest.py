@@ -72,8 +72,10 @@ MAX_BACKOFF_S = 120.0
 #: Most messages in one transaction.
 BATCH_MAX = 2000
 #: Messages the broker may have handed over unacknowledged (MQTT 5 Receive Maximum):
-#: a backlog after an outage comes in at the pace the store takes it, not all into memory.
-RECEIVE_MAX = 2000
+#: a backlog after an outage comes in at the pace the store takes it, not all into memory
+#: (about 7 MB of them), and five batches' worth, so the broker goes on sending while a
+#: batch commits (at 2,000, one batch, the hub stored a fifth less).
+RECEIVE_MAX = 10_000
 #: Why an event whose seq the hub holds with another id is kept aside.
 CONFLICT = (
     "seq already held with another event id: the gate's ledger started again from 1"
