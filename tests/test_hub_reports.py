@@ -328,6 +328,12 @@ def test_hub_gates_as_json_and_text(tmp_path: Path, config: HubConfig, store: Hu
     store.begin()
     store.status("s1", "g3", {"state": "online", "mode": "normal", "backlog": 0}, now)
     store.status("s2", "g1", {"state": "online", "registry_version": 7}, now - 3600)
+    # g3 sends seq 2 again under another id (its ledger begun again, or a forgery).
+    held = store.conn.execute(
+        "SELECT seq, kind, ts, body FROM hub_events WHERE gate = 'g3' AND seq = 2"
+    ).fetchone()
+    other = EventRow("s1", "g3", 2, "another-id", held[1], held[2], 2, True, now, held[3])
+    assert len(store.add_events([other]).conflicts) == 1
     store.commit()
     path = str(hub_config(tmp_path))
     done = run_hub("gates", "-c", path, "--format", "json")
@@ -345,6 +351,7 @@ def test_hub_gates_as_json_and_text(tmp_path: Path, config: HubConfig, store: Hu
             "clock_synced",
             "registry_version",
             "received",
+            "conflicts",
             "through",
             "missing",
             "purged",
@@ -358,7 +365,7 @@ def test_hub_gates_as_json_and_text(tmp_path: Path, config: HubConfig, store: Hu
         1,
         1,
     )
-    assert g3["last_seen"].endswith("Z")
+    assert g3["last_seen"].endswith("Z") and (g3["conflicts"], s2["conflicts"]) == (1, 0)
     # Not heard from for an hour: offline, whatever its last status said.
     assert (s2["online"], s2["registry_version"], s2["received"]) == (False, 7, 0)
     done = run_hub("gates", "-c", path)
@@ -366,6 +373,7 @@ def test_hub_gates_as_json_and_text(tmp_path: Path, config: HubConfig, store: Hu
     header, first, second = done.stdout.splitlines()
     assert header.split() == list(rows[0])
     assert first.split()[:3] == ["s1", "g3", "yes"] and second.split()[:3] == ["s2", "g1", "no"]
+    assert first.split()[header.split().index("conflicts")] == "1"
 
 
 def test_a_missing_database_is_one_line_and_exit_1(tmp_path: Path) -> None:

@@ -332,6 +332,103 @@ def test_the_live_stream_says_hello_then_each_change(hub: HubPage) -> None:
     conn.close()
 
 
+def test_a_gate_whose_seqs_conflict_comes_first_in_the_gates_and_metrics(hub: HubPage) -> None:
+    fleet(hub)
+    # n1 sends seq 2 again under another id: its ledger began again from 1, or a forgery.
+    hub.district.conflict("north", "n1", 2)
+    gates = hub.get_json("/api/gates")
+    n1 = gates[0]
+    assert (n1["gate"], n1["conflicts"], n1["attention"]) == ("n1", 1, ["conflicts"])
+    assert all(g["conflicts"] == 0 for g in gates[1:]) and gates[1]["gate"] == "n2"
+    text = hub.request("GET", "/metrics")[2].decode()
+    assert 'gated_hub_conflicts{gate="n1",site="north"} 1.0' in text
+    assert 'gated_hub_conflicts{gate="s2",site="south"} 0.0' in text
+
+
+def test_open_alarms_are_read_through_their_own_indexes(hub: HubPage) -> None:
+    """The page reads the open alarms on every change: by the alarms' index and the acks'
+    (by the alarm each answers), never through the whole event table."""
+    fleet(hub)
+    store = hub.district.store
+    fever = store.alarms()[0]
+    # An ack of another gate naming the alarm's id does not close it; its own gate's does.
+    hub.district.add("north", "n1", event("ack", ref=fever["id"], alarm="fever", guard="G1"))
+    assert store.open_alarms() == {("south", "s2"): 1}
+    assert store.open_alarms("south", "s2") == {("south", "s2"): 1}
+    assert store.open_alarms("north", "n1") == {}
+    run: list[str] = []
+    store.conn.set_trace_callback(run.append)
+    try:
+        store.alarms(limit=200)
+        store.open_alarms()
+        store.open_alarms("south", "s2")
+    finally:
+        store.conn.set_trace_callback(None)
+    queries = [q for q in run if "hub_events e" in q]
+    assert len(queries) == 3
+    for q in queries:
+        plan = [r[3] for r in store.conn.execute("EXPLAIN QUERY PLAN " + q)]
+        scans = [p for p in plan if p.startswith(("SCAN", "SEARCH")) and " e" in p[:9]]
+        assert scans and all("hub_events_alarms" in p for p in scans), plan
+        assert any(p.startswith("SEARCH k USING INDEX hub_events_acks") for p in plan), plan
+        assert "<expr>=?" in next(p for p in plan if "hub_events_acks" in p), plan
+    hub.district.add("south", "s2", event("ack", ref=fever["id"], alarm="fever", guard="G1"))
+    assert store.open_alarms() == {} and store.alarms() == []
+
+
+def test_the_page_answers_while_a_report_runs(hub: HubPage) -> None:
+    """A day's report takes its own thread and store connection: the gates and /healthz
+    answer while it runs, not after it."""
+    import threading
+
+    fleet(hub)
+    hub.district.busy_day("north", "n1", 6000)
+    hub.get_json("/api/gates")  # today's black list made once
+    done = threading.Event()
+
+    def report() -> None:
+        try:
+            assert hub.request("GET", "/api/report/daily")[0] == 200
+        finally:
+            done.set()
+
+    t = threading.Thread(target=report)
+    t.start()
+    answered = []
+    while not done.is_set():
+        status, _, _ = hub.request("GET", "/healthz")
+        gates = hub.request("GET", "/api/gates")[0]
+        if not done.is_set():
+            answered.append((status, gates))
+    t.join(timeout=60)
+    # Without a thread of its own, one answer at most gets in before the report.
+    assert len(answered) >= 3 and set(answered) == {(200, 200)}, answered
+
+
+def test_the_live_stream_ends_when_the_operator_logs_out(hub_lan: HubPage, lan: str) -> None:
+    import http.client
+
+    hub = hub_lan
+    fleet(hub)
+    cookie, csrf = hub.login(via=lan)
+    conn = http.client.HTTPConnection(lan, hub.port, timeout=20, source_address=(lan, 0))
+    conn.request("GET", "/api/events", headers={"Cookie": cookie})
+    r = conn.getresponse()
+    assert r.status == 200
+    while not r.readline().startswith(b"event: hello"):
+        pass
+    headers = {"Cookie": cookie, "X-CSRF-Token": csrf}
+    assert hub.request("POST", "/api/logout", {}, headers, via=lan)[0] == 200
+    # The stream ends (within GONE_CHECK_S): read to its end, or past a heartbeat or two.
+    deadline = time.monotonic() + 10
+    ended = False
+    while not ended and time.monotonic() < deadline:
+        ended = r.readline() == b""
+    conn.close()
+    assert ended, "the stream went on after the logout"
+    assert hub.request("GET", "/api/events", headers={"Cookie": cookie}, via=lan)[0] == 401
+
+
 # ---- in Chromium -------------------------------------------------------------------------
 
 
@@ -423,6 +520,12 @@ def test_the_duty_officer_sees_the_fleet_and_acknowledges_a_live_alarm(
         "SELECT by FROM hub_alarm_acks WHERE gate = 'n1' AND seq = ?", (tail["seq"],)
     ).fetchall()
     assert acks == [("duty",)]
+    # n1 sends a seq the hub holds under another id: its row goes first, with the count.
+    hub.district.conflict("north", "n1", 2)
+    hub.web.notify("gate", {"site": "north", "gate": "n1"})
+    expect(page.locator("[data-gate='north/n1'] .tag.conflicts")).to_have_count(1)
+    assert rows.nth(0).get_attribute("data-gate") == "north/n1"
+    assert "1 seq conflicts" in page.inner_text("[data-gate='north/n1'] .cont")
     screen.close()
 
 

@@ -24,6 +24,7 @@ GATES_COLUMNS = (
     "clock_synced",
     "registry_version",
     "received",
+    "conflicts",
     "through",
     "missing",
     "purged",

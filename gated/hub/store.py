@@ -37,6 +37,9 @@ from gated.events import card_ref
 
 SCHEMA_VERSION = 1
 
+#: A gate: (site, gate).
+Key = tuple[str, str]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hub_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hub_events (
@@ -54,6 +57,12 @@ CREATE TABLE IF NOT EXISTS hub_events (
 );
 CREATE INDEX IF NOT EXISTS hub_events_site_ts ON hub_events (site, ts);
 CREATE INDEX IF NOT EXISTS hub_events_received ON hub_events (received_at);
+-- The fleet page's open alarms, read on every change: the alarms alone, and the gates'
+-- own acks by the alarm they answer (HubStore.alarms reads nothing else of hub_events).
+CREATE INDEX IF NOT EXISTS hub_events_alarms ON hub_events (site, gate, received_at)
+    WHERE kind = 'alarm';
+CREATE INDEX IF NOT EXISTS hub_events_acks ON hub_events (site, gate, json_extract(body, '$.ref'))
+    WHERE kind = 'ack';
 CREATE TABLE IF NOT EXISTS hub_gates (
     site TEXT NOT NULL,
     gate TEXT NOT NULL,
@@ -614,14 +623,23 @@ class HubStore:
     def gate_rows(self) -> list[dict[str, Any]]:
         """Every gate's row, by site and gate (``status`` parsed)."""
         cols = ", ".join(GATE_COLUMNS)
-        out = []
-        for row in self.conn.execute(f"SELECT {cols} FROM hub_gates ORDER BY site, gate"):
-            d = dict(zip(GATE_COLUMNS, row, strict=True))
-            d["status"] = json.loads(d["status"]) if d["status"] else None
-            d["clock_synced"] = None if d["clock_synced"] is None else bool(d["clock_synced"])
-            d["missing"] = missing_of(d, self.held_above(d["site"], d["gate"], d["through"]))
-            out.append(d)
-        return out
+        rows = self.conn.execute(f"SELECT {cols} FROM hub_gates ORDER BY site, gate")
+        return [self._gate_row(row) for row in rows.fetchall()]
+
+    def gate_row(self, site: str, gate: str) -> dict[str, Any] | None:
+        """One gate's row as :meth:`gate_rows` gives it (None: not heard of)."""
+        cols = ", ".join(GATE_COLUMNS)
+        row = self.conn.execute(
+            f"SELECT {cols} FROM hub_gates WHERE site = ? AND gate = ?", (site, gate)
+        ).fetchone()
+        return None if row is None else self._gate_row(row)
+
+    def _gate_row(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        d = dict(zip(GATE_COLUMNS, row, strict=True))
+        d["status"] = json.loads(d["status"]) if d["status"] else None
+        d["clock_synced"] = None if d["clock_synced"] is None else bool(d["clock_synced"])
+        d["missing"] = missing_of(d, self.held_above(d["site"], d["gate"], d["through"]))
+        return d
 
     def held_above(self, site: str, gate: str, through: int) -> int:
         """Events held (or purged) above ``through``: ``missing`` leaves them out."""
@@ -765,26 +783,43 @@ class HubStore:
         ).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))
 
+    #: An alarm not acknowledged at the hub nor by its gate's own guard (an ``ack``
+    #: event whose ``ref`` is the alarm's id). ``+e.id``: compared without the column's
+    #: affinity, so the lookup is a seek in ``hub_events_acks``.
+    _OPEN = (
+        " AND a.seq IS NULL AND NOT EXISTS (SELECT 1 FROM hub_events k WHERE k.kind = 'ack'"
+        " AND k.site = e.site AND k.gate = e.gate AND json_extract(k.body, '$.ref') = +e.id)"
+    )
+    _ALARMS = (
+        " FROM hub_events e LEFT JOIN hub_alarm_acks a"
+        " ON a.site = e.site AND a.gate = e.gate AND a.seq = e.seq WHERE e.kind = 'alarm'"
+    )
+
     def alarms(self, *, unacked: bool = True, limit: int = 200) -> list[dict[str, Any]]:
         """The fleet's alarms, newest first (by the hub's receive time)."""
-        sql = (
-            "SELECT e.body, a.by, a.at FROM hub_events e LEFT JOIN hub_alarm_acks a"
-            " ON a.site = e.site AND a.gate = e.gate AND a.seq = e.seq WHERE e.kind = 'alarm'"
-        )
+        sql = "SELECT e.body, a.by, a.at" + self._ALARMS
         if unacked:
-            sql += " AND a.seq IS NULL"
-            # An alarm the gate's own guard acknowledged is handled, too.
-            sql += (
-                " AND NOT EXISTS (SELECT 1 FROM hub_events k WHERE k.site = e.site"
-                " AND k.gate = e.gate AND k.kind = 'ack' AND json_extract(k.body, '$.ref') = e.id)"
-            )
-        sql += " ORDER BY e.received_at DESC LIMIT ?"
+            sql += self._OPEN
+        # ``+``: sorted after the read, so the read goes by ``hub_events_alarms`` (the
+        # alarms alone), not by ``hub_events_received`` through every event held.
+        sql += " ORDER BY +e.received_at DESC LIMIT ?"
         out = []
         for body, by, at in self.conn.execute(sql, (limit,)):
             event = json.loads(body)
             event["hub_ack"] = {"by": by, "at": at} if at is not None else None
             out.append(event)
         return out
+
+    def open_alarms(self, site: str | None = None, gate: str | None = None) -> dict[Key, int]:
+        """How many alarms are open (as :meth:`alarms` has them), by gate: every gate's,
+        or one gate's (``site`` and ``gate``); a gate with none is left out."""
+        sql = "SELECT e.site, e.gate, count(*)" + self._ALARMS
+        args: tuple[str, ...] = ()
+        if site is not None and gate is not None:
+            sql += " AND e.site = ? AND e.gate = ?"
+            args = (site, gate)
+        sql += self._OPEN + " GROUP BY e.site, e.gate"
+        return {(s, g): int(n) for s, g, n in self.conn.execute(sql, args)}
 
     def ack_alarm(self, site: str, gate: str, seq: int, by: str, at: float) -> bool:
         """An operator acknowledges an alarm at the hub; False when there is no such alarm."""

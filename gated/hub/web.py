@@ -12,8 +12,10 @@ login until an operator logs in; one on this machine (the hub's console, a Prome
 beside it) reads without a login. So the page must not sit behind a reverse proxy on
 the hub's own machine (every client would look local): serve it with ``tls_cert_file``.
 
-Reads go through a store connection of the page's own, on one worker thread, so a long
-report never holds up the live stream. The ingest tells the page what changed with
+Reads go through a store connection of the page's own, on one worker thread; the reports
+(the day's report, the history, today's black list for the gates' order) through another
+connection on a thread of their own, so a long report never holds up the gates, the live
+stream or ``/healthz``. The ingest tells the page what changed with
 :meth:`HubWeb.notify` (any thread); the page reads the gate's row back from the store,
 so what a browser is shown is what the store holds. Personal data is masked as on the
 gate's screen (:func:`gated.status.view.screen_event`); everything the page shows is set
@@ -85,6 +87,8 @@ READ_TIMEOUT_S = 30.0
 HEALTH_TIMEOUT_S = 5.0
 #: How long today's black list is reused for the gates' order.
 BLACK_TTL_S = 60.0
+#: How long the gates wait for the first black list (then go without it until it comes).
+BLACK_WAIT_S = 5.0
 #: Seconds gathering the gates the ingest named before their rows are read back.
 GATE_BATCH_S = 0.2
 MAX_DAYS = 62
@@ -202,6 +206,11 @@ class _FleetCollector:
             "Events of a gate the hub knows exist and does not hold.",
             labels=["site", "gate"],
         )
+        conflicts = GaugeMetricFamily(
+            "gated_hub_conflicts",
+            "Events of a gate whose seq the hub holds with another id (not stored).",
+            labels=["site", "gate"],
+        )
         online = GaugeMetricFamily(
             "gated_hub_gate_online",
             "1 while a gate is online, 0 when not.",
@@ -209,8 +218,10 @@ class _FleetCollector:
         )
         for row in d.get("gates", []):
             missing.add_metric([row["site"], row["gate"]], row["missing"])
+            conflicts.add_metric([row["site"], row["gate"]], row["conflicts"])
             online.add_metric([row["site"], row["gate"]], 1 if row["online"] else 0)
         yield missing
+        yield conflicts
         yield online
         for name, value, text in (
             ("gated_hub_gates", d.get("gates_total", 0), "Gates the hub knows."),
@@ -292,6 +303,13 @@ class HubWeb:
         self.streams = 0
         self.url = ""
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hub-web-db")
+        self._report_pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="hub-web-report"
+        )
+        self._report_store: HubStore | None = None
+        self._black_task: asyncio.Future[None] | None = None
+        #: Whether a page was given gates by the black list held now.
+        self._black_shown = False
         self._pins = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="hub-web-pin")
         self._store: HubStore | None = None
         self._black: tuple[float, dict[tuple[str, str], list[str]]] = (-1e9, {})
@@ -341,13 +359,21 @@ class HubWeb:
             thread.join(timeout=10)
         with contextlib.suppress(RuntimeError):  # stopped before
             self._pool.submit(self._close_store).result(timeout=10)
+        with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
+            self._report_pool.submit(self._close_report_store).result(timeout=30)
         self._pool.shutdown(wait=True)
+        self._report_pool.shutdown(wait=False)
         self._pins.shutdown(wait=False)
 
     def _close_store(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def _close_report_store(self) -> None:
+        if self._report_store is not None:
+            self._report_store.close()
+            self._report_store = None
 
     def notify(self, kind: str, data: dict[str, Any]) -> None:
         """What the ingest committed (any thread): ``alarm`` (the alarm event's body) or
@@ -432,39 +458,80 @@ class HubWeb:
         fut = self.loop.run_in_executor(self._pool, lambda: fn(self._db()))
         return await asyncio.wait_for(fut, timeout)
 
+    def _reports_db(self) -> HubStore:
+        if self._report_store is None:
+            self._report_store = HubStore(self.store_path)
+        return self._report_store
+
+    async def report(self, fn: Callable[[HubStore], T], timeout: float = READ_TIMEOUT_S) -> T:
+        """``fn(store)`` on the reports' own thread and store connection."""
+        fut = self.loop.run_in_executor(self._report_pool, lambda: fn(self._reports_db()))
+        return await asyncio.wait_for(fut, timeout)
+
     def _unacked(self, store: HubStore) -> list[dict[str, Any]]:
         return [shown_alarm(a) for a in store.alarms(unacked=True, limit=200)]
 
-    def _black_list(self, store: HubStore) -> dict[tuple[str, str], list[str]]:
-        """Today's black list, by gate (reused for ``BLACK_TTL_S``)."""
-        at, black = self._black
-        now = time.monotonic()
-        if now - at < BLACK_TTL_S:
-            return black
-        report = reports.daily(store, self.config, self.today(), now=self.wall(), cards=False)
-        black = {
-            (str(b["site"]), str(b["gate"])): [str(w) for w in b["why"]] for b in report["black"]
-        }
-        self._black = (now, black)
-        return black
+    async def _black_list(self) -> dict[tuple[str, str], list[str]]:
+        """Today's black list, by gate: reused for ``BLACK_TTL_S``, then made again on the
+        reports' thread while the stale one is used; the gates whose place on it changed
+        are sent to the pages again when it comes. Only the first one is waited for (up
+        to ``BLACK_WAIT_S``)."""
+        at = self._black[0]
+        if time.monotonic() - at >= BLACK_TTL_S and self._black_task is None:
+            self._black_task = asyncio.ensure_future(self._refresh_black(), loop=self.loop)
+        task = self._black_task
+        if at < 0 and task is not None:
+            with contextlib.suppress(Exception):  # too slow, or failed: logged by the task
+                await asyncio.wait_for(asyncio.shield(task), BLACK_WAIT_S)
+        self._black_shown = True
+        return self._black[1]
+
+    async def _refresh_black(self) -> None:
+        try:
+            now = self.wall()
+            report = await self.report(
+                lambda s: reports.daily(s, self.config, self.today(), now=now, cards=False)
+            )
+            black = {
+                (str(b["site"]), str(b["gate"])): [str(w) for w in b["why"]]
+                for b in report["black"]
+            }
+            old, shown = self._black[1], self._black_shown
+            self._black, self._black_shown = (time.monotonic(), black), False
+            changed = {k for k in old.keys() | black.keys() if old.get(k) != black.get(k)}
+            for site, gate in changed if shown else ():
+                self._on_notify("gate", {"site": site, "gate": gate})
+        except Exception as exc:  # the store is busy or gone: the next read retries
+            log.warning("fleet page: today's black list not made: %s", exc)
+        finally:
+            self._black_task = None
 
     def today(self) -> date:
         return datetime.fromtimestamp(self.wall(), self.config.tz).date()
 
-    def _gates(self, store: HubStore, only: set[tuple[str, str]] | None = None) -> Any:
-        """The gates' rows as the page shows them, what needs the duty officer first."""
+    def _gates(
+        self,
+        store: HubStore,
+        black: dict[tuple[str, str], list[str]],
+        only: set[tuple[str, str]] | None = None,
+    ) -> Any:
+        """The gates' rows as the page shows them (every gate's, or those in ``only``),
+        what needs the duty officer first."""
         now = self.wall()
         latest = latest_versions(store)
-        black = self._black_list(store)
-        alarms: dict[tuple[str, str], int] = {}
-        for a in store.alarms(unacked=True, limit=10_000):
-            key = (str(a.get("site")), str(a.get("gate")))
-            alarms[key] = alarms.get(key, 0) + 1
+        if only is None:
+            rows = store.gate_rows()
+            alarms = store.open_alarms()
+        else:
+            rows, alarms = [], {}
+            for site, gate in sorted(only):
+                row = store.gate_row(site, gate)
+                if row is not None:
+                    rows.append(row)
+                    alarms.update(store.open_alarms(site, gate))
         out = []
-        for row in store.gate_rows():
+        for row in rows:
             key = (row["site"], row["gate"])
-            if only is not None and key not in only:
-                continue
             out.append(self._shown_gate(row, now, latest, black.get(key), alarms.get(key, 0)))
         out.sort(key=lambda g: (g["rank"], g["site"], g["gate"]))
         return out
@@ -482,6 +549,8 @@ class HubWeb:
         site_latest = latest.get(row["site"])
         behind = site_latest is not None and (version is None or version < site_latest)
         attention = []
+        if row["conflicts"]:  # a ledger begun again from 1, or a forgery
+            attention.append("conflicts")
         if not online:
             attention.append("offline")
         if black is not None:
@@ -497,7 +566,7 @@ class HubWeb:
         devices = _devices(row.get("status"))
         if any(not d["ok"] for d in devices.values()):
             attention.append("devices")
-        order = ("offline", "black", "missing", "alarms", "devices", "behind", "clock")
+        order = ("conflicts", "offline", "black", "missing", "alarms", "devices", "behind", "clock")
         rank = min((order.index(a) for a in attention), default=len(order))
         seen = row.get("last_seen")
         return {
@@ -517,6 +586,7 @@ class HubWeb:
             "behind": behind,
             "received": row["received"],
             "duplicates": row["duplicates"],
+            "conflicts": row["conflicts"],
             "through": row["through"],
             "highest": row["highest"],
             "missing": row["missing"],
@@ -549,7 +619,10 @@ class HubWeb:
     async def _send_gates(self) -> None:
         dirty, self._dirty = self._dirty, set()
         try:
-            rows, alarms = await self.read(lambda s: (self._gates(s, dirty), self._unacked(s)))
+            black = await self._black_list()
+            rows, alarms = await self.read(
+                lambda s: (self._gates(s, black, dirty), self._unacked(s))
+            )
         except Exception as exc:  # the store is busy or gone: the next change retries
             log.warning("fleet page: gates not read back: %s", exc)
             return
@@ -636,9 +709,9 @@ class HubWeb:
             }
         )
 
-    async def _read(self, fn: Callable[[HubStore], Any]) -> Any:
+    async def _read(self, fn: Callable[[HubStore], Any], own_thread: bool = False) -> Any:
         try:
-            return await self.read(fn)
+            return await (self.report(fn) if own_thread else self.read(fn))
         except TimeoutError:
             raise web.HTTPServiceUnavailable(
                 text=json.dumps({"error": "the store did not answer in time"}),
@@ -647,7 +720,8 @@ class HubWeb:
 
     async def api_gates(self, request: web.Request) -> web.Response:
         """``GET /api/gates``: every gate, what needs the duty officer first."""
-        return web.json_response(await self._read(self._gates))
+        black = await self._black_list()
+        return web.json_response(await self._read(lambda s: self._gates(s, black)))
 
     async def api_alarms(self, request: web.Request) -> web.Response:
         """``GET /api/alarms``: the fleet's unacknowledged alarms, newest first, masked."""
@@ -668,8 +742,9 @@ class HubWeb:
         """``GET /api/report/daily?date=&site=``: the ``hub report daily`` json."""
         day = self._day(request)
         site = request.query.get("site") or None
+        now = self.wall()
         report = await self._read(
-            lambda s: reports.daily(s, self.config, day, site, now=self.wall())
+            lambda s: reports.daily(s, self.config, day, site, now=now), own_thread=True
         )
         return web.json_response(_masked_report(report))
 
@@ -682,12 +757,15 @@ class HubWeb:
         if not 1 <= days <= MAX_DAYS:
             return _error(400, f"days: 1 to {MAX_DAYS}")
         end = self._day(request)
-        history = await self._read(lambda s: reports.compliance_history(s, self.config, end, days))
+        history = await self._read(
+            lambda s: reports.compliance_history(s, self.config, end, days), own_thread=True
+        )
         return web.json_response(history)
 
     async def api_events(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/events``: ``hello`` (gates and alarms), then ``gate``, ``alarm``,
-        ``ack`` and ``alarms`` (every open one) as they happen; 503 past ``MAX_CLIENTS``."""
+        ``ack`` and ``alarms`` (every open one) as they happen; 503 past ``MAX_CLIENTS``.
+        A stream that needed a login ends when its session does (logout or expiry)."""
         if self.streams >= MAX_CLIENTS:
             self.refused.labels("clients").inc()
             self._warn_refused(f"{self.streams} live pages already")
@@ -705,24 +783,30 @@ class HubWeb:
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         q: asyncio.Queue[Message] = asyncio.Queue(CLIENT_QUEUE)
         response: web.StreamResponse | None = None
+        sid = request.cookies.get(COOKIE) if self.login_needed(request) else None
+
+        def logged_out() -> bool:
+            return sid is not None and self.auth.session(sid) is None
+
         try:
             async with sse_response(request, sep="\n", ping_interval=HEARTBEAT_S) as sse:
                 response = sse
                 await sse.write(b"retry: 2000\n\n")
                 self.clients.add(q)  # before the read: nothing after it is lost
                 self.clients_gauge.set(len(self.clients))
+                black = await self._black_list()
                 hello = await self._read(
-                    lambda s: {"gates": self._gates(s), "alarms": self._unacked(s)}
+                    lambda s: {"gates": self._gates(s, black), "alarms": self._unacked(s)}
                 )
                 await sse.send(json.dumps(hello, ensure_ascii=False), event="hello")
-                while sse.is_connected():
+                while sse.is_connected() and not logged_out():
                     try:
                         message = await asyncio.wait_for(q.get(), GONE_CHECK_S)
                     except TimeoutError:
                         if request.transport is None or request.transport.is_closing():
                             break
                         continue
-                    if message is None or q not in self.clients:
+                    if message is None or q not in self.clients or logged_out():
                         break
                     kind, data = message
                     await sse.send(data, event=kind)
@@ -821,8 +905,8 @@ class HubWeb:
 
     # -- machines ---------------------------------------------------------------------
 
-    def _figures(self, store: HubStore) -> dict[str, Any]:
-        gates = self._gates(store)
+    def _figures(self, store: HubStore, black: dict[tuple[str, str], list[str]]) -> dict[str, Any]:
+        gates = self._gates(store, black)
         return {
             "gates": gates,
             "gates_total": len(gates),
@@ -837,7 +921,8 @@ class HubWeb:
         data["connected"] = self.stats.connected
         last = self.stats.last_commit
         data["last_commit_age"] = math.nan if last is None else max(0.0, self.wall() - last)
-        data.update(await self._read(self._figures))
+        black = await self._black_list()
+        data.update(await self._read(lambda s: self._figures(s, black)))
         self.fleet.data = data
         return web.Response(
             body=generate_latest(self.registry),

@@ -95,6 +95,46 @@ class District:
         self.store.commit()
         return body
 
+    def conflict(self, site: str, gate: str, seq: int) -> None:
+        """Event ``seq`` of a gate sent again under another id (its ledger begun again from
+        1, or a forgery), as the ingest hands it to the store: counted, not stored."""
+        kind, ts, body = self.store.conn.execute(
+            "SELECT kind, ts, body FROM hub_events WHERE site = ? AND gate = ? AND seq = ?",
+            (site, gate, seq),
+        ).fetchone()
+        row = EventRow(site, gate, seq, f"other-{seq}", kind, ts, 2, True, time.time(), body)
+        self.store.begin()
+        assert len(self.store.add_events([row]).conflicts) == 1
+        self.store.commit()
+
+    def busy_day(self, site: str, gate: str, n: int) -> None:
+        """``n`` grants and their passages of one gate today, stored in one transaction."""
+        at = time.time()
+        rows = []
+        for i in range(n):
+            for ev in (
+                event("decision", person=ZHANG.model_dump(), temperature_c=36.5),
+                event("passage", ref=f"{site}-{gate}-{2 * i + 1:06d}"),
+            ):
+                seq = self.seqs.get((site, gate), 0) + 1
+                self.seqs[(site, gate)] = seq
+                body = ev.stamped(
+                    id=f"{site}-{gate}-{seq:06d}",
+                    ts=iso_utc(at),
+                    site=site,
+                    gate=gate,
+                    seq=seq,
+                    boot=1,
+                    clock_synced=True,
+                ).body()
+                text = json.dumps(body)
+                rows.append(
+                    EventRow(site, gate, seq, body["id"], ev.kind, body["ts"], 1, True, at, text)
+                )
+        self.store.begin()
+        self.store.add_events(rows)
+        self.store.commit()
+
     def status(self, site: str, gate: str, at: float | None = None, **msg: Any) -> None:
         """A gate's status message as the ingest stores it."""
         body = {

@@ -118,6 +118,7 @@
     const cont = el("td", "cont");
     cont.append(el("div", null, t("through", { n: num(g.through) })));
     if (g.missing) cont.append(el("div", "bad-text", t("missing", { n: num(g.missing) })));
+    if (g.conflicts) cont.append(el("div", "bad-text conflicts", t("conflicts", { n: num(g.conflicts) })));
     if (g.purged) cont.append(el("div", "dim", t("purged", { n: num(g.purged) })));
     tr.append(cont);
     const last = el("td", "last");
