@@ -90,7 +90,7 @@ BLACK_TTL_S = 60.0
 #: How long the gates wait for the first black list (then go without it until it comes).
 BLACK_WAIT_S = 5.0
 #: Seconds gathering the gates the ingest named before their rows are read back.
-GATE_BATCH_S = 0.2
+GATE_BATCH_S = 1.0
 MAX_DAYS = 62
 #: What a client off this machine may reach without a login.
 OPEN_PATHS = ("/", "/healthz", "/api/session", "/api/login", "/favicon.ico")
@@ -378,6 +378,8 @@ class HubWeb:
     def notify(self, kind: str, data: dict[str, Any]) -> None:
         """What the ingest committed (any thread): ``alarm`` (the alarm event's body) or
         ``gate`` (the gate's row); the page reads the gate back and tells every browser."""
+        if not self.clients:
+            return  # no live page to tell: a page that opens reads everything at its hello
         with contextlib.suppress(RuntimeError):  # stopped: the ingest goes on
             self.loop.call_soon_threadsafe(self._on_notify, kind, data)
 
@@ -618,6 +620,8 @@ class HubWeb:
 
     async def _send_gates(self) -> None:
         dirty, self._dirty = self._dirty, set()
+        if not self.clients:
+            return  # the last page closed meanwhile
         try:
             black = await self._black_list()
             rows, alarms = await self.read(
