@@ -43,6 +43,30 @@ def _check_name(value: str) -> str:
 TopicName = Annotated[str, AfterValidator(_check_name)]
 
 
+def known_zone(value: str) -> str:
+    """``value`` when it is an IANA time zone this machine knows, else a ValueError."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {value!r} (e.g. 'Asia/Shanghai')") from None
+    return value
+
+
+def pin_hashes(value: dict[str, str], what: str) -> dict[str, str]:
+    """A table of logins (guards, operators): each name an id, each value a `gated hash-pin`
+    hash; a bad hash is named by its login's key."""
+    from gated.status.auth import GUARD_ID, parse_pin_hash
+
+    for name, pin_hash in value.items():
+        if not GUARD_ID.match(name):
+            raise ValueError(f"{name!r}: {what} is 1 to 32 letters, digits, '_.-'")
+        try:
+            parse_pin_hash(pin_hash)
+        except ValueError as exc:
+            raise KeyProblem(name, str(exc)) from None
+    return value
+
+
 class GateConfig(StrictModel):
     """Who this gate is and which way it lets people through."""
 
@@ -58,11 +82,7 @@ class GateConfig(StrictModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"unknown time zone {value!r} (e.g. 'Asia/Shanghai')") from None
-        return value
+        return known_zone(value)
 
 
 class StorageConfig(StrictModel):
@@ -450,16 +470,7 @@ class StatusConfig(StrictModel):
     @field_validator("guards")
     @classmethod
     def _guard_hashes(cls, value: dict[str, str]) -> dict[str, str]:
-        from gated.status.auth import GUARD_ID, parse_pin_hash
-
-        for guard, pin_hash in value.items():
-            if not GUARD_ID.match(guard):
-                raise ValueError(f"{guard!r}: a guard id is 1 to 32 letters, digits, '_.-'")
-            try:
-                parse_pin_hash(pin_hash)
-            except ValueError as exc:
-                raise KeyProblem(guard, str(exc)) from None
-        return value
+        return pin_hashes(value, "a guard id")
 
     @model_validator(mode="after")
     def _loopback_without_pin(self) -> StatusConfig:

@@ -15,7 +15,13 @@ from pydantic import AfterValidator, Field, PrivateAttr, field_validator, model_
 
 from gated.config import read_toml, validate_file
 from gated.config.drivers import KeyProblem, OptionalFile, StrictModel
-from gated.config.sections import BrokerConfig, TopicName, _check_listen
+from gated.config.sections import (
+    BrokerConfig,
+    TopicName,
+    _check_listen,
+    known_zone,
+    pin_hashes,
+)
 
 #: Below a day a hub stopped over a night would lose what the broker queued for it.
 MIN_SESSION_EXPIRY_S = 86400
@@ -102,16 +108,7 @@ class WebSection(StrictModel):
     @field_validator("operators")
     @classmethod
     def _hashes(cls, value: dict[str, str]) -> dict[str, str]:
-        from gated.status.auth import GUARD_ID, parse_pin_hash
-
-        for name, pin_hash in value.items():
-            if not GUARD_ID.match(name):
-                raise ValueError(f"{name!r}: an operator name is 1 to 32 letters, digits, '_.-'")
-            try:
-                parse_pin_hash(pin_hash)
-            except ValueError as exc:
-                raise KeyProblem(name, str(exc)) from None
-        return value
+        return pin_hashes(value, "an operator name")
 
     @model_validator(mode="after")
     def _login_beyond_loopback(self) -> WebSection:
@@ -133,11 +130,7 @@ class ReportSection(StrictModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(f"unknown time zone {value!r} (e.g. 'Asia/Shanghai')") from None
-        return value
+        return known_zone(value)
 
 
 class HubConfig(StrictModel):

@@ -63,7 +63,7 @@ from gated.status.limits import (
     host_allowed,
     host_name,
 )
-from gated.status.server import secure_headers
+from gated.status.server import with_secure_headers
 from gated.status.view import screen_event
 
 log = logging.getLogger(__name__)
@@ -385,7 +385,9 @@ class HubWeb:
 
     async def _startup(self) -> None:
         self.loop.set_exception_handler(LoopErrors(time.monotonic, page="fleet page"))
-        app = web.Application(middlewares=[self._headers, self._admit], client_max_size=16 * 1024)
+        app = web.Application(
+            middlewares=[with_secure_headers, self._admit], client_max_size=16 * 1024
+        )
         g = app.router.add_get
         g("/", self.page)
         g("/static/{name}", self.static)
@@ -647,17 +649,6 @@ class HubWeb:
                 log.warning("fleet page: dropped a page that did not keep up")
 
     # -- middleware -------------------------------------------------------------------
-
-    @web.middleware
-    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            secure_headers(exc.headers)
-            raise
-        if not response.prepared:
-            secure_headers(response.headers)
-        return response
 
     def login_needed(self, request: web.Request) -> bool:
         """Whether ``request`` comes from off this machine (then it needs an operator)."""

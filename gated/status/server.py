@@ -90,6 +90,19 @@ def secure_headers(headers: Any) -> None:
     headers.setdefault("Cache-Control", "no-store")
 
 
+@web.middleware
+async def with_secure_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Middleware: :func:`secure_headers` on every answer, an error's included."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        secure_headers(exc.headers)
+        raise
+    if not response.prepared:
+        secure_headers(response.headers)
+    return response
+
+
 def _static(name: str) -> bytes:
     return resources.files("gated.status").joinpath("static", name).read_bytes()
 
@@ -214,7 +227,9 @@ class StatusServer:
         self._conn.execute("PRAGMA busy_timeout=2000")
         self.history.load(self._conn, datetime.now(UTC))
         self.loop.set_exception_handler(LoopErrors(time.monotonic))
-        app = web.Application(middlewares=[self._headers, self._admit], client_max_size=16 * 1024)
+        app = web.Application(
+            middlewares=[with_secure_headers, self._admit], client_max_size=16 * 1024
+        )
         app.router.add_get("/", self.page)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/api/state", self.state)
@@ -457,17 +472,6 @@ class StatusServer:
             log.warning("status screen: dropped a client that did not keep up")
 
     # -- middleware and pages ------------------------------------------------------------
-
-    @web.middleware
-    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            secure_headers(exc.headers)
-            raise
-        if not response.prepared:
-            secure_headers(response.headers)
-        return response
 
     def reader(self, request: web.Request) -> bool:
         """Whether ``request`` may read the screen: a guard's session or the kiosk token
